@@ -1,0 +1,137 @@
+"""Command line: ``thinktune train|eval|demo|generate``."""
+
+from __future__ import annotations
+
+import json
+import sys
+from importlib import resources
+from pathlib import Path
+
+import typer
+
+from thinktune.config import ConfigError, load_recipe
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Teach small language models to reason with GRPO.")
+
+USER_ERRORS: tuple[type[Exception], ...] = (ConfigError,)
+
+
+def _user_errors() -> tuple[type[Exception], ...]:
+    from thinktune.data import DataError
+    from thinktune.models import ModelError
+    from thinktune.rewards import RewardError
+    from thinktune.runs import RunError
+
+    return (ConfigError, DataError, ModelError, RewardError, RunError)
+
+
+def _fail_cleanly(fn, *args, **kwargs):
+    """Run ``fn``; a user error prints one clear line and exits 2 instead of a traceback."""
+    try:
+        return fn(*args, **kwargs)
+    except _user_errors() as err:
+        typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from None
+
+
+def demo_recipe_path() -> Path:
+    local = Path("recipes/demo.yaml")
+    if local.is_file():
+        return local
+    return Path(str(resources.files("thinktune") / "recipes" / "demo.yaml"))
+
+
+@app.command()
+def train(
+    recipe: Path = typer.Argument(..., help="YAML recipe."),
+    overrides: list[str] = typer.Argument(None, help="key.sub=value overrides, e.g. train.steps=20"),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run from its last checkpoint."),
+):
+    """Train with GRPO: evaluate before, train, evaluate after, save the model."""
+    from thinktune.pipeline import train as run_train
+
+    r = _fail_cleanly(load_recipe, recipe, overrides or [])
+    _fail_cleanly(run_train, r, resume=resume)
+
+
+@app.command()
+def demo(overrides: list[str] = typer.Argument(None, help="key.sub=value overrides")):
+    """The offline demo: SmolLM2-135M-Instruct (packaged) learns a reasoning-gym task with LoRA."""
+    from thinktune.pipeline import train as run_train
+
+    r = _fail_cleanly(load_recipe, demo_recipe_path(), overrides or [])
+    resume = (Path(r.run.output_dir) / r.run.name / "checkpoint" / "state.pt").is_file()
+    if resume:
+        typer.echo(f"resuming the demo in {r.run.output_dir}/{r.run.name} (delete it to start over)")
+    _fail_cleanly(run_train, r, resume=resume)
+
+
+@app.command("eval")
+def eval_(
+    model: str = typer.Argument(..., help="Model: folder (HF model or peft adapter), alias or hub id."),
+    recipe: Path = typer.Option(None, "--recipe", "-r", help="Recipe giving data, format and rewards."),
+    overrides: list[str] = typer.Argument(None, help="key.sub=value overrides"),
+    out: Path = typer.Option(None, "--out", help="Write metrics and completions to this JSON file."),
+):
+    """Greedy evaluation on the recipe's held-out set: accuracy, format accuracy, mean reward."""
+    from thinktune.data import PromptBuilder, load_examples
+    from thinktune.evaluate import Grader, evaluate
+    from thinktune.models import load_for_inference
+    from thinktune.rewards import RewardSet
+
+    def run():
+        r = load_recipe(recipe, overrides or [])
+        _, held_out, task_dataset = load_examples(r.data)
+        m, tok = load_for_inference(model, r.model.device, r.model.dtype)
+        d = r.data
+        prompts = PromptBuilder(tok, d.answer_format, d.system_prompt, d.max_prompt_tokens, d.overlong_prompts)
+        rewards = RewardSet(r.rewards, {"answer_format": d.answer_format, "task_dataset": task_dataset})
+        result = evaluate(
+            m,
+            tok,
+            held_out,
+            prompts,
+            rewards,
+            Grader(d.answer_format, task_dataset),
+            max_new_tokens=r.eval.max_new_tokens or r.grpo.max_new_tokens,
+            batch_size=r.eval.batch_size,
+        )
+        json.dump(result.metrics, sys.stdout, indent=1)
+        print()
+        if out:
+            out.write_text(json.dumps({"metrics": result.metrics, "samples": result.samples}, indent=1))
+
+    _fail_cleanly(run)
+
+
+@app.command()
+def generate(
+    model: str = typer.Argument(..., help="Model: folder (HF model or peft adapter), alias or hub id."),
+    question: str = typer.Argument(..., help="The question to answer."),
+    answer_format: str = typer.Option("xml", help="xml or think: the system prompt to use."),
+    max_new_tokens: int = typer.Option(256),
+):
+    """Answer one question greedily with a model, in the recipe's prompt format."""
+    from thinktune.data import PromptBuilder
+    from thinktune.evaluate import decode, eos_token_ids
+    from thinktune.models import load_for_inference
+    from thinktune.rollout import generate as gen
+
+    def run():
+        m, tok = load_for_inference(model)
+        ids = PromptBuilder(tok, answer_format, max_tokens=10**6).ids(question)
+        out = gen(
+            m,
+            [ids],
+            eos_ids=eos_token_ids(tok),
+            pad_id=tok.pad_token_id,
+            max_new_tokens=max_new_tokens,
+            greedy=True,
+        )
+        print(decode(tok, out.completion_ids, out.completion_mask)[0])
+
+    _fail_cleanly(run)
+
+
+if __name__ == "__main__":
+    app()

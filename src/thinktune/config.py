@@ -1,0 +1,224 @@
+"""Recipe schema and loading.
+
+A recipe is a YAML file validated against :class:`Recipe`. Every field documents its meaning and default;
+unknown keys, wrong types and impossible values stop with a message naming the key.
+
+    recipe = load_recipe("recipes/demo.yaml", overrides=["grpo.group_size=4", "train.steps=10"])
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    """A recipe that cannot run, with a message naming the offending key."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class LoraConfig(_Section):
+    r: int = Field(16, gt=0, description="LoRA rank.")
+    alpha: int = Field(32, gt=0, description="LoRA scaling numerator (scale = alpha / r).")
+    dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the LoRA input.")
+    target_modules: str | list[str] = Field(
+        "all-linear",
+        description="Modules that get adapters; 'all-linear' = every linear layer but the LM head.",
+    )
+
+
+class ModelConfig(_Section):
+    name: str = Field(
+        "smollm2-135m-instruct",
+        description="A local HF folder, a hub id (online only) or a packaged alias (smollm2-135m-instruct).",
+    )
+    finetune: Literal["lora", "full"] = Field("lora", description="Train LoRA adapters or every weight.")
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+    device: Literal["auto", "cpu", "cuda", "mps"] = Field(
+        "auto", description="'auto' picks CUDA, then Apple MPS, then CPU."
+    )
+    dtype: Literal["float32", "bfloat16"] = Field(
+        "float32",
+        description="Weights and compute precision. bf16 pays on GPUs; fp32 is the safe CPU default.",
+    )
+
+
+class DataConfig(_Section):
+    source: Literal["reasoning_gym", "file"] = Field("reasoning_gym", description="Where examples come from.")
+    task: str | None = Field("basic_arithmetic", description="reasoning-gym task name (source=reasoning_gym).")
+    task_config: dict[str, Any] = Field(
+        default_factory=dict, description="Keyword arguments of the reasoning-gym task's config."
+    )
+    train_size: int = Field(1000, gt=0, description="Training examples generated (reasoning_gym).")
+    eval_size: int = Field(200, ge=0, description="Held-out examples, disjoint from training.")
+    seed: int = Field(0, description="Seed of the generated training set; the eval set uses seed + 1_000_003.")
+    path: str | None = Field(None, description="Training file: .jsonl, .json, .csv or .parquet (source=file).")
+    eval_path: str | None = Field(
+        None, description="Held-out file; if absent, the last eval_size rows of `path` are held out."
+    )
+    columns: dict[str, str] = Field(
+        default_factory=lambda: {"question": "question", "answer": "answer"},
+        description="Maps thinktune fields (question, answer) to the file's column names.",
+    )
+    system_prompt: str | None = Field(
+        None, description="System message; default explains the answer format. Use '' for none."
+    )
+    answer_format: Literal["xml", "think"] = Field(
+        "xml",
+        description="xml: <reasoning>…</reasoning><answer>…</answer>; think: <think>…</think> then the answer.",
+    )
+    max_prompt_tokens: int = Field(256, gt=0, description="Prompt budget in tokens.")
+    overlong_prompts: Literal["truncate", "skip"] = Field(
+        "skip",
+        description="What to do with a prompt over the budget: cut from the left, or drop it. Counted.",
+    )
+
+
+class RewardConfig(_Section):
+    name: str = Field(
+        description="Registered reward (format, format_soft, accuracy, task_score) or 'pkg.module:function'."
+    )
+    weight: float = Field(1.0, description="Weight in the summed reward.")
+    args: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments bound to the function.")
+
+
+class GRPOConfig(_Section):
+    group_size: int = Field(8, ge=2, description="Completions sampled per prompt (G).")
+    prompts_per_step: int = Field(4, gt=0, description="Prompts per optimizer step; batch = prompts × G.")
+    max_new_tokens: int = Field(128, gt=0, description="Completion budget; longer completions are truncated.")
+    temperature: float = Field(1.0, gt=0, description="Sampling temperature of rollouts (and of log-probs).")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass.")
+    top_k: int = Field(0, ge=0, description="Top-k sampling; 0 = off.")
+    epsilon: float = Field(0.2, ge=0, description="Lower clip range of the ratio: 1 - epsilon.")
+    epsilon_high: float | None = Field(None, ge=0, description="Upper clip range 1 + epsilon_high; None = epsilon.")
+    beta: float = Field(0.0, ge=0, description="Weight of the k3 KL penalty to the reference policy.")
+    scale_rewards: bool = Field(True, description="Divide advantages by the group's reward std.")
+    loss: str = Field("token", description="Loss normalisation: token (default), sequence, or dr_grpo.")
+    iterations: int = Field(1, ge=1, description="Policy updates per generation (μ).")
+    micro_batch_size: int = Field(8, gt=0, description="Sequences per forward/backward pass.")
+    mask_truncated: bool = Field(
+        False, description="Exclude truncated completions from the loss (they still count in metrics)."
+    )
+
+
+class TrainConfig(_Section):
+    steps: int = Field(100, gt=0, description="Optimizer steps (each one a fresh generation).")
+    learning_rate: float = Field(1e-5, gt=0, description="Peak AdamW learning rate.")
+    weight_decay: float = Field(0.0, ge=0)
+    adam_betas: tuple[float, float] = Field((0.9, 0.99))
+    warmup_steps: int = Field(0, ge=0, description="Linear warmup steps.")
+    lr_schedule: Literal["constant", "linear", "cosine"] = Field("constant", description="Decay after warmup.")
+    max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
+    seed: int = Field(0, description="Seed of sampling, prompt order and initialisation.")
+
+
+class EvalConfig(_Section):
+    before: bool = Field(True, description="Evaluate the starting model before training.")
+    after: bool = Field(True, description="Evaluate the trained model after training.")
+    every: int = Field(0, ge=0, description="Also evaluate every N steps; 0 = off.")
+    max_new_tokens: int | None = Field(None, gt=0, description="Completion budget; None = grpo.max_new_tokens.")
+    batch_size: int = Field(32, gt=0, description="Prompts per greedy generation batch.")
+
+
+class RunConfig(_Section):
+    name: str = Field("run", description="Run directory name under output_dir.")
+    output_dir: str = Field("runs", description="Parent folder of run directories.")
+    samples_per_step: int = Field(2, ge=0, description="Completions written to samples.jsonl each step.")
+    save_every: int = Field(0, ge=0, description="Checkpoint every N steps for resume; 0 = only at the end.")
+    threads: int | None = Field(None, gt=0, description="torch CPU threads; None = torch's default.")
+
+
+class Recipe(_Section):
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    rewards: list[RewardConfig] = Field(
+        default_factory=lambda: [RewardConfig(name="format"), RewardConfig(name="accuracy")]
+    )
+    grpo: GRPOConfig = Field(default_factory=GRPOConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    run: RunConfig = Field(default_factory=RunConfig)
+
+    @model_validator(mode="after")
+    def _check(self) -> Recipe:
+        from thinktune.grpo.losses import LOSSES
+
+        if self.grpo.loss not in LOSSES:
+            raise ValueError(f"grpo.loss: unknown loss {self.grpo.loss!r}; allowed: {sorted(LOSSES)}")
+        if self.data.source == "reasoning_gym" and not self.data.task:
+            raise ValueError("data.task: required when data.source is reasoning_gym")
+        if self.data.source == "file" and not self.data.path:
+            raise ValueError("data.path: required when data.source is file")
+        if not self.rewards:
+            raise ValueError("rewards: at least one reward is needed")
+        return self
+
+    @property
+    def batch_size(self) -> int:
+        """Completions per step."""
+        return self.grpo.prompts_per_step * self.grpo.group_size
+
+
+def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    node = tree
+    for i, key in enumerate(parents):
+        child = node.setdefault(key, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {dotted!r}: {'.'.join(parents[: i + 1])} is not a section")
+        node = child
+    node[leaf] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``"grpo.beta=0.04"`` -> ``("grpo.beta", 0.04)``; the value is read as YAML."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override {text!r}: expected key.sub=value")
+    return key.strip(), yaml.safe_load(raw) if raw.strip() else None
+
+
+def _format_errors(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "recipe"
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        lines.append(f"  {key}: {msg}" + (f" (got {e['input']!r})" if e["type"] != "extra_forbidden" else ""))
+    return "\n".join(lines)
+
+
+def recipe_from_dict(tree: dict, source: str = "recipe") -> Recipe:
+    try:
+        recipe = Recipe.model_validate(tree)
+    except ValidationError as err:
+        raise ConfigError(f"{source} is invalid:\n{_format_errors(err)}") from None
+    return recipe
+
+
+def load_recipe(path: str | Path | None = None, overrides: list[str] = ()) -> Recipe:
+    """Read a YAML recipe (or the defaults when path is None) and apply ``key.sub=value`` overrides."""
+    tree: dict = {}
+    source = "defaults"
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"recipe file not found: {path}")
+        tree = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(tree, dict):
+            raise ConfigError(f"{path}: a recipe is a mapping of sections, got {type(tree).__name__}")
+        source = str(path)
+    for text in overrides:
+        _set_dotted(tree, *parse_override(text))
+    return recipe_from_dict(tree, source)
+
+
+def dump_recipe(recipe: Recipe) -> str:
+    return yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False)

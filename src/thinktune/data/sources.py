@@ -1,0 +1,120 @@
+"""Task sources: reasoning-gym generators and local files, as lists of :class:`Example`.
+
+Every example carries ``question`` and ``answer`` plus its other columns, which reward functions receive
+as keyword arguments (TRL-compatible: ``fn(prompts, completions, answer=[...], metadata=[...])``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from thinktune.config import DataConfig
+
+EVAL_SEED_OFFSET = 1_000_003
+
+
+class DataError(ValueError):
+    """A dataset that cannot be used, with the file, column and row at fault."""
+
+
+@dataclass
+class Example:
+    question: str
+    answer: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def columns(self) -> dict[str, Any]:
+        """Columns passed to reward functions."""
+        return {"question": self.question, "answer": self.answer, **self.extra}
+
+
+def _gym_examples(task: str, size: int, seed: int, task_config: dict) -> tuple[list[Example], Any]:
+    import reasoning_gym
+
+    try:
+        dataset = reasoning_gym.create_dataset(task, size=size, seed=seed, **task_config)
+    except Exception as err:  # reasoning-gym raises KeyError/TypeError/ValueError for bad names and configs
+        known = ", ".join(sorted(reasoning_gym.factory.DATASETS)[:12])
+        if task not in reasoning_gym.factory.DATASETS:
+            raise DataError(f"data.task: unknown reasoning-gym task {task!r} (e.g. {known}, …)") from None
+        raise DataError(f"data.task_config for {task!r} is invalid: {err}") from None
+    rows = [
+        Example(question=row["question"], answer=str(row["answer"]), extra={"metadata": row["metadata"]})
+        for row in dataset
+    ]
+    return rows, dataset
+
+
+def reasoning_gym_splits(cfg: DataConfig) -> tuple[list[Example], list[Example], Any]:
+    """Train and held-out sets from two seeds; training drops any question that is also held out."""
+    held_out, _ = _gym_examples(cfg.task, cfg.eval_size, cfg.seed + EVAL_SEED_OFFSET, cfg.task_config)
+    train, scorer = _gym_examples(cfg.task, cfg.train_size, cfg.seed, cfg.task_config)
+    held_questions = {e.question for e in held_out}
+    train = [e for e in train if e.question not in held_questions]
+    return train, held_out, scorer
+
+
+def read_table(path: str | Path) -> list[dict[str, Any]]:
+    """Rows of a .jsonl/.json/.csv/.parquet file through `datasets` (no hub involved)."""
+    from datasets import load_dataset
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"data file not found: {path}")
+    kinds = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
+    kind = kinds.get(path.suffix.lower())
+    if kind is None:
+        raise DataError(f"{path}: unsupported file type {path.suffix!r}; use one of {', '.join(kinds)}")
+    try:
+        table = load_dataset(kind, data_files=str(path), split="train")
+    except Exception as err:
+        raise DataError(f"{path}: cannot be read as {kind}: {err}") from None
+    return list(table)
+
+
+def rows_to_examples(rows: list[dict], columns: dict[str, str], source: str) -> list[Example]:
+    if not rows:
+        raise DataError(f"{source}: the dataset is empty")
+    for field_name in ("question", "answer"):
+        if field_name not in columns:
+            raise DataError(f"data.columns: missing the mapping for {field_name!r}")
+    examples = []
+    for index, row in enumerate(rows):
+        for field_name, column in columns.items():
+            if column not in row:
+                raise DataError(
+                    f"{source}: row {index} has no column {column!r} (mapped to {field_name}); "
+                    f"columns present: {sorted(row)}"
+                )
+            if row[column] is None:
+                raise DataError(f"{source}: row {index} has an empty {column!r} (mapped to {field_name})")
+        mapped = set(columns.values())
+        extra = {k: v for k, v in row.items() if k not in mapped}
+        extra.update({f: row[c] for f, c in columns.items() if f not in ("question", "answer")})
+        examples.append(
+            Example(question=str(row[columns["question"]]), answer=str(row[columns["answer"]]), extra=extra)
+        )
+    return examples
+
+
+def load_examples(cfg: DataConfig) -> tuple[list[Example], list[Example], Any]:
+    """Return (train, held_out, reasoning-gym dataset or None) as the recipe's data section says."""
+    if cfg.source == "reasoning_gym":
+        train, held_out, scorer = reasoning_gym_splits(cfg)
+    else:
+        train = rows_to_examples(read_table(cfg.path), cfg.columns, cfg.path)
+        if cfg.eval_path:
+            held_out = rows_to_examples(read_table(cfg.eval_path), cfg.columns, cfg.eval_path)[: cfg.eval_size]
+        else:
+            if cfg.eval_size >= len(train):
+                raise DataError(
+                    f"{cfg.path}: {len(train)} rows cannot hold out data.eval_size={cfg.eval_size}; "
+                    f"lower eval_size or give data.eval_path"
+                )
+            train, held_out = train[: len(train) - cfg.eval_size], train[len(train) - cfg.eval_size :]
+        scorer = None
+    if not train:
+        raise DataError("data: no training examples left")
+    return train, held_out, scorer

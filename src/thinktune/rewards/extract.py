@@ -1,0 +1,31 @@
+"""Pull the final answer out of a completion in one of the answer formats."""
+
+from __future__ import annotations
+
+import re
+
+_ANSWER = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
+_ANSWER_OPEN = re.compile(r"<answer>(.*)$", re.DOTALL)
+_AFTER_THINK = re.compile(r"</think>(.*)$", re.DOTALL)
+
+# Graders see at most this many characters: an answer is short, and a runaway one must not stall parsing.
+MAX_ANSWER_CHARS = 512
+
+
+def extract_answer(completion: str, answer_format: str = "xml") -> str | None:
+    """The answer part of a completion, or None when the format gives none.
+
+    >>> extract_answer("<reasoning>2+2</reasoning>\\n<answer>\\n4\\n</answer>")
+    '4'
+    >>> extract_answer("<think>hmm</think> The answer is 4.", "think")
+    'The answer is 4.'
+    """
+    if answer_format == "xml":
+        found = _ANSWER.findall(completion) or _ANSWER_OPEN.findall(completion)
+        answer = found[-1] if found else None
+    else:
+        found = _AFTER_THINK.findall(completion)
+        answer = found[-1] if found else None
+    if answer is None:
+        return None
+    return answer.strip()[-MAX_ANSWER_CHARS:]

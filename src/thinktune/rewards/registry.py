@@ -1,0 +1,134 @@
+"""Registry of reward functions, and :class:`RewardSet`: weighted, validated, per-function scores."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import torch
+
+from thinktune.config import RewardConfig
+
+RewardFn = Callable[..., list]
+REWARDS: dict[str, RewardFn] = {}
+
+
+class RewardError(RuntimeError):
+    """A reward function that failed or returned something unusable, naming it and the first bad sample."""
+
+
+def register_reward(name: str):
+    """Decorator: make a reward function available by ``name`` in recipes."""
+
+    def wrap(fn: RewardFn) -> RewardFn:
+        REWARDS[name] = fn
+        return fn
+
+    return wrap
+
+
+def resolve_reward(name: str) -> RewardFn:
+    """A registry name, or an import path ``pkg.module:function``."""
+    if name in REWARDS:
+        return REWARDS[name]
+    if ":" not in name:
+        raise RewardError(
+            f"rewards: unknown reward {name!r}; registered: {sorted(REWARDS)}, or give 'pkg.module:function'"
+        )
+    module_name, _, attr = name.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        raise RewardError(f"rewards: cannot import module {module_name!r} for reward {name!r}: {err}") from None
+    fn = getattr(module, attr, None)
+    if not callable(fn):
+        raise RewardError(f"rewards: {module_name!r} has no function {attr!r} (reward {name!r})")
+    return fn
+
+
+def _accepts(fn: RewardFn, keyword: str) -> bool:
+    params = inspect.signature(fn).parameters
+    return keyword in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+
+
+@dataclass
+class RewardScores:
+    """Per-function scores ``[functions, completions]`` (NaN = not applicable) and their weighted sum."""
+
+    names: list[str]
+    per_function: torch.Tensor
+    total: torch.Tensor
+
+
+class RewardSet:
+    """The recipe's rewards, called together and checked.
+
+    ``context`` holds settings every built-in may want (e.g. ``answer_format``, ``task_dataset``); each is
+    passed only to functions that accept that keyword and were not given it in ``args``.
+    """
+
+    def __init__(self, configs: list[RewardConfig], context: dict[str, Any] | None = None):
+        self.names, self.weights, self.fns = [], [], []
+        for cfg in configs:
+            fn = resolve_reward(cfg.name)
+            bound = dict(cfg.args)
+            for key, value in (context or {}).items():
+                if key not in bound and _accepts(fn, key):
+                    bound[key] = value
+            self.names.append(cfg.name)
+            self.weights.append(cfg.weight)
+            self.fns.append(partial(fn, **bound))
+        self.weight_tensor = torch.tensor(self.weights, dtype=torch.float32)
+
+    def score(self, prompts: list[str], completions: list[str], columns: list[dict]) -> RewardScores:
+        """Call every function on the batch; ``columns[i]`` is the dataset row of completion ``i``."""
+        keys = columns[0].keys() if columns else ()
+        batched = {k: [row[k] for row in columns] for k in keys}
+        table = torch.full((len(self.fns), len(completions)), math.nan)
+        for f, (name, fn) in enumerate(zip(self.names, self.fns, strict=True)):
+            try:
+                values = fn(prompts, completions, **batched)
+            except Exception as err:
+                raise RewardError(
+                    f"reward {name!r} raised {type(err).__name__}: {err} "
+                    f"(first completion of the batch: {completions[0][:200]!r})"
+                ) from err
+            table[f] = torch.tensor(self._check(name, values, completions), dtype=torch.float32)
+        weighted = table * self.weight_tensor[:, None]
+        total = torch.nansum(weighted, dim=0)
+        return RewardScores(self.names, table, total)
+
+    @staticmethod
+    def _check(name: str, values: Any, completions: list[str]) -> list[float]:
+        if not isinstance(values, (list, tuple)):
+            raise RewardError(f"reward {name!r} returned {type(values).__name__}, expected a list of floats")
+        if len(values) != len(completions):
+            raise RewardError(f"reward {name!r} returned {len(values)} values for {len(completions)} completions")
+        clean = []
+        for i, v in enumerate(values):
+            if v is None:
+                clean.append(math.nan)
+                continue
+            if not isinstance(v, (int, float)):  # bools count as 0/1
+                if hasattr(v, "item") and getattr(v, "ndim", 1) == 0:
+                    v = v.item()  # numpy / torch scalars
+                else:
+                    raise RewardError(
+                        f"reward {name!r} returned a non-number {v!r} for completion {i}: {completions[i][:200]!r}"
+                    )
+            if not math.isfinite(v):
+                raise RewardError(
+                    f"reward {name!r} returned {v} for completion {i}: {completions[i][:200]!r}; "
+                    f"return None for 'not applicable'"
+                )
+            clean.append(float(v))
+        return clean
+
+
+# Built-ins register themselves on import.
+from thinktune.rewards import builtin as _builtin  # noqa: E402,F401
