@@ -84,7 +84,7 @@ def eval_(
         _, held_out, task_dataset = load_examples(r.data)
         m, tok = load_for_inference(model, r.model.device, r.model.dtype)
         d = r.data
-        prompts = PromptBuilder(tok, d.answer_format, d.system_prompt, d.max_prompt_tokens, d.overlong_prompts)
+        prompts = PromptBuilder.from_config(tok, d)
         rewards = RewardSet(r.rewards, {"answer_format": d.answer_format, "task_dataset": task_dataset})
         result = evaluate(
             m,

@@ -49,6 +49,11 @@ class ModelConfig(_Section):
     )
 
 
+class FewShot(_Section):
+    question: str = Field(description="An example question.")
+    response: str = Field(description="The ideal response to it, in the answer format.")
+
+
 class DataConfig(_Section):
     source: Literal["reasoning_gym", "file"] = Field("reasoning_gym", description="Where examples come from.")
     task: str | None = Field("basic_arithmetic", description="reasoning-gym task name (source=reasoning_gym).")
@@ -68,6 +73,10 @@ class DataConfig(_Section):
     )
     system_prompt: str | None = Field(
         None, description="System message; default explains the answer format. Use '' for none."
+    )
+    fewshot: list[FewShot] = Field(
+        default_factory=list,
+        description="Worked examples put in the chat before each question (user/assistant turns).",
     )
     answer_format: Literal["xml", "think"] = Field(
         "xml",

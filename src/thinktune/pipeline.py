@@ -45,13 +45,7 @@ def train(recipe: Recipe, resume: bool = False) -> dict:
             f"{stats.skipped} skipped, {stats.truncated} truncated[/]"
         )
 
-    eval_prompts = PromptBuilder(
-        tokenizer,
-        recipe.data.answer_format,
-        recipe.data.system_prompt,
-        recipe.data.max_prompt_tokens,
-        recipe.data.overlong_prompts,
-    )
+    eval_prompts = PromptBuilder.from_config(tokenizer, recipe.data)
 
     def run_eval(label: str):
         result = evaluate(

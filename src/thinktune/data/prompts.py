@@ -32,15 +32,32 @@ class PromptBuilder:
         system_prompt: str | None = None,
         max_tokens: int = 256,
         overlong: str = "skip",
+        fewshot: list[tuple[str, str]] = (),
     ):
         self.tokenizer = tokenizer
         self.system_prompt = FORMATS[answer_format] if system_prompt is None else system_prompt
         self.max_tokens = max_tokens
         self.overlong = overlong
+        self.fewshot = list(fewshot)
         self.stats = PromptStats()
 
+    @classmethod
+    def from_config(cls, tokenizer: PreTrainedTokenizerBase, data) -> PromptBuilder:
+        """Build from a recipe's ``data`` section."""
+        return cls(
+            tokenizer,
+            data.answer_format,
+            data.system_prompt,
+            data.max_prompt_tokens,
+            data.overlong_prompts,
+            [(shot.question, shot.response) for shot in data.fewshot],
+        )
+
     def text(self, question: str) -> str:
-        messages = [{"role": "user", "content": question}]
+        messages = []
+        for shot_question, shot_response in self.fewshot:
+            messages += [{"role": "user", "content": shot_question}, {"role": "assistant", "content": shot_response}]
+        messages.append({"role": "user", "content": question})
         if self.system_prompt:
             messages.insert(0, {"role": "system", "content": self.system_prompt})
         if self.tokenizer.chat_template:

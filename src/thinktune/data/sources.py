@@ -70,6 +70,8 @@ def read_table(path: str | Path) -> list[dict[str, Any]]:
     try:
         table = load_dataset(kind, data_files=str(path), split="train")
     except Exception as err:
+        if "corresponds to no data" in str(err):  # how `datasets` reports a file without rows
+            raise DataError(f"{path}: the dataset is empty") from None
         raise DataError(f"{path}: cannot be read as {kind}: {err}") from None
     return list(table)
 

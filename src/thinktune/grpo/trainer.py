@@ -74,9 +74,7 @@ class GRPOTrainer:
         if self.cfg.beta > 0:
             reference_policy(model)  # fails early when there is no reference (full fine-tuning)
         data = recipe.data
-        self.prompts = PromptBuilder(
-            tokenizer, data.answer_format, data.system_prompt, data.max_prompt_tokens, data.overlong_prompts
-        )
+        self.prompts = PromptBuilder.from_config(tokenizer, data)
         self.pool = [(e, ids) for e in train_examples if (ids := self.prompts.ids(e.question)) is not None]
         if len(self.pool) < recipe.grpo.prompts_per_step:
             raise ValueError(

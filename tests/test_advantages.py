@@ -1,0 +1,23 @@
+import pytest
+import torch
+
+from thinktune.grpo.advantages import group_advantages
+
+
+def test_hand_computed_groups():
+    # group 1: rewards 1, 0, 0, 1 -> mean 0.5, unbiased std sqrt(1/3) = 0.5774
+    adv, zero = group_advantages(torch.tensor([1.0, 0.0, 0.0, 1.0, 2.0, 2.0, 2.0, 2.0]), 4)
+    expected = 0.5 / (0.57735 + 1e-4)
+    assert torch.allclose(adv[:4], torch.tensor([expected, -expected, -expected, expected]), atol=1e-4)
+    assert torch.equal(adv[4:], torch.zeros(4))  # zero-std group: no signal
+    assert zero.tolist() == [False, True]
+
+
+def test_unscaled_is_only_centred():
+    adv, _ = group_advantages(torch.tensor([3.0, 1.0, 5.0, 5.0]), 2, scale=False)
+    assert adv.tolist() == [1.0, -1.0, 0.0, 0.0]
+
+
+def test_groups_must_divide():
+    with pytest.raises(ValueError, match="groups of 3"):
+        group_advantages(torch.zeros(4), 3)

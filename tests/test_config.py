@@ -1,0 +1,48 @@
+import pytest
+
+from thinktune.config import ConfigError, load_recipe, parse_override
+
+
+def write(tmp_path, text):
+    path = tmp_path / "r.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_and_overrides(tmp_path):
+    r = load_recipe(write(tmp_path, "grpo:\n  group_size: 4\n"), ["grpo.beta=0.04", "train.steps=3", "run.name=x"])
+    assert (r.grpo.group_size, r.grpo.beta, r.train.steps, r.run.name) == (4, 0.04, 3, "x")
+    assert r.batch_size == 4 * r.grpo.prompts_per_step
+    assert parse_override("data.task_config={min_terms: 2}") == ("data.task_config", {"min_terms": 2})
+
+
+def test_the_shipped_recipes_validate():
+    from pathlib import Path
+
+    for path in Path("recipes").glob("*.yaml"):
+        load_recipe(path)
+
+
+@pytest.mark.parametrize(
+    "text, overrides, message",
+    [
+        ("grpo:\n  group_sise: 4\n", [], "grpo.group_sise: unknown key"),
+        ("", ["grpo.group_size=1"], "grpo.group_size: Input should be greater than or equal to 2"),
+        ("", ["grpo.group_size=many"], "grpo.group_size: Input should be a valid integer"),
+        ("", ["grpo.loss=nope"], "grpo.loss: unknown loss 'nope'; allowed"),
+        ("", ["data.source=file"], "data.path: required when data.source is file"),
+        ("", ["train.learning_rate=-1"], "train.learning_rate: Input should be greater than 0"),
+        ("", ["model.finetune=half"], "model.finetune: Input should be 'lora' or 'full'"),
+        ("", ["grpo"], "expected key.sub=value"),
+        ("", ["grpo.beta=1", "grpo.beta.x=1"], "grpo.beta is not a section"),
+        ("- a\n- b\n", [], "a recipe is a mapping"),
+    ],
+)
+def test_bad_recipes_name_the_key(tmp_path, text, overrides, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        load_recipe(write(tmp_path, text), overrides)
+
+
+def test_missing_recipe_file(tmp_path):
+    with pytest.raises(ConfigError, match="recipe file not found"):
+        load_recipe(tmp_path / "nope.yaml")

@@ -1,0 +1,84 @@
+import json
+
+import pytest
+
+from thinktune.config import DataConfig
+from thinktune.data import DataError, PromptBuilder, load_examples
+
+
+def test_reasoning_gym_splits_are_disjoint():
+    cfg = DataConfig(task="basic_arithmetic", train_size=300, eval_size=100, task_config={"max_digits": 1})
+    train, held_out, scorer = load_examples(cfg)
+    assert len(held_out) == 100 and 0 < len(train) <= 300
+    assert not {e.question for e in train} & {e.question for e in held_out}
+    assert scorer.score_answer(held_out[0].answer, held_out[0].columns()) == 1.0
+
+
+def test_unknown_task_and_bad_task_config():
+    with pytest.raises(DataError, match="unknown reasoning-gym task 'basic_arithmetics'"):
+        load_examples(DataConfig(task="basic_arithmetics"))
+    with pytest.raises(DataError, match="task_config for 'basic_arithmetic' is invalid"):
+        load_examples(DataConfig(task="basic_arithmetic", task_config={"no_such_option": 1}))
+
+
+def test_files_with_column_mapping(tmp_path):
+    rows = [{"q": f"What is {i} + 1?", "a": str(i + 1), "source": "t"} for i in range(10)]
+    jsonl = tmp_path / "d.jsonl"
+    jsonl.write_text("\n".join(json.dumps(r) for r in rows))
+    csv = tmp_path / "d.csv"
+    csv.write_text("q,a,source\n" + "\n".join(f"{r['q']},{r['a']},t" for r in rows))
+    for path in (jsonl, csv):
+        cfg = DataConfig(source="file", path=str(path), columns={"question": "q", "answer": "a"}, eval_size=3)
+        train, held_out, _ = load_examples(cfg)
+        assert len(train) == 7 and len(held_out) == 3
+        assert held_out[0].question == "What is 7 + 1?" and held_out[0].answer == "8"
+        assert held_out[0].columns()["source"] == "t"  # other columns reach reward functions
+
+
+def test_parquet(tmp_path):
+    import datasets
+
+    path = tmp_path / "d.parquet"
+    datasets.Dataset.from_list([{"question": "1+1", "answer": "2"}] * 4).to_parquet(str(path))
+    train, held_out, _ = load_examples(DataConfig(source="file", path=str(path), eval_size=1))
+    assert (len(train), len(held_out)) == (3, 1)
+
+
+def test_bad_files_name_the_problem(tmp_path):
+    path = tmp_path / "d.jsonl"
+    path.write_text('{"question": "a", "answer": "1"}\n{"question": "b", "solution": "2"}\n')
+    with pytest.raises(DataError, match="row 1 has an empty 'answer'"):
+        load_examples(DataConfig(source="file", path=str(path), eval_size=0))
+    with pytest.raises(DataError, match="row 0 has no column 'problem' \\(mapped to question\\)"):
+        load_examples(
+            DataConfig(source="file", path=str(path), eval_size=0, columns={"question": "problem", "answer": "answer"})
+        )
+    with pytest.raises(DataError, match="data file not found"):
+        load_examples(DataConfig(source="file", path=str(tmp_path / "missing.jsonl")))
+    empty = tmp_path / "e.csv"
+    empty.write_text("question,answer\n")
+    with pytest.raises(DataError, match="empty"):
+        load_examples(DataConfig(source="file", path=str(empty), eval_size=0))
+    with pytest.raises(DataError, match="unsupported file type '.txt'"):
+        text = tmp_path / "d.txt"
+        text.write_text("hello")
+        load_examples(DataConfig(source="file", path=str(text)))
+
+
+def test_prompt_budget_skip_and_truncate(tiny):
+    _, tokenizer = tiny
+    long_question = " ".join(["one"] * 100)
+    skip = PromptBuilder(tokenizer, max_tokens=40, overlong="skip", system_prompt="")
+    assert skip.ids(long_question) is None and skip.stats.skipped == 1
+    cut = PromptBuilder(tokenizer, max_tokens=40, overlong="truncate", system_prompt="")
+    ids = cut.ids(long_question)
+    assert len(ids) == 40 and cut.stats.truncated == 1
+    assert tokenizer.decode(ids).endswith("assistant")  # the left is cut, the generation prompt stays
+
+
+def test_fewshot_and_system_prompt_go_through_chat_template(tiny):
+    _, tokenizer = tiny
+    builder = PromptBuilder(tokenizer, system_prompt="think", fewshot=[("one plus one", "two")])
+    text = builder.text("two plus two")
+    assert text.index("system think") < text.index("user one plus one") < text.index("assistant two")
+    assert text.endswith("<|im_start|>assistant ")

@@ -1,0 +1,75 @@
+import torch
+
+from thinktune.grpo.logprobs import completion_logprobs
+from thinktune.rollout import generate
+from thinktune.rollout.engine import filter_logits, left_pad
+
+
+def prompts_of(tokenizer):
+    texts = ["what is one plus two", "calculate three", "the cat is a dog and the dog is a cat"]
+    return [tokenizer(t)["input_ids"] for t in texts]
+
+
+def test_greedy_matches_hf_generate(tiny):
+    model, tokenizer = tiny
+    prompts = prompts_of(tokenizer)
+    eos = tokenizer.eos_token_id
+    ours = generate(model, prompts, eos_ids=[eos], pad_id=tokenizer.pad_token_id, max_new_tokens=12, greedy=True)
+    ids, mask = left_pad(prompts, tokenizer.pad_token_id)
+    hf = model.generate(
+        input_ids=ids, attention_mask=mask, max_new_tokens=12, do_sample=False, pad_token_id=tokenizer.pad_token_id
+    )[:, ids.shape[1] :]
+    for row in range(len(prompts)):
+        n = int(ours.completion_mask[row].sum())
+        assert ours.completion_ids[row, :n].tolist() == hf[row, :n].tolist()
+
+
+def test_sampled_logprobs_equal_a_fresh_forward(tiny):
+    model, tokenizer = tiny
+    r = generate(
+        model,
+        prompts_of(tokenizer),
+        eos_ids=[tokenizer.eos_token_id],
+        pad_id=tokenizer.pad_token_id,
+        max_new_tokens=10,
+        group_size=4,
+        temperature=0.7,
+        generator=torch.Generator().manual_seed(0),
+    )
+    assert r.completion_ids.shape[0] == 12
+    with torch.no_grad():
+        fresh, _ = completion_logprobs(
+            model, r.prompt_ids, r.prompt_mask, r.completion_ids, r.completion_mask, temperature=0.7
+        )
+    mask = r.completion_mask.bool()
+    assert torch.allclose(fresh[mask], r.logprobs[mask], atol=1e-4)
+
+
+def test_completion_mask_stops_after_eos():
+    class Scripted(torch.nn.Module):
+        """Emits token 5, 6, then end-of-sequence (7) for row 0; row 1 never ends."""
+
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+            self.t = 0
+
+        def forward(self, input_ids, **_):
+            script = [[5, 5], [7, 6], [6, 6]]
+            logits = torch.full((input_ids.shape[0], 1, 10), -10.0)
+            for row, token in enumerate(script[min(self.t, 2)]):
+                logits[row, 0, token] = 10.0
+            self.t += 1
+            return type("Out", (), {"logits": logits})
+
+    r = generate(Scripted(), [[1, 2], [3]], eos_ids=[7], pad_id=0, max_new_tokens=3, greedy=True)
+    assert r.completion_ids.tolist() == [[5, 7, 0], [5, 6, 6]]
+    assert r.completion_mask.tolist() == [[1, 1, 0], [1, 1, 1]]
+    assert r.truncated.tolist() == [False, True]
+
+
+def test_top_k_and_top_p_filters():
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    assert torch.isinf(filter_logits(logits, top_k=2)).tolist() == [[False, False, True, True]]
+    # top_p 0.7: 0.5 alone is not enough, 0.5 + 0.3 crosses it -> keep two
+    assert torch.isinf(filter_logits(logits, top_p=0.7)).tolist() == [[False, False, True, True]]

@@ -1,0 +1,34 @@
+"""User reward functions used by the tests, imported by path (tests.user_rewards:name)."""
+
+
+def only_short(prompts, completions, **_):
+    return [None if len(c) > 5 else 1.0 for c in completions]
+
+
+def contains(prompts, completions, word="yes", **_):
+    return [float(word in c) for c in completions]
+
+
+def yes_fraction(prompts, completions, **_):
+    """Share of the completion's words that are 'yes' (the tiny model's learning target)."""
+    return [c.split().count("yes") / max(1, len(c.split())) for c in completions]
+
+
+def raises(prompts, completions, **_):
+    return [1 / 0 for _ in completions]
+
+
+def wrong_length(prompts, completions, **_):
+    return [1.0]
+
+
+def returns_nan(prompts, completions, **_):
+    return [1.0, float("nan")]
+
+
+def returns_text(prompts, completions, **_):
+    return ["good" for _ in completions]
+
+
+def not_a_list(prompts, completions, **_):
+    return 1.0
