@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import json
 import sys
+import warnings
 from importlib import resources
 from pathlib import Path
 
 import typer
 
 from thinktune.config import ConfigError, load_recipe
+
+# peft calls a transformers method that transformers 5 marks deprecated; nothing a user can act on.
+warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Teach small language models to reason with GRPO.")
 
@@ -60,9 +64,14 @@ def demo(overrides: list[str] = typer.Argument(None, help="key.sub=value overrid
     from thinktune.pipeline import train as run_train
 
     r = _fail_cleanly(load_recipe, demo_recipe_path(), overrides or [])
-    resume = (Path(r.run.output_dir) / r.run.name / "checkpoint" / "state.pt").is_file()
+    run_dir = Path(r.run.output_dir) / r.run.name
+    if (run_dir / "summary.json").is_file():
+        typer.echo(f"the demo already finished in {run_dir} (delete that folder to run it again):\n")
+        typer.echo((run_dir / "comparison.md").read_text() if (run_dir / "comparison.md").is_file() else "")
+        return
+    resume = (run_dir / "checkpoint" / "state.pt").is_file()
     if resume:
-        typer.echo(f"resuming the demo in {r.run.output_dir}/{r.run.name} (delete it to start over)")
+        typer.echo(f"resuming the unfinished demo in {run_dir} (delete it to start over)")
     _fail_cleanly(run_train, r, resume=resume)
 
 

@@ -90,19 +90,32 @@ def train(recipe: Recipe, resume: bool = False) -> dict:
     return summary
 
 
+def significance_notes(before: dict, after: dict) -> tuple[list[str], dict]:
+    """One line per 0/1 metric (accuracy, format): 95% Wilson intervals and an exact paired sign test.
+
+    Both evaluations grade the same held-out problems in the same order, so outcomes pair up per problem.
+    """
+    notes, tests = [], {}
+    for metric, key in (("accuracy", "correct"), ("format_accuracy", "format")):
+        b, a = before["metrics"][metric], after["metrics"][metric]
+        n = int(after["metrics"]["n"])
+        test = paired_sign_test([s[key] for s in before["samples"]], [s[key] for s in after["samples"]])
+        (lo_b, hi_b), (lo_a, hi_a) = wilson_interval(b * n, n), wilson_interval(a * n, n)
+        notes.append(
+            f"{metric} on {n} held-out problems: {b:.3f} [95% CI {lo_b:.3f}-{hi_b:.3f}] -> {a:.3f} "
+            f"[{lo_a:.3f}-{hi_a:.3f}]; paired sign test: {test['fixed']} fixed, {test['broken']} broken, "
+            f"p = {test['p_value']:.2g}"
+        )
+        tests[metric] = test
+    return notes, tests
+
+
 def report_comparison(run: RunDir, before: dict, after: dict) -> dict:
-    """Print and save the before/after table with the accuracy's confidence intervals and a sign test."""
+    """Print and save the before/after table with confidence intervals and sign tests."""
     b, a = before["metrics"], after["metrics"]
     console.print(comparison_table(b, a, COMPARED))
-    n = int(a["n"])
-    test = paired_sign_test([s["correct"] for s in before["samples"]], [s["correct"] for s in after["samples"]])
-    lo_b, hi_b = wilson_interval(b["accuracy"] * n, n)
-    lo_a, hi_a = wilson_interval(a["accuracy"] * n, n)
-    note = (
-        f"accuracy on {n} held-out problems: {b['accuracy']:.3f} [95% CI {lo_b:.3f}-{hi_b:.3f}] → "
-        f"{a['accuracy']:.3f} [{lo_a:.3f}-{hi_a:.3f}]; paired sign test: {test['fixed']} fixed, "
-        f"{test['broken']} broken, p = {test['p_value']:.2g}"
-    )
-    console.print(note)
-    run.file("comparison.md").write_text(comparison_markdown(b, a, COMPARED) + "\n" + note + "\n")
-    return {"sign_test": test, "note": note}
+    notes, tests = significance_notes(before, after)
+    for note in notes:
+        console.print(note)
+    run.file("comparison.md").write_text(comparison_markdown(b, a, COMPARED) + "\n" + "\n\n".join(notes) + "\n")
+    return {"sign_tests": tests, "notes": notes}

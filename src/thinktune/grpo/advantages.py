@@ -18,7 +18,7 @@ def group_advantages(
 
     >>> adv, flat = group_advantages(torch.tensor([1.0, 0.0, 0.5, 0.5]), 2)
     >>> adv.round(decimals=3), flat
-    (tensor([ 0.707, -0.707,  0.000,  0.000]), tensor([False,  True]))
+    (tensor([ 0.7070, -0.7070,  0.0000,  0.0000]), tensor([False,  True]))
     """
     if rewards.numel() % group_size:
         raise ValueError(f"{rewards.numel()} rewards do not split into groups of {group_size}")
