@@ -25,3 +25,26 @@ def test_bad_input_exits_2_with_a_message(args, message, tmp_path):
     assert result.exit_code == 2, result.output
     assert message in result.output
     assert "Traceback" not in result.output
+
+
+def test_eval_and_generate_on_a_saved_model(tmp_path, tiny_model_dir):
+    import json
+
+    data = tmp_path / "d.jsonl"
+    data.write_text("\n".join(json.dumps({"question": f"say {w}", "answer": "yes"}) for w in ["one", "two", "three"]))
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        f"data: {{source: file, path: {data}, eval_size: 2}}\n"
+        "rewards: [{name: 'tests.user_rewards:yes_fraction'}]\n"
+        "grpo: {max_new_tokens: 4}\n"
+    )
+    out = tmp_path / "eval.json"
+    result = runner.invoke(app, ["eval", tiny_model_dir, "--recipe", str(recipe), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    saved = json.loads(out.read_text())
+    assert saved["metrics"]["n"] == 2 and len(saved["samples"]) == 2
+    assert {"accuracy", "format_accuracy", "reward", "reward/tests.user_rewards:yes_fraction"} <= saved[
+        "metrics"
+    ].keys()
+    result = runner.invoke(app, ["generate", tiny_model_dir, "say yes", "--max-new-tokens", "3"])
+    assert result.exit_code == 0, result.output

@@ -80,7 +80,10 @@ def train(recipe: Recipe, resume: bool = False) -> dict:
     save_model(model, tokenizer, run.file("final"))
     console.print(f"saved {run.file('final')}")
 
-    summary = {"before": before and before["metrics"]}
+    summary = {
+        "before": before and before["metrics"],
+        "training_prompts": {"used": len(trainer.pool), "skipped": stats.skipped, "truncated": stats.truncated},
+    }
     if recipe.eval.after and held_out:
         after = run_eval("after")
         summary["after"] = after.metrics

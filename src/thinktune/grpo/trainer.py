@@ -13,6 +13,7 @@ One step, as stages:
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import random
 import time
@@ -98,11 +99,15 @@ class GRPOTrainer:
         chosen = []
         for i in range(step * per_step, (step + 1) * per_step):
             epoch, index = divmod(i, len(self.pool))
-            order = list(range(len(self.pool)))
-            random.Random(self.recipe.train.seed * 1_000_003 + epoch).shuffle(order)
-            chosen.append(self.pool[order[index]])
+            chosen.append(self.pool[self._epoch_order(epoch)[index]])
         examples = [e for e, _ in chosen]
         return PromptBatch(examples, [ids for _, ids in chosen], [self.prompts.text(e.question) for e in examples])
+
+    @functools.lru_cache(maxsize=2)  # noqa: B019 - one trainer per run; the cache dies with it
+    def _epoch_order(self, epoch: int) -> list[int]:
+        order = list(range(len(self.pool)))
+        random.Random(self.recipe.train.seed * 1_000_003 + epoch).shuffle(order)
+        return order
 
     def rollout(self, batch: PromptBatch) -> Rollout:
         return generate(
@@ -131,8 +136,9 @@ class GRPOTrainer:
         if cfg.mask_truncated:
             mask = mask * (~rollout.truncated)[:, None].float()
         n = mask.shape[0]
+        tokens = mask.sum().clamp(min=1).item()
         totals = {
-            "total_tokens": mask.sum().clamp(min=1).item(),
+            "total_tokens": tokens,
             "total_rows": n,
             "max_tokens": mask.shape[1],
         }
@@ -141,7 +147,6 @@ class GRPOTrainer:
         ref_logprobs = self._logprobs_no_grad(rollout, slices, reference=True) if cfg.beta > 0 else None
 
         sums = {"loss": 0.0, "clip": 0.0, "kl": 0.0, "entropy": 0.0, "grad_norm": 0.0}
-        tokens = mask.sum().clamp(min=1).item()
         self.model.train()
         for iteration in range(cfg.iterations):
             self.optimizer.zero_grad(set_to_none=True)
