@@ -45,27 +45,52 @@ def test_sampled_logprobs_equal_a_fresh_forward(tiny):
     assert torch.allclose(fresh[mask], r.logprobs[mask], atol=1e-4)
 
 
-def test_completion_mask_stops_after_eos():
+def test_completion_mask_stops_after_eos_and_ended_rows_leave_the_batch():
     class Scripted(torch.nn.Module):
-        """Emits token 5, 6, then end-of-sequence (7) for row 0; row 1 never ends."""
+        """Row 0 emits 5 then end-of-sequence (7); row 1 emits 5, 6, 6 and never ends."""
 
         def __init__(self):
             super().__init__()
             self.w = torch.nn.Parameter(torch.zeros(1))
-            self.t = 0
+            self.batch_sizes = []
 
         def forward(self, input_ids, **_):
-            script = [[5, 5], [7, 6], [6, 6]]
+            script = [[5, 5], [7, 6], [6]]  # step 2 only sees row 1: row 0 has left the batch
+            self.batch_sizes.append(input_ids.shape[0])
             logits = torch.full((input_ids.shape[0], 1, 10), -10.0)
-            for row, token in enumerate(script[min(self.t, 2)]):
+            for row, token in enumerate(script[len(self.batch_sizes) - 1]):
                 logits[row, 0, token] = 10.0
-            self.t += 1
             return type("Out", (), {"logits": logits})
 
-    r = generate(Scripted(), [[1, 2], [3]], eos_ids=[7], pad_id=0, max_new_tokens=3, greedy=True)
+    model = Scripted()
+    r = generate(model, [[1, 2], [3]], eos_ids=[7], pad_id=0, max_new_tokens=3, greedy=True)
+    assert model.batch_sizes == [2, 2, 1]
     assert r.completion_ids.tolist() == [[5, 7, 0], [5, 6, 6]]
     assert r.completion_mask.tolist() == [[1, 1, 0], [1, 1, 1]]
     assert r.truncated.tolist() == [False, True]
+
+
+def test_group_rows_share_the_prompt_prefill(tiny):
+    model, tokenizer = tiny
+    calls = []
+    hook = model.register_forward_pre_hook(
+        lambda m, args, kwargs: calls.append(kwargs["input_ids"].shape), with_kwargs=True
+    )
+    try:
+        r = generate(
+            model,
+            prompts_of(tokenizer)[:2],
+            eos_ids=[tokenizer.eos_token_id],
+            pad_id=tokenizer.pad_token_id,
+            max_new_tokens=3,
+            group_size=4,
+            generator=torch.Generator().manual_seed(0),
+        )
+    finally:
+        hook.remove()
+    assert calls[0][0] == 2  # two prompts prefilled once each ...
+    assert r.completion_ids.shape[0] == 8 and calls[1] == (8, 1)  # ... then decoded as 2 x 4 rows
+    assert torch.equal(r.prompt_ids[0], r.prompt_ids[3]) and not torch.equal(r.prompt_ids[3], r.prompt_ids[4])
 
 
 def test_top_k_and_top_p_filters():

@@ -65,6 +65,19 @@ def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> t
     return logits
 
 
+def pick_tokens(
+    logits: torch.Tensor, greedy: bool, temperature: float, top_k: int, top_p: float, generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Next tokens and their log-probs under ``softmax(logits / temperature)`` (greedy: temperature 1)."""
+    if greedy:
+        token = logits.argmax(-1)
+        return token, logits.log_softmax(-1).gather(-1, token[:, None])[:, 0]
+    scaled = logits / temperature
+    probs = filter_logits(scaled, top_k, top_p).softmax(-1)
+    token = torch.multinomial(probs, 1, generator=generator)[:, 0]
+    return token, scaled.log_softmax(-1).gather(-1, token[:, None])[:, 0]
+
+
 @torch.no_grad()
 def generate(
     model,
@@ -80,64 +93,71 @@ def generate(
     top_p: float = 1.0,
     generator: torch.Generator | None = None,
 ) -> Rollout:
-    """Sample ``group_size`` completions for each prompt (token-id lists)."""
+    """Sample ``group_size`` completions for each prompt (token-id lists).
+
+    Each prompt is prefilled once and its KV cache copied to the rows of its group; a row that has ended
+    leaves the decode batch (and the cache) at once, so later steps only pay for rows still generating.
+    """
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    rows = [p for p in prompts for _ in range(group_size)]
-    prompt_ids, prompt_mask = left_pad(rows, pad_id)
-    prompt_ids, prompt_mask = prompt_ids.to(device), prompt_mask.to(device)
-    n = prompt_ids.shape[0]
+    unique_ids, unique_mask = (t.to(device) for t in left_pad(prompts, pad_id))
     eos = torch.tensor(eos_ids, device=device)
 
     cache = DynamicCache()
-    mask = prompt_mask
-    pos = positions(mask)
-    step_input = prompt_ids
-    tokens, logps = [], []
-    finished = torch.zeros(n, dtype=torch.bool, device=device)
-    for _ in range(max_new_tokens):
+    out = model(
+        input_ids=unique_ids,
+        attention_mask=unique_mask,
+        position_ids=positions(unique_mask),
+        past_key_values=cache,
+        use_cache=True,
+        logits_to_keep=1,
+    )
+    logits = out.logits[:, -1].float().repeat_interleave(group_size, dim=0)
+    cache.batch_repeat_interleave(group_size)
+    mask = unique_mask.repeat_interleave(group_size, dim=0)
+    next_position = positions(mask)[:, -1:] + 1
+    n = mask.shape[0]
+
+    completion_ids = torch.full((n, max_new_tokens), pad_id, dtype=torch.long, device=device)
+    logprobs = torch.zeros((n, max_new_tokens), device=device)
+    active = torch.arange(n, device=device)  # rows of the batch still generating
+    width = 0
+    for step in range(max_new_tokens):
+        token, logp = pick_tokens(logits, greedy, temperature, top_k, top_p, generator)
+        completion_ids[active, step] = token
+        logprobs[active, step] = logp
+        width = step + 1
+        ended = torch.isin(token, eos)
+        if ended.all() or width == max_new_tokens:
+            break
+        if ended.any():
+            keep = (~ended).nonzero()[:, 0]
+            active, token, mask, next_position = active[keep], token[keep], mask[keep], next_position[keep]
+            cache.batch_select_indices(keep)
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=-1)
         out = model(
-            input_ids=step_input,
+            input_ids=token[:, None],
             attention_mask=mask,
-            position_ids=pos,
+            position_ids=next_position,
             past_key_values=cache,
             use_cache=True,
             logits_to_keep=1,
         )
         logits = out.logits[:, -1].float()
-        if greedy:
-            token = logits.argmax(-1)
-            logp = logits.log_softmax(-1).gather(-1, token[:, None])[:, 0]
-        else:
-            scaled = logits / temperature
-            probs = filter_logits(scaled, top_k, top_p).softmax(-1)
-            token = torch.multinomial(probs, 1, generator=generator)[:, 0]
-            logp = scaled.log_softmax(-1).gather(-1, token[:, None])[:, 0]
-        token = torch.where(finished, torch.full_like(token, pad_id), token)
-        tokens.append(token)
-        logps.append(torch.where(finished, torch.zeros_like(logp), logp))
-        live = ~finished
-        finished = finished | torch.isin(token, eos)
-        if finished.all():
-            break
-        # A finished row keeps decoding pad tokens (masked out) so the batch stays rectangular.
-        step_input = token[:, None]
-        mask = torch.cat([mask, live.long()[:, None]], dim=-1)
-        pos = pos[:, -1:] + 1
+        next_position = next_position + 1
 
-    completion_ids = torch.stack(tokens, dim=1)
+    completion_ids = completion_ids[:, :width]
     is_eos = torch.isin(completion_ids, eos)
     # Mask: every token up to and including the first end-of-sequence token.
     after_eos = (is_eos.long().cumsum(-1) - is_eos.long()) > 0
     completion_mask = (~after_eos).long()
-    truncated = ~is_eos.any(-1)
     model.train(was_training)
     return Rollout(
-        prompt_ids=prompt_ids,
-        prompt_mask=prompt_mask,
+        prompt_ids=unique_ids.repeat_interleave(group_size, dim=0),
+        prompt_mask=unique_mask.repeat_interleave(group_size, dim=0),
         completion_ids=completion_ids,
         completion_mask=completion_mask,
-        logprobs=torch.stack(logps, dim=1) * completion_mask,
-        truncated=truncated,
+        logprobs=logprobs[:, :width] * completion_mask,
+        truncated=~is_eos.any(-1),
     )
