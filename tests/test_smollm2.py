@@ -29,18 +29,24 @@ def test_two_grpo_steps_on_smollm2(tmp_path):
             "grpo.max_new_tokens=24",
             "eval.before=false",
             "eval.after=false",
+            # the demo's rewards plus one that varies inside every group, so both steps have a gradient
+            "rewards=[{name: format}, {name: task_score}, {name: 'tests.user_rewards:length', weight: 0.1}]",
             f"run.output_dir={tmp_path}",
         ],
     )
     train(recipe)
     lines = (tmp_path / "demo" / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 2
-    step = json.loads(lines[-1])
-    assert step["grad_norm"] > 0 and 0 <= step["format"] <= 1
+    steps = [json.loads(line) for line in lines]
+    assert all(0 <= s["format"] <= 1 and s["seconds_rollout"] > 0 for s in steps)
+    assert any(s["grad_norm"] > 0 for s in steps)
     adapter = tmp_path / "demo" / "final"
     assert (adapter / "adapter_config.json").is_file()
     from peft import PeftModel
+    from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM
 
+    trained = load_file(adapter / "adapter_model.safetensors")
+    assert any("lora_B" in name and w.abs().sum() > 0 for name, w in trained.items())  # B starts at zero
     base = AutoModelForCausalLM.from_pretrained(resolve_model("smollm2-135m-instruct"))
     PeftModel.from_pretrained(base, adapter)

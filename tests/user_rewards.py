@@ -32,3 +32,8 @@ def returns_text(prompts, completions, **_):
 
 def not_a_list(prompts, completions, **_):
     return 1.0
+
+
+def length(prompts, completions, **_):
+    """Characters / 100: differs between almost any two samples, so every group carries a gradient."""
+    return [len(c) / 100 for c in completions]
