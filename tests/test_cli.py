@@ -48,3 +48,15 @@ def test_eval_and_generate_on_a_saved_model(tmp_path, tiny_model_dir):
     ].keys()
     result = runner.invoke(app, ["generate", tiny_model_dir, "say yes", "--max-new-tokens", "3"])
     assert result.exit_code == 0, result.output
+
+
+def test_every_prompt_over_budget_is_a_clear_error(tmp_path, tiny_model_dir):
+    import json
+
+    data = tmp_path / "d.jsonl"
+    data.write_text("\n".join(json.dumps({"question": "say one two three", "answer": "yes"}) for _ in range(4)))
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"model: {{name: {tiny_model_dir}}}\ndata: {{source: file, path: {data}, eval_size: 1}}\n")
+    result = runner.invoke(app, ["train", str(recipe), "data.max_prompt_tokens=3", f"run.output_dir={tmp_path}"])
+    assert result.exit_code == 2, result.output
+    assert "only 0 training prompts fit data.max_prompt_tokens=3 (3 skipped)" in result.output

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import sys
 import warnings
-from importlib import resources
 from pathlib import Path
 
 import typer
@@ -16,8 +15,6 @@ from thinktune.config import ConfigError, load_recipe
 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Teach small language models to reason with GRPO.")
-
-USER_ERRORS: tuple[type[Exception], ...] = (ConfigError,)
 
 
 def _user_errors() -> tuple[type[Exception], ...]:
@@ -39,10 +36,11 @@ def _fail_cleanly(fn, *args, **kwargs):
 
 
 def demo_recipe_path() -> Path:
-    local = Path("recipes/demo.yaml")
-    if local.is_file():
-        return local
-    return Path(str(resources.files("thinktune") / "recipes" / "demo.yaml"))
+    """recipes/demo.yaml of the current folder, else of the checkout this package runs from."""
+    for candidate in (Path("recipes/demo.yaml"), Path(__file__).resolve().parents[2] / "recipes" / "demo.yaml"):
+        if candidate.is_file():
+            return candidate
+    raise ConfigError("recipes/demo.yaml not found: run `thinktune demo` from the thinktune checkout")
 
 
 @app.command()
@@ -63,7 +61,7 @@ def demo(overrides: list[str] = typer.Argument(None, help="key.sub=value overrid
     """The offline demo: SmolLM2-135M-Instruct (packaged) learns a reasoning-gym task with LoRA."""
     from thinktune.pipeline import train as run_train
 
-    r = _fail_cleanly(load_recipe, demo_recipe_path(), overrides or [])
+    r = _fail_cleanly(lambda: load_recipe(demo_recipe_path(), overrides or []))
     run_dir = Path(r.run.output_dir) / r.run.name
     if (run_dir / "summary.json").is_file():
         typer.echo(f"the demo already finished in {run_dir} (delete that folder to run it again):\n")

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 
 from thinktune.config import Recipe
-from thinktune.data import Example, PromptBuilder
+from thinktune.data import DataError, Example, PromptBuilder
 from thinktune.evaluate import Grader, decode, eos_token_ids
 from thinktune.grpo.advantages import group_advantages
 from thinktune.grpo.logprobs import completion_logprobs
@@ -78,7 +78,7 @@ class GRPOTrainer:
         self.prompts = PromptBuilder.from_config(tokenizer, data)
         self.pool = [(e, ids) for e in train_examples if (ids := self.prompts.ids(e.question)) is not None]
         if len(self.pool) < recipe.grpo.prompts_per_step:
-            raise ValueError(
+            raise DataError(
                 f"only {len(self.pool)} training prompts fit data.max_prompt_tokens={data.max_prompt_tokens} "
                 f"({self.prompts.stats.skipped} skipped); grpo.prompts_per_step={recipe.grpo.prompts_per_step}"
             )
