@@ -46,7 +46,9 @@ def test_eval_and_generate_on_a_saved_model(tmp_path, tiny_model_dir):
     assert {"accuracy", "format_accuracy", "reward", "reward/tests.user_rewards:yes_fraction"} <= saved[
         "metrics"
     ].keys()
-    result = runner.invoke(app, ["generate", tiny_model_dir, "say yes", "--max-new-tokens", "3"])
+    result = runner.invoke(
+        app, ["generate", tiny_model_dir, "say yes", "--recipe", str(recipe), "--max-new-tokens", "3"]
+    )
     assert result.exit_code == 0, result.output
 
 

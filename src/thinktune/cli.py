@@ -115,18 +115,19 @@ def eval_(
 def generate(
     model: str = typer.Argument(..., help="Model: folder (HF model or peft adapter), alias or hub id."),
     question: str = typer.Argument(..., help="The question to answer."),
-    answer_format: str = typer.Option("xml", help="xml or think: the system prompt to use."),
+    recipe: Path = typer.Option(None, "--recipe", "-r", help="Recipe whose prompt (system, few-shot) to use."),
     max_new_tokens: int = typer.Option(256),
 ):
-    """Answer one question greedily with a model, in the recipe's prompt format."""
+    """Answer one question greedily, prompted as the recipe prompts (default recipe if none)."""
     from thinktune.data import PromptBuilder
     from thinktune.evaluate import decode, eos_token_ids
     from thinktune.models import load_for_inference
     from thinktune.rollout import generate as gen
 
     def run():
+        data = load_recipe(recipe).data
         m, tok = load_for_inference(model)
-        ids = PromptBuilder(tok, answer_format, max_tokens=10**6).ids(question)
+        ids = PromptBuilder.from_config(tok, data.model_copy(update={"max_prompt_tokens": 10**6})).ids(question)
         out = gen(
             m,
             [ids],
