@@ -81,28 +81,15 @@ def eval_(
     out: Path = typer.Option(None, "--out", help="Write metrics and completions to this JSON file."),
 ):
     """Greedy evaluation on the recipe's held-out set: accuracy, format accuracy, mean reward."""
-    from thinktune.data import PromptBuilder, load_examples
-    from thinktune.evaluate import Grader, evaluate
+    from thinktune.data import load_examples
+    from thinktune.evaluate import evaluate_recipe, recipe_scoring
     from thinktune.models import load_for_inference
-    from thinktune.rewards import RewardSet
 
     def run():
         r = load_recipe(recipe, overrides or [])
         _, held_out, task_dataset = load_examples(r.data)
         m, tok = load_for_inference(model, r.model.device, r.model.dtype)
-        d = r.data
-        prompts = PromptBuilder.from_config(tok, d)
-        rewards = RewardSet(r.rewards, {"answer_format": d.answer_format, "task_dataset": task_dataset})
-        result = evaluate(
-            m,
-            tok,
-            held_out,
-            prompts,
-            rewards,
-            Grader(d.answer_format, task_dataset),
-            max_new_tokens=r.eval.max_new_tokens or r.grpo.max_new_tokens,
-            batch_size=r.eval.batch_size,
-        )
+        result = evaluate_recipe(m, tok, r, held_out, *recipe_scoring(r, task_dataset))
         json.dump(result.metrics, sys.stdout, indent=1)
         print()
         if out:

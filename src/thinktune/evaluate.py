@@ -105,6 +105,27 @@ def evaluate(
     return EvalResult(metrics, samples)
 
 
+def recipe_scoring(recipe, task_dataset) -> tuple[RewardSet, Grader]:
+    """The recipe's rewards and the task grader, as training and evaluation both use them."""
+    fmt = recipe.data.answer_format
+    return RewardSet(recipe.rewards, {"answer_format": fmt, "task_dataset": task_dataset}), Grader(fmt, task_dataset)
+
+
+def evaluate_recipe(model, tokenizer, recipe, examples, rewards, grader, label: str = "eval") -> EvalResult:
+    """:func:`evaluate` with the recipe's prompts, completion budget and batch size."""
+    return evaluate(
+        model,
+        tokenizer,
+        examples,
+        PromptBuilder.from_config(tokenizer, recipe.data),
+        rewards,
+        grader,
+        max_new_tokens=recipe.eval.max_new_tokens or recipe.grpo.max_new_tokens,
+        batch_size=recipe.eval.batch_size,
+        label=label,
+    )
+
+
 def eos_token_ids(tokenizer) -> list[int]:
     ids = {tokenizer.eos_token_id}
     im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")

@@ -7,11 +7,10 @@ import random
 import torch
 
 from thinktune.config import Recipe
-from thinktune.data import PromptBuilder, load_examples
-from thinktune.evaluate import Grader, evaluate, paired_sign_test, wilson_interval
+from thinktune.data import load_examples
+from thinktune.evaluate import evaluate_recipe, paired_sign_test, recipe_scoring, wilson_interval
 from thinktune.grpo.trainer import GRPOTrainer
 from thinktune.models import load_policy, save_model
-from thinktune.rewards import RewardSet
 from thinktune.runs import RunDir
 from thinktune.tracking import comparison_markdown, comparison_table, console
 
@@ -34,9 +33,7 @@ def train(recipe: Recipe, resume: bool = False) -> dict:
     train_set, held_out, task_dataset = load_examples(recipe.data)
     console.print(f"data: {len(train_set)} training, {len(held_out)} held-out examples")
     model, tokenizer = load_policy(recipe.model)
-    context = {"answer_format": recipe.data.answer_format, "task_dataset": task_dataset}
-    rewards = RewardSet(recipe.rewards, context)
-    grader = Grader(recipe.data.answer_format, task_dataset)
+    rewards, grader = recipe_scoring(recipe, task_dataset)
     trainer = GRPOTrainer(recipe, model, tokenizer, train_set, rewards, grader, run)
     stats = trainer.prompts.stats
     if stats.skipped or stats.truncated:
@@ -45,20 +42,8 @@ def train(recipe: Recipe, resume: bool = False) -> dict:
             f"{stats.skipped} skipped, {stats.truncated} truncated[/]"
         )
 
-    eval_prompts = PromptBuilder.from_config(tokenizer, recipe.data)
-
     def run_eval(label: str):
-        result = evaluate(
-            model,
-            tokenizer,
-            held_out,
-            eval_prompts,
-            rewards,
-            grader,
-            max_new_tokens=recipe.eval.max_new_tokens or recipe.grpo.max_new_tokens,
-            batch_size=recipe.eval.batch_size,
-            label=f"eval {label}",
-        )
+        result = evaluate_recipe(model, tokenizer, recipe, held_out, rewards, grader, label=f"eval {label}")
         run.write_json(f"eval_{label}.json", {"metrics": result.metrics, "samples": result.samples})
         console.print(f"eval {label}: " + "  ".join(f"{k} {result.metrics[k]:.3f}" for k in COMPARED))
         return result

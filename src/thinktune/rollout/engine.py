@@ -115,7 +115,9 @@ def generate(
     )
     logits = out.logits[:, -1].float().repeat_interleave(group_size, dim=0)
     cache.batch_repeat_interleave(group_size)
-    mask = unique_mask.repeat_interleave(group_size, dim=0)
+    prompt_ids = unique_ids.repeat_interleave(group_size, dim=0)
+    prompt_mask = unique_mask.repeat_interleave(group_size, dim=0)
+    mask = prompt_mask
     next_position = positions(mask)[:, -1:] + 1
     n = mask.shape[0]
 
@@ -154,8 +156,8 @@ def generate(
     completion_mask = (~after_eos).long()
     model.train(was_training)
     return Rollout(
-        prompt_ids=unique_ids.repeat_interleave(group_size, dim=0),
-        prompt_mask=unique_mask.repeat_interleave(group_size, dim=0),
+        prompt_ids=prompt_ids,
+        prompt_mask=prompt_mask,
         completion_ids=completion_ids,
         completion_mask=completion_mask,
         logprobs=logprobs[:, :width] * completion_mask,
