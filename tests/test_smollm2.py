@@ -1,6 +1,7 @@
 """The packaged SmolLM2-135M-Instruct: converts to a plain HF folder, trains two GRPO steps, saves a peft adapter."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -17,6 +18,8 @@ def test_packaged_model_resolves_to_a_plain_hf_folder():
     folder = resolve_model("smollm2-135m-instruct")
     config = AutoConfig.from_pretrained(folder)
     assert config.model_type == "llama" and config.num_hidden_layers == 30
+    # dequantized float weights: no GGUF quantization marker (it makes Trainer-based tools refuse full fine-tuning)
+    assert "quantization_config" not in json.loads((Path(folder) / "config.json").read_text())
 
 
 def test_two_grpo_steps_on_smollm2(tmp_path):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import json
 import os
 import shutil
 import socket
@@ -61,6 +62,7 @@ def convert_packaged(alias: str) -> Path:
     """
     target = cache_dir() / "models" / alias
     if (target / "config.json").is_file():
+        _drop_quantization_config(target)  # folders converted by earlier versions still carry it
         return target
     gguf = _packaged_gguf(alias)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
@@ -72,11 +74,25 @@ def convert_packaged(alias: str) -> Path:
     shutil.rmtree(partial, ignore_errors=True)
     model.save_pretrained(partial)
     tokenizer.save_pretrained(partial)
+    _drop_quantization_config(partial)  # the weights are plain float32 now
     target.parent.mkdir(parents=True, exist_ok=True)
     with contextlib.suppress(OSError):  # another process may have finished first; its copy is as good
         partial.rename(target)
     shutil.rmtree(partial, ignore_errors=True)
     return target
+
+
+def _drop_quantization_config(folder: Path) -> None:
+    """Remove the GGUF ``quantization_config`` that marks dequantized float weights as quantized.
+
+    With it, transformers flags the model as quantized and its Trainer (so TRL) refuses full fine-tuning.
+    """
+    path = folder / "config.json"
+    config = json.loads(path.read_text())
+    if config.pop("quantization_config", None) is not None:
+        partial = path.with_name(f"config.json.partial-{os.getpid()}")
+        partial.write_text(json.dumps(config, indent=2))
+        partial.rename(path)
 
 
 def _online(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
@@ -184,8 +200,6 @@ def load_for_inference(path_or_name: str, device: str = "auto", dtype: str = "fl
     device_ = pick_device(device)
     path = Path(path_or_name)
     if (path / "adapter_config.json").is_file():
-        import json
-
         from peft import PeftModel
 
         base_name = json.loads((path / "adapter_config.json").read_text())["base_model_name_or_path"]
