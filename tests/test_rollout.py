@@ -1,8 +1,12 @@
+import pytest
 import torch
 
 from thinktune.grpo.logprobs import completion_logprobs
 from thinktune.rollout import generate
-from thinktune.rollout.engine import filter_logits, left_pad
+from thinktune.rollout.decoders import LlamaDecoder, supports_fast_decode
+from thinktune.rollout.engine import filter_logits, left_pad, sample_categorical
+
+BOTH_DECODERS = pytest.mark.parametrize("fast", [True, False], ids=["llama-decoder", "hf-decoder"])
 
 
 def prompts_of(tokenizer):
@@ -10,11 +14,12 @@ def prompts_of(tokenizer):
     return [tokenizer(t)["input_ids"] for t in texts]
 
 
-def test_greedy_matches_hf_generate(tiny):
-    model, tokenizer = tiny
+def assert_greedy_matches_hf_generate(model, tokenizer, fast):
     prompts = prompts_of(tokenizer)
     eos = tokenizer.eos_token_id
-    ours = generate(model, prompts, eos_ids=[eos], pad_id=tokenizer.pad_token_id, max_new_tokens=12, greedy=True)
+    ours = generate(
+        model, prompts, eos_ids=[eos], pad_id=tokenizer.pad_token_id, max_new_tokens=12, greedy=True, fast=fast
+    )
     ids, mask = left_pad(prompts, tokenizer.pad_token_id)
     hf = model.generate(
         input_ids=ids, attention_mask=mask, max_new_tokens=12, do_sample=False, pad_token_id=tokenizer.pad_token_id
@@ -24,7 +29,58 @@ def test_greedy_matches_hf_generate(tiny):
         assert ours.completion_ids[row, :n].tolist() == hf[row, :n].tolist()
 
 
-def test_sampled_logprobs_equal_a_fresh_forward(tiny):
+@BOTH_DECODERS
+def test_greedy_matches_hf_generate(tiny, fast):
+    model, tokenizer = tiny
+    assert supports_fast_decode(model)
+    assert_greedy_matches_hf_generate(model, tokenizer, fast)
+
+
+def test_llama_decoder_merges_lora_and_leaves_the_model_alone(tiny_model_dir):
+    from thinktune.config import ModelConfig
+    from thinktune.models import load_policy
+
+    model, tokenizer = load_policy(ModelConfig(name=tiny_model_dir, finetune="lora", device="cpu"))
+    torch.manual_seed(1)
+    for name, p in model.named_parameters():
+        if "lora_B" in name:
+            p.data.normal_(0, 0.5)  # adapters that change the output
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    assert supports_fast_decode(model)
+    assert_greedy_matches_hf_generate(model, tokenizer, fast=True)
+    with model.disable_adapter():
+        adapted = generate(model, prompts_of(tokenizer), eos_ids=[0], pad_id=0, max_new_tokens=6, greedy=True)
+    plain = generate(model, prompts_of(tokenizer), eos_ids=[0], pad_id=0, max_new_tokens=6, greedy=True)
+    assert not torch.equal(adapted.completion_ids, plain.completion_ids)  # the adapters are really merged in
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_llama_decoder_runs_qwen2_with_qkv_bias(tiny):
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    _, tokenizer = tiny
+    torch.manual_seed(0)
+    config = Qwen2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        initializer_range=0.1,
+    )
+    model = Qwen2ForCausalLM(config).eval()
+    for layer in model.model.layers:  # Qwen2's q/k/v biases start at zero; make them count
+        for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
+            proj.bias.data.normal_(0, 0.5)
+    assert supports_fast_decode(model)
+    assert_greedy_matches_hf_generate(model, tokenizer, fast=True)
+
+
+@BOTH_DECODERS
+def test_sampled_logprobs_equal_a_fresh_forward(tiny, fast):
     model, tokenizer = tiny
     r = generate(
         model,
@@ -35,6 +91,7 @@ def test_sampled_logprobs_equal_a_fresh_forward(tiny):
         group_size=4,
         temperature=0.7,
         generator=torch.Generator().manual_seed(0),
+        fast=fast,
     )
     assert r.completion_ids.shape[0] == 12
     with torch.no_grad():
@@ -70,9 +127,15 @@ def test_completion_mask_stops_after_eos_and_ended_rows_leave_the_batch():
     assert r.truncated.tolist() == [False, True]
 
 
-def test_group_rows_share_the_prompt_prefill(tiny):
+@BOTH_DECODERS
+def test_group_rows_share_the_prompt_prefill(tiny, fast, monkeypatch):
     model, tokenizer = tiny
     calls = []
+    if fast:
+        forward = LlamaDecoder._forward
+        monkeypatch.setattr(
+            LlamaDecoder, "_forward", lambda self, ids, *a: calls.append(ids.shape) or forward(self, ids, *a)
+        )
     hook = model.register_forward_pre_hook(
         lambda m, args, kwargs: calls.append(kwargs["input_ids"].shape), with_kwargs=True
     )
@@ -85,6 +148,7 @@ def test_group_rows_share_the_prompt_prefill(tiny):
             max_new_tokens=3,
             group_size=4,
             generator=torch.Generator().manual_seed(0),
+            fast=fast,
         )
     finally:
         hook.remove()
@@ -98,3 +162,12 @@ def test_top_k_and_top_p_filters():
     assert torch.isinf(filter_logits(logits, top_k=2)).tolist() == [[False, False, True, True]]
     # top_p 0.7: 0.5 alone is not enough, 0.5 + 0.3 crosses it -> keep two
     assert torch.isinf(filter_logits(logits, top_p=0.7)).tolist() == [[False, False, True, True]]
+
+
+def test_sample_categorical_follows_the_distribution_and_never_picks_zero_mass():
+    probs = torch.tensor([[0.5, 0.3, 0.15, 0.05, 0.0]]).repeat(20_000, 1)
+    draws = sample_categorical(probs, torch.Generator().manual_seed(0))
+    frequencies = torch.bincount(draws, minlength=5).float() / len(draws)
+    assert frequencies[4] == 0
+    # 20 000 draws: the standard error of a 0.5 frequency is 0.0035
+    assert torch.allclose(frequencies[:4], probs[0, :4], atol=0.015)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from thinktune.logits import entropy, token_logprobs
 from thinktune.rollout.engine import positions
 
 
@@ -26,10 +27,4 @@ def completion_logprobs(
     width = completion_ids.shape[1]
     out = model(input_ids=ids, attention_mask=mask, position_ids=positions(mask), logits_to_keep=width + 1)
     logits = out.logits[:, :-1].float() / temperature  # position t predicts token t + 1
-    logp_all = logits.log_softmax(-1)
-    logprobs = logp_all.gather(-1, completion_ids[..., None])[..., 0]
-    entropy = None
-    if with_entropy:
-        with torch.no_grad():
-            entropy = -(logp_all.exp() * logp_all).sum(-1)
-    return logprobs, entropy
+    return token_logprobs(logits, completion_ids), entropy(logits) if with_entropy else None

@@ -12,7 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from transformers import DynamicCache
+
+from thinktune.logits import sampling_weights, token_logprobs
+from thinktune.rollout.decoders import make_decoder
 
 
 @dataclass
@@ -65,17 +67,34 @@ def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> t
     return logits
 
 
+def sample_categorical(probs: torch.Tensor, generator=None) -> torch.Tensor:
+    """One draw per row from unnormalised ``probs`` by inverting the cumulative sum.
+
+    Same distribution as ``torch.multinomial(probs, 1)``, which draws an exponential per vocabulary entry
+    and took 40 ms per decode step for 32 rows x 49k tokens here; this takes one uniform per row (< 1 ms).
+    A zero-probability entry is never picked (the search is right-sided).
+
+    >>> sample_categorical(torch.tensor([[0.0, 1.0, 0.0], [0.0, 0.0, 2.0]])).tolist()
+    [1, 2]
+    """
+    cdf = probs.cumsum(-1)
+    u = torch.rand(probs.shape[0], 1, generator=generator, device=probs.device, dtype=cdf.dtype)
+    return torch.searchsorted(cdf, u * cdf[:, -1:], right=True)[:, 0].clamp(max=probs.shape[-1] - 1)
+
+
 def pick_tokens(
     logits: torch.Tensor, greedy: bool, temperature: float, top_k: int, top_p: float, generator
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Next tokens and their log-probs under ``softmax(logits / temperature)`` (greedy: temperature 1)."""
     if greedy:
         token = logits.argmax(-1)
-        return token, logits.log_softmax(-1).gather(-1, token[:, None])[:, 0]
+        return token, token_logprobs(logits, token)
     scaled = logits / temperature
-    probs = filter_logits(scaled, top_k, top_p).softmax(-1)
-    token = torch.multinomial(probs, 1, generator=generator)[:, 0]
-    return token, scaled.log_softmax(-1).gather(-1, token[:, None])[:, 0]
+    weights, log_norm = sampling_weights(scaled)
+    if top_k > 0 or top_p < 1.0:
+        weights = filter_logits(scaled, top_k, top_p).softmax(-1)
+    token = sample_categorical(weights, generator)
+    return token, (scaled.gather(-1, token[:, None]) - log_norm)[:, 0]
 
 
 @torch.no_grad()
@@ -92,11 +111,14 @@ def generate(
     top_k: int = 0,
     top_p: float = 1.0,
     generator: torch.Generator | None = None,
+    fast: bool = True,
 ) -> Rollout:
     """Sample ``group_size`` completions for each prompt (token-id lists).
 
     Each prompt is prefilled once and its KV cache copied to the rows of its group; a row that has ended
     leaves the decode batch (and the cache) at once, so later steps only pay for rows still generating.
+    ``fast`` uses the merged-weights decoder for Llama-family models (see ``decoders``); off, or for
+    other architectures, the Hugging Face model runs each step itself.
     """
     was_training = model.training
     model.eval()
@@ -104,17 +126,8 @@ def generate(
     unique_ids, unique_mask = (t.to(device) for t in left_pad(prompts, pad_id))
     eos = torch.tensor(eos_ids, device=device)
 
-    cache = DynamicCache()
-    out = model(
-        input_ids=unique_ids,
-        attention_mask=unique_mask,
-        position_ids=positions(unique_mask),
-        past_key_values=cache,
-        use_cache=True,
-        logits_to_keep=1,
-    )
-    logits = out.logits[:, -1].float().repeat_interleave(group_size, dim=0)
-    cache.batch_repeat_interleave(group_size)
+    decoder = make_decoder(model, unique_ids.shape[1] + max_new_tokens, fast)
+    logits = decoder.prefill(unique_ids, unique_mask, positions(unique_mask), group_size)
     prompt_ids = unique_ids.repeat_interleave(group_size, dim=0)
     prompt_mask = unique_mask.repeat_interleave(group_size, dim=0)
     mask = prompt_mask
@@ -136,17 +149,9 @@ def generate(
         if ended.any():
             keep = (~ended).nonzero()[:, 0]
             active, token, mask, next_position = active[keep], token[keep], mask[keep], next_position[keep]
-            cache.batch_select_indices(keep)
+            decoder.keep(keep)
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=-1)
-        out = model(
-            input_ids=token[:, None],
-            attention_mask=mask,
-            position_ids=next_position,
-            past_key_values=cache,
-            use_cache=True,
-            logits_to_keep=1,
-        )
-        logits = out.logits[:, -1].float()
+        logits = decoder.decode(token, mask, next_position)
         next_position = next_position + 1
 
     completion_ids = completion_ids[:, :width]
