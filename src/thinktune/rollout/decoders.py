@@ -51,7 +51,7 @@ class HFDecoder:
         self.cache.batch_select_indices(rows)
 
 
-def _base_model(model):
+def base_model(model):
     """The transformers model under a peft wrapper (or the model itself)."""
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
@@ -85,7 +85,7 @@ def _lora_layers_supported(model) -> bool:
 
 
 def supports_fast_decode(model) -> bool:
-    config = getattr(_base_model(model), "config", None)
+    config = getattr(base_model(model), "config", None)
     return (
         getattr(config, "model_type", None) in FAST_MODEL_TYPES
         and getattr(config, "hidden_act", None) == "silu"
@@ -107,7 +107,7 @@ class LlamaDecoder:
     """Decode forward passes for a Llama-family model from a merged, fused snapshot of its weights."""
 
     def __init__(self, model, max_columns: int):
-        base = _base_model(model)
+        base = base_model(model)
         config = base.config
         inner = base.model
         self.heads = config.num_attention_heads

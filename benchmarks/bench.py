@@ -1,0 +1,258 @@
+"""thinktune against TRL's GRPOTrainer on this machine: `make bench` (or `python benchmarks/bench.py`).
+
+Each (case, system) runs in a fresh process, alternating A/B/A/B, so slow drift (thermal, a neighbour)
+hits both sides alike. The parent watches the whole machine's CPU while a worker runs: time that neither
+the worker nor idle accounts for (another process, or the hypervisor's steal) is reported, and a run with
+more than a fifth of a core of it is marked contended and left out of the medians.
+
+Model-FLOPs utilisation counts the work the step needs, the same formula for both sides:
+2 N FLOPs per token to generate (each prompt prefilled once, plus every generated token) and
+(2 + 2) N (LoRA: forward + activation gradients) or (2 + 4) N (full: + weight gradients) per token to train,
+with N the matmul parameters; against the bf16 and fp32 matmul peak measured here at the start.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from workload import CASES, GROUP, MAX_NEW_TOKENS, PROMPTS_PER_STEP  # noqa: E402
+
+CONTENDED_CORES = 0.2
+
+
+# --------------------------------------------------------------------------- machine
+def matmul_peak(dtype: torch.dtype, size: int = 2048, repeats: int = 10) -> float:
+    """Median GFLOP/s of a size x size matrix product on this CPU."""
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - start)
+    return 2 * size**3 / statistics.median(times) / 1e9
+
+
+def cpu_jiffies() -> tuple[int, int]:
+    """(busy, steal) clock ticks of the whole machine so far."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    user, nice, system, idle, iowait, irq, softirq, steal = fields[:8]
+    return user + nice + system + irq + softirq, steal
+
+
+# --------------------------------------------------------------------------- one run
+def run_worker(kind: str, case: str, scratch: Path, dtype: str = "float32") -> dict:
+    out = scratch / f"result-{time.time_ns()}.json"
+    command = [sys.executable, str(HERE / "bench.py"), "--worker", kind, case, str(scratch), dtype, str(out)]
+    tick = os.sysconf("SC_CLK_TCK")
+    busy0, steal0 = cpu_jiffies()
+    children0 = os.times()
+    start = time.perf_counter()
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=(scratch / "worker.log").open("a"))
+    elapsed = time.perf_counter() - start
+    children1 = os.times()
+    busy1, steal1 = cpu_jiffies()
+    own = (children1.children_user - children0.children_user) + (children1.children_system - children0.children_system)
+    result = json.loads(out.read_text())
+    result["other_cores"] = max(0.0, (busy1 - busy0) / tick - own) / elapsed
+    result["steal_cores"] = (steal1 - steal0) / tick / elapsed
+    result["contended"] = result["other_cores"] + result["steal_cores"] > CONTENDED_CORES
+    return result
+
+
+def worker_main(kind: str, case: str, scratch: str, dtype: str, out: str) -> None:
+    import workers
+
+    scratch_ = Path(scratch)
+    if kind == "thinktune":
+        result = workers.run_thinktune(case, scratch_)
+    elif kind == "trl":
+        result = workers.run_trl(case, scratch_, dtype)
+    else:
+        result = workers.run_generate(kind.removeprefix("generate-"), scratch_)
+    Path(out).write_text(json.dumps(result))
+
+
+# --------------------------------------------------------------------------- summary
+def summarise(runs: list[dict], finetune: str | None, peaks: dict) -> dict:
+    """Measured steps (each run's first step is warm-up) of the uncontended runs, pooled."""
+    clean = [r for r in runs if not r["contended"]] or runs
+    steps = [s for r in clean for s in r["steps"][1:]]
+    seconds = sum(s["seconds"] for s in steps)
+    per_step = [s["seconds"] for s in steps]
+    n = clean[0]["params"]["matmul"]
+    train_factor = {"lora": 4, "full": 6, None: 0}[finetune]
+    needed = sum(s["unique_prompt_tokens"] + s["generated_tokens"] for s in steps)
+    flops = (2 + train_factor) * n * needed
+    summary = {
+        "runs": len(runs),
+        "contended_runs": sum(r["contended"] for r in runs),
+        "steps": len(steps),
+        "median_s": statistics.median(per_step),
+        "min_s": min(per_step),
+        "max_s": max(per_step),
+        "completions_per_s": sum(s["completions"] for s in steps) / seconds,
+        "generated_tokens_per_s": sum(s["generated_tokens"] for s in steps) / seconds,
+        "trained_tokens_per_s": sum(s["trained_tokens"] for s in steps) / seconds,
+        "mean_completion_tokens": sum(s["generated_tokens"] for s in steps) / sum(s["completions"] for s in steps),
+        "peak_rss_mb": max(r["peak_rss_mb"] for r in runs),
+        "gflops_per_s": flops / seconds / 1e9,
+        "dtype": clean[0]["dtype"],
+    }
+    summary["mfu_bf16"] = summary["gflops_per_s"] / peaks["bfloat16"]
+    summary["mfu_fp32"] = summary["gflops_per_s"] / peaks["float32"]
+    if "seconds_rollout" in steps[0]:
+        summary["rollout_share"] = sum(s["seconds_rollout"] for s in steps) / seconds
+    return summary
+
+
+def alternate(pairs: list[tuple[str, str, str, str]], repeats: int, scratch: Path, log) -> dict[str, list[dict]]:
+    """Run (label, kind, case, dtype) entries in turn, ``repeats`` rounds: A B A B ..."""
+    results: dict[str, list[dict]] = {label: [] for label, *_ in pairs}
+    for round_ in range(repeats):
+        for label, kind, case, dtype in pairs:
+            result = run_worker(kind, case, scratch, dtype)
+            results[label].append(result)
+            secs = [f"{s['seconds']:.1f}" for s in result["steps"]]
+            flag = "  CONTENDED" if result["contended"] else ""
+            log(
+                f"  round {round_ + 1} {label}: steps {' '.join(secs)} s, rss {result['peak_rss_mb']:.0f} MB, "
+                f"other load {result['other_cores']:.2f} cores, steal {result['steal_cores']:.2f}{flag}"
+            )
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--cases", default="tiny-full,smollm2-lora,smollm2-full,generate")
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--out", default=str(HERE / "results.json"))
+    args = parser.parse_args()
+
+    def log(line: str) -> None:
+        print(line, flush=True)
+
+    peaks = {"float32": matmul_peak(torch.float32), "bfloat16": matmul_peak(torch.bfloat16)}
+    log(f"matmul peak (2048^3): fp32 {peaks['float32']:.0f} GFLOP/s, bf16 {peaks['bfloat16']:.0f} GFLOP/s")
+    report = {
+        "machine": {
+            "cpu": _cpu_name(),
+            "cores": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "peak_gflops": peaks,
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "trl": _version("trl"),
+            "transformers": _version("transformers"),
+        },
+        "workload": {"group": GROUP, "prompts_per_step": PROMPTS_PER_STEP, "max_new_tokens": MAX_NEW_TOKENS},
+        "cases": {},
+    }
+    with tempfile.TemporaryDirectory(prefix="thinktune-bench-") as tmp:
+        scratch = Path(tmp)
+        for case in args.cases.split(","):
+            log(f"case {case}")
+            if case == "generate":
+                if "smollm2-lora" not in report["cases"]:
+                    run_worker("thinktune", "smollm2-lora", scratch)  # writes the prompts
+                pairs = [
+                    ("thinktune", "generate-thinktune", case, "float32"),
+                    ("hf-generate", "generate-hf", case, "float32"),
+                ]
+                results = alternate(pairs, args.repeats, scratch, log)
+                report["cases"][case] = {label: summarise(runs, None, peaks) for label, runs in results.items()}
+                continue
+            finetune = CASES[case].finetune
+            trl_dtypes = ["float32", "bfloat16"] if case == "smollm2-lora" else [report.get("trl_dtype", "float32")]
+            pairs = [("thinktune", "thinktune", case, "float32")] + [(f"trl-{d}", "trl", case, d) for d in trl_dtypes]
+            results = alternate(pairs, args.repeats, scratch, log)
+            report["cases"][case] = {label: summarise(runs, finetune, peaks) for label, runs in results.items()}
+            if case == "smollm2-lora":  # TRL's faster precision here is used for the other cases
+                fastest = max(trl_dtypes, key=lambda d: report["cases"][case][f"trl-{d}"]["completions_per_s"])
+                report["trl_dtype"] = fastest
+    Path(args.out).write_text(json.dumps(report, indent=1))
+    (HERE / "RESULTS.md").write_text(results_markdown(report))
+    log(results_markdown(report))
+
+
+def _cpu_name() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor()
+
+
+def _version(package: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return "not installed"
+
+
+def results_markdown(report: dict) -> str:
+    m = report["machine"]
+    lines = [
+        "# Benchmark results",
+        "",
+        f"Written by `make bench` (benchmarks/bench.py). Machine: {m['cpu']}, {m['cores']} cores, "
+        f"torch {m['torch']} ({m['torch_threads']} threads), transformers {m['transformers']}, TRL {m['trl']}.",
+        f"Measured matmul peak (2048³): fp32 {m['peak_gflops']['float32']:.0f} GFLOP/s, "
+        f"bf16 {m['peak_gflops']['bfloat16']:.0f} GFLOP/s.",
+        "",
+        f"Workload: the demo task, {report['workload']['prompts_per_step']} prompts x {report['workload']['group']} "
+        f"completions per step, up to {report['workload']['max_new_tokens']} completion tokens, temperature 1.0, "
+        "same prompts and reward on both sides. Each run's first step is warm-up; medians pool the other steps "
+        "of every uncontended run.",
+        "",
+    ]
+    for case, systems in report["cases"].items():
+        lines += [f"## {case}", ""]
+        header = "| system | s/step median [min–max] | completions/s | generated tok/s | trained tok/s "
+        header += "| mean completion tokens | peak RSS MB | MFU bf16 / fp32 peak | runs (contended) |"
+        lines += [header, "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for system, s in systems.items():
+            lines.append(
+                f"| {system} ({s['dtype']}) | {s['median_s']:.2f} [{s['min_s']:.2f}–{s['max_s']:.2f}] "
+                f"| {s['completions_per_s']:.2f} | {s['generated_tokens_per_s']:.0f} | {s['trained_tokens_per_s']:.0f} "
+                f"| {s['mean_completion_tokens']:.0f} | {s['peak_rss_mb']:.0f} "
+                f"| {100 * s['mfu_bf16']:.1f}% / {100 * s['mfu_fp32']:.1f}% | {s['runs']} ({s['contended_runs']}) |"
+            )
+        ours = systems.get("thinktune")
+        others = {k: v for k, v in systems.items() if k != "thinktune"}
+        if ours and others:
+            best_name, best = max(others.items(), key=lambda kv: kv[1]["completions_per_s"])
+            speedup = ours["completions_per_s"] / best["completions_per_s"]
+            lines += [
+                "",
+                f"thinktune vs {best_name}: {speedup:.2f}x completions/s, "
+                f"{ours['generated_tokens_per_s'] / best['generated_tokens_per_s']:.2f}x generated tokens/s, "
+                f"peak RSS {ours['peak_rss_mb'] / best['peak_rss_mb']:.2f}x.",
+            ]
+            if "rollout_share" in ours:
+                lines.append(f"thinktune's rollout took {100 * ours['rollout_share']:.0f}% of its step time.")
+        lines.append("")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "--worker":
+        worker_main(*sys.argv[2:7])
+    else:
+        main()

@@ -1,0 +1,104 @@
+"""What both systems run: the same model, prompts, rewards, group size, batch, completion length and steps.
+
+The workload is the demo recipe's task (1-2 digit arithmetic, XML format with one worked example, format +
+task-score rewards) at the issue's shape: 4 prompts x 8 completions per step, up to 128 completion tokens.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+GROUP, PROMPTS_PER_STEP, MAX_NEW_TOKENS, LEARNING_RATE = 8, 4, 128, 2e-4
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    model: str  # "smollm2-135m-instruct" or "tiny"
+    finetune: str  # "lora" or "full"
+    steps: int  # the first step is warm-up and not counted
+
+
+CASES = {
+    "smollm2-lora": Case("smollm2-lora", "smollm2-135m-instruct", "lora", 3),
+    "smollm2-full": Case("smollm2-full", "smollm2-135m-instruct", "full", 3),
+    "tiny-full": Case("tiny-full", "tiny", "full", 6),
+}
+
+
+def tiny_model(folder: Path) -> str:
+    """A randomly initialised 4-layer model with SmolLM2's tokenizer and shape family (about 7M parameters).
+
+    It never emits end-of-sequence, so every completion runs the full 128 tokens: a pure-throughput case.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from thinktune.models import load_tokenizer, resolve_model
+
+    if (folder / "config.json").is_file():
+        return str(folder)
+    source = resolve_model("smollm2-135m-instruct")
+    config = AutoConfig.from_pretrained(source)
+    config.update(
+        {
+            "hidden_size": 128,
+            "intermediate_size": 384,
+            "num_hidden_layers": 4,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "head_dim": 32,
+        }
+    )
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config)
+    model.save_pretrained(folder)
+    load_tokenizer(source).save_pretrained(folder)
+    return str(folder)
+
+
+def model_path(case: Case, scratch: Path) -> str:
+    from thinktune.models import resolve_model
+
+    return tiny_model(scratch / "tiny-model") if case.model == "tiny" else resolve_model(case.model)
+
+
+def recipe(case: Case, path: str, run_dir: Path, micro_batch: int = 32):
+    """The demo recipe at the benchmark's shape."""
+    from thinktune.config import load_recipe
+
+    return load_recipe(
+        ROOT / "recipes" / "demo.yaml",
+        [
+            f"model.name={path}",
+            f"model.finetune={case.finetune}",
+            f"grpo.group_size={GROUP}",
+            f"grpo.prompts_per_step={PROMPTS_PER_STEP}",
+            f"grpo.max_new_tokens={MAX_NEW_TOKENS}",
+            f"grpo.micro_batch_size={micro_batch}",
+            f"train.steps={case.steps}",
+            f"train.learning_rate={LEARNING_RATE}",
+            "train.warmup_steps=0",
+            "data.train_size=200",
+            "data.eval_size=0",
+            f"run.output_dir={run_dir}",
+            f"run.name={case.name}",
+            "run.save_every=0",
+        ],
+    )
+
+
+def parameter_count(model) -> dict[str, int]:
+    """Matmul parameters (every linear layer incl. a tied LM head, not LoRA's; embeddings are lookups)."""
+    linear = sum(
+        m.weight.numel() for name, m in model.named_modules() if isinstance(m, torch.nn.Linear) and "lora_" not in name
+    )
+    return {"matmul": linear, "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad)}
+
+
+def write_json(path: Path, payload) -> None:
+    path.write_text(json.dumps(payload, indent=1))
