@@ -25,9 +25,9 @@ class Case:
 
 
 CASES = {
-    "smollm2-lora": Case("smollm2-lora", "smollm2-135m-instruct", "lora", 3),
-    "smollm2-full": Case("smollm2-full", "smollm2-135m-instruct", "full", 3),
-    "tiny-full": Case("tiny-full", "tiny", "full", 6),
+    "smollm2-lora": Case("smollm2-lora", "smollm2-135m-instruct", "lora", 2),
+    "smollm2-full": Case("smollm2-full", "smollm2-135m-instruct", "full", 2),
+    "tiny-full": Case("tiny-full", "tiny", "full", 4),
 }
 
 
@@ -67,7 +67,7 @@ def model_path(case: Case, scratch: Path) -> str:
     return tiny_model(scratch / "tiny-model") if case.model == "tiny" else resolve_model(case.model)
 
 
-def recipe(case: Case, path: str, run_dir: Path, micro_batch: int = 32):
+def recipe(case: Case, path: str, run_dir: Path, micro_batch: int = 8):
     """The demo recipe at the benchmark's shape."""
     from thinktune.config import load_recipe
 

@@ -1,0 +1,57 @@
+"""Where a thinktune GRPO step spends its time: `python benchmarks/profile_step.py [smollm2-lora|smollm2-full]`.
+
+Runs one warm-up step of the benchmark workload, then profiles one step with torch's profiler and prints the
+operators by self time, grouped by input shape, for the rollout and for the update separately.
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from workload import CASES, model_path, recipe  # noqa: E402
+
+
+def main(case_name: str = "smollm2-lora", rows: int = 12) -> None:
+    from thinktune.data import load_examples
+    from thinktune.evaluate import recipe_scoring
+    from thinktune.grpo.advantages import group_advantages
+    from thinktune.grpo.trainer import GRPOTrainer
+    from thinktune.models import load_policy
+    from thinktune.runs import RunDir
+
+    case = CASES[case_name]
+    with tempfile.TemporaryDirectory() as tmp:
+        r = recipe(case, model_path(case, Path(tmp)), Path(tmp) / "runs")
+        train_set, _, task_dataset = load_examples(r.data)
+        model, tokenizer = load_policy(r.model)
+        rewards, grader = recipe_scoring(r, task_dataset)
+        trainer = GRPOTrainer(r, model, tokenizer, train_set, rewards, grader, RunDir(r))
+        trainer.step(0)  # warm-up
+        batch = trainer.sample_prompts(1)
+        for stage in ("rollout", "update"):
+            with torch.profiler.profile(record_shapes=True) as prof:
+                start = time.perf_counter()
+                if stage == "rollout":
+                    rollout = trainer.rollout(batch)
+                else:
+                    texts = trainer.tokenizer.batch_decode(rollout.completion_ids, skip_special_tokens=True)
+                    advantages, _ = group_advantages(trainer.score(batch, texts).total, r.grpo.group_size)
+                    trainer.update(rollout, advantages)
+                seconds = time.perf_counter() - start
+            tokens = int(rollout.completion_mask.sum())
+            print(f"\n== {stage}: {seconds:.1f} s under the profiler, {tokens} completion tokens")
+            table = prof.key_averages(group_by_input_shape=True).table(
+                sort_by="self_cpu_time_total", row_limit=rows, max_name_column_width=45, max_shapes_column_width=60
+            )
+            print(table)
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:2])
