@@ -63,7 +63,8 @@ def run_worker(kind: str, case: str, scratch: Path, dtype: str = "float32") -> d
     busy0, steal0 = cpu_jiffies()
     children0 = os.times()
     start = time.perf_counter()
-    subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=(scratch / "worker.log").open("a"))
+    with (scratch / "worker.log").open("a") as errors:
+        subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=errors)
     elapsed = time.perf_counter() - start
     children1 = os.times()
     busy1, steal1 = cpu_jiffies()

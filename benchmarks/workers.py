@@ -66,7 +66,6 @@ def run_trl(case_name: str, scratch: Path, dtype: str) -> dict:
     from transformers import TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
-    from thinktune.config import load_recipe  # noqa: F401 - same import cost on both sides
     from thinktune.data import load_examples
     from thinktune.evaluate import recipe_scoring
     from thinktune.models import load_tokenizer

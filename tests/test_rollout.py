@@ -4,7 +4,7 @@ import torch
 from thinktune.grpo.logprobs import completion_logprobs
 from thinktune.rollout import generate
 from thinktune.rollout.decoders import LlamaDecoder, supports_fast_decode
-from thinktune.rollout.engine import filter_logits, left_pad, sample_categorical
+from thinktune.rollout.engine import filter_logits, left_pad, pick_tokens, sample_categorical
 
 BOTH_DECODERS = pytest.mark.parametrize("fast", [True, False], ids=["llama-decoder", "hf-decoder"])
 
@@ -171,3 +171,10 @@ def test_sample_categorical_follows_the_distribution_and_never_picks_zero_mass()
     assert frequencies[4] == 0
     # 20 000 draws: the standard error of a 0.5 frequency is 0.0035
     assert torch.allclose(frequencies[:4], probs[0, :4], atol=0.015)
+
+
+def test_pick_tokens_samples_inside_top_k_and_reports_the_unfiltered_log_prob():
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]])).repeat(2000, 1)
+    token, logp = pick_tokens(logits, False, 1.0, top_k=2, top_p=1.0, generator=torch.Generator().manual_seed(0))
+    assert set(token.tolist()) == {0, 1}
+    assert torch.allclose(logp, torch.log(torch.tensor([0.5, 0.3]))[token], atol=1e-6)

@@ -4,7 +4,8 @@
 - ``LlamaDecoder`` runs Llama-family models (Llama, SmolLM, Qwen2) from a *snapshot* of their weights: LoRA
   deltas merged in (so no adapter matmuls per token), q/k/v and gate/up fused into one matmul each, and a
   key/value cache allocated once and written in place. Hugging Face's ``DynamicCache`` grows by
-  concatenation, which copies the whole cache on every token: on a 2-core CPU that was half of a decode step.
+  concatenation, which copies the whole cache on every token. One decode step of SmolLM2 + LoRA at 32 rows:
+  127 ms through Hugging Face, 92 ms here (``python benchmarks/kernels.py``).
 
 Both take left-padded ids, the attention mask over every column so far and the position ids; both return
 the logits of the last column. Rows leave the batch with ``keep(rows)``.
@@ -100,7 +101,9 @@ def _cat(pairs):
     weight = torch.cat([w for w, _ in pairs])
     if all(b is None for _, b in pairs):
         return weight, None
-    return weight, torch.cat([torch.zeros(w.shape[0], dtype=w.dtype) if b is None else b for w, b in pairs])
+    return weight, torch.cat(
+        [torch.zeros(w.shape[0], dtype=w.dtype, device=w.device) if b is None else b for w, b in pairs]
+    )
 
 
 class LlamaDecoder:
