@@ -21,3 +21,10 @@ def test_unscaled_is_only_centred():
 def test_groups_must_divide():
     with pytest.raises(ValueError, match="groups of 3"):
         group_advantages(torch.zeros(4), 3)
+
+
+def test_a_flat_group_has_exactly_zero_advantage_not_a_rounding_residue():
+    # (0.3 - mean) / (std + eps) leaves 3e-4 in float32 for eight equal 0.3 rewards; the update skips such rows.
+    adv, flat = group_advantages(torch.full((8,), 0.3), 8)
+    assert flat.tolist() == [True]
+    assert torch.equal(adv, torch.zeros(8))

@@ -4,7 +4,7 @@ import torch
 
 import thinktune.logits as logits_module
 from thinktune.config import ModelConfig
-from thinktune.grpo.logprobs import completion_logprobs
+from thinktune.grpo.logprobs import SharedPrompts, completion_logprobs
 from thinktune.logits import head_token_logprobs
 from thinktune.models import load_policy
 from thinktune.rollout.engine import positions
@@ -64,3 +64,36 @@ def test_update_loss_and_lora_gradients_equal_the_straightforward_forward(tiny_m
     assert torch.allclose(loss, ref_loss, atol=1e-5)
     assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(grads, ref_grads, strict=True))
     assert any(g.abs().sum() > 0 for g in grads)
+
+
+def test_shared_prompts_give_the_same_loss_and_gradients_across_micro_batches(tiny_model_dir):
+    model, _ = load_policy(ModelConfig(name=tiny_model_dir, finetune="lora", device="cpu"))
+    torch.manual_seed(0)
+    for name, p in model.named_parameters():
+        if "lora_B" in name:
+            p.data.normal_(0, 0.1)
+    prompts = torch.tensor([[0, 8, 9, 10], [11, 12, 13, 14]])
+    prompt_mask = torch.tensor([[0, 1, 1, 1], [1, 1, 1, 1]])
+    owner = torch.tensor([0, 0, 0, 1, 1, 1])  # three completions per prompt
+    completion_ids = torch.randint(3, 60, (6, 4))
+    completion_mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0], [1, 0, 0, 0], [1, 1, 1, 0], [1, 1, 1, 1], [1, 1, 0, 0]])
+    weights = torch.randn(6, 4) * completion_mask
+    trainable = [p for p in model.parameters() if p.requires_grad]
+
+    model.zero_grad()
+    shared = SharedPrompts.encode(model, prompts, prompt_mask)
+    ours = torch.zeros(6, 4)
+    for rows in (torch.tensor([5, 0, 3]), torch.tensor([1, 4, 2])):  # micro-batches mixing the two prompts
+        logprobs, _ = shared.completion_logprobs(model, owner[rows], completion_ids[rows], completion_mask[rows], 0.9)
+        (logprobs * weights[rows]).sum().backward()
+        ours[rows] = logprobs.detach()
+    shared.backward()
+    grads = [p.grad.clone() for p in trainable]
+
+    model.zero_grad()
+    reference, _ = completion_logprobs(model, prompts[owner], prompt_mask[owner], completion_ids, completion_mask, 0.9)
+    (reference * weights).sum().backward()
+
+    assert torch.allclose(ours * completion_mask, reference.detach() * completion_mask, atol=1e-5)
+    assert all(torch.allclose(a, p.grad, atol=1e-5) for a, p in zip(grads, trainable, strict=True))
+    assert all(g.abs().sum() > 0 for g in grads)  # every adapter, down to the first layer's, got a gradient

@@ -17,6 +17,14 @@ warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", categ
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Teach small language models to reason with GRPO.")
 
 
+@app.callback()
+def _every_command():
+    """Teach small language models to reason with GRPO."""
+    from thinktune.allocator import keep_freed_memory
+
+    keep_freed_memory()
+
+
 def _user_errors() -> tuple[type[Exception], ...]:
     from thinktune.data import DataError
     from thinktune.models import ModelError

@@ -12,7 +12,7 @@ def group_advantages(
 
     ``rewards`` is flat, ``[prompts * group_size]``, grouped consecutively. With ``scale=False`` the
     advantage is only centred (Dr. GRPO). Returns the advantages and a bool per group telling whether all its
-    rewards were equal (zero std): such a group has zero advantage and teaches nothing, so it is counted.
+    rewards were equal (zero std): such a group has zero advantage (exactly) and teaches nothing, so it is counted.
 
     Worked example, two groups of 2 (std is the unbiased sample std, as in the GRPO paper):
 
@@ -29,4 +29,6 @@ def group_advantages(
     if scale:
         advantages = advantages / (std + eps)
     zero_std = (grouped.max(-1).values - grouped.min(-1).values) == 0
+    # Exactly zero, not a rounding residue of (r - mean) / eps: the update skips rows with no advantage.
+    advantages = advantages.masked_fill(zero_std[:, None], 0.0)
     return advantages.flatten(), zero_std

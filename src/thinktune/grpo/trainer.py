@@ -21,11 +21,12 @@ from dataclasses import dataclass
 
 import torch
 
+from thinktune.allocator import keep_freed_memory
 from thinktune.config import Recipe
 from thinktune.data import DataError, Example, PromptBuilder
 from thinktune.evaluate import Grader, decode, eos_token_ids
 from thinktune.grpo.advantages import group_advantages
-from thinktune.grpo.logprobs import completion_logprobs
+from thinktune.grpo.logprobs import SharedPrompts, completion_logprobs, supports_shared_prompts
 from thinktune.grpo.losses import LOSSES, LossInputs
 from thinktune.models import reference_policy
 from thinktune.rewards import RewardSet
@@ -69,6 +70,7 @@ class GRPOTrainer:
         grader: Grader,
         run: RunDir,
     ):
+        keep_freed_memory()
         self.recipe, self.cfg = recipe, recipe.grpo
         self.model, self.tokenizer = model, tokenizer
         self.rewards, self.grader, self.run = rewards, grader, run
@@ -130,45 +132,63 @@ class GRPOTrainer:
         return self.rewards.score(prompts, completions, columns)
 
     def update(self, rollout: Rollout, advantages: torch.Tensor) -> dict[str, float]:
-        """μ optimizer steps on this generation; gradients accumulate over micro-batches."""
+        """μ optimizer steps on this generation; gradients accumulate over micro-batches.
+
+        Rows whose gradient is identically zero (advantage 0 and no KL term) are left out, and the rest go in
+        micro-batches of similar completion length, so little of the compute goes to padding.
+        """
         cfg = self.cfg
         mask = rollout.completion_mask.float()
         if cfg.mask_truncated:
             mask = mask * (~rollout.truncated)[:, None].float()
         n = mask.shape[0]
         tokens = mask.sum().clamp(min=1).item()
-        totals = {
-            "total_tokens": tokens,
-            "total_rows": n,
-            "max_tokens": mask.shape[1],
-        }
-        slices = [slice(i, i + cfg.micro_batch_size) for i in range(0, n, cfg.micro_batch_size)]
-        old_logprobs = rollout.logprobs if cfg.iterations == 1 else self._logprobs_no_grad(rollout, slices)
-        ref_logprobs = self._logprobs_no_grad(rollout, slices, reference=True) if cfg.beta > 0 else None
+        totals = {"total_tokens": tokens, "total_rows": n, "max_tokens": mask.shape[1]}
+        lengths = rollout.completion_mask.sum(-1)
+        batches = micro_batches(lengths, advantages, cfg.micro_batch_size, skip_zero_advantage=cfg.beta == 0)
+        everything = list(torch.arange(n).split(cfg.micro_batch_size))
+        old_logprobs = rollout.logprobs if cfg.iterations == 1 else self._logprobs_no_grad(rollout, everything)
+        ref_logprobs = self._logprobs_no_grad(rollout, everything, reference=True) if cfg.beta > 0 else None
+        trained = torch.cat(batches) if batches else torch.zeros(0, dtype=torch.long)
+        trained_tokens = mask[trained].sum().clamp(min=1).item()
+        # Each prompt with a trained row is encoded once (SharedPrompts); slot[row] is its place in that batch.
+        prompt_of_row = torch.arange(n) // cfg.group_size
+        needed = prompt_of_row[trained].unique()
+        slot = torch.searchsorted(needed, prompt_of_row)
+        first_rows = needed * cfg.group_size
+        needed_prompts = rollout.prompt_ids[first_rows], rollout.prompt_mask[first_rows]
+        shared = supports_shared_prompts(self.model) and trained.numel() > 0
 
         sums = {"loss": 0.0, "clip": 0.0, "kl": 0.0, "entropy": 0.0, "grad_norm": 0.0}
+        sums["trained_rows"] = trained.numel() / n
         self.model.train()
         for iteration in range(cfg.iterations):
             self.optimizer.zero_grad(set_to_none=True)
-            for s in slices:
-                width = max(1, int(rollout.completion_mask[s].sum(-1).max()))  # trim padding columns
-                logprobs, entropy = completion_logprobs(
-                    self.model,
-                    rollout.prompt_ids[s],
-                    rollout.prompt_mask[s],
-                    rollout.completion_ids[s, :width],
-                    rollout.completion_mask[s, :width],
-                    cfg.temperature,
-                    with_entropy=iteration == 0,
-                )
-                m = mask[s, :width]
+            prompts = SharedPrompts.encode(self.model, *needed_prompts) if shared else None
+            for rows in batches:
+                width = max(1, int(rollout.completion_mask[rows].sum(-1).max()))  # trim padding columns
+                completion = rollout.completion_ids[rows, :width], rollout.completion_mask[rows, :width]
+                if prompts is not None:
+                    logprobs, entropy = prompts.completion_logprobs(
+                        self.model, slot[rows], *completion, cfg.temperature, with_entropy=iteration == 0
+                    )
+                else:
+                    logprobs, entropy = completion_logprobs(
+                        self.model,
+                        rollout.prompt_ids[rows],
+                        rollout.prompt_mask[rows],
+                        *completion,
+                        cfg.temperature,
+                        with_entropy=iteration == 0,
+                    )
+                m = mask[rows, :width]
                 out = self.loss_fn(
                     LossInputs(
                         logprobs=logprobs,
-                        old_logprobs=old_logprobs[s, :width],
-                        advantages=advantages[s],
+                        old_logprobs=old_logprobs[rows, :width],
+                        advantages=advantages[rows],
                         mask=m,
-                        ref_logprobs=None if ref_logprobs is None else ref_logprobs[s, :width],
+                        ref_logprobs=None if ref_logprobs is None else ref_logprobs[rows, :width],
                         beta=cfg.beta,
                         epsilon_low=cfg.epsilon,
                         epsilon_high=cfg.epsilon if cfg.epsilon_high is None else cfg.epsilon_high,
@@ -181,7 +201,9 @@ class GRPOTrainer:
                 if out.kl is not None:
                     sums["kl"] += (out.kl.detach() * m).sum().item() / tokens / cfg.iterations
                 if entropy is not None:
-                    sums["entropy"] += (entropy * m).sum().item() / tokens
+                    sums["entropy"] += (entropy * m).sum().item() / trained_tokens
+            if prompts is not None:
+                prompts.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(
                 [p for p in self.model.parameters() if p.requires_grad], self.recipe.train.max_grad_norm
             )
@@ -191,11 +213,11 @@ class GRPOTrainer:
         return sums
 
     @torch.no_grad()
-    def _logprobs_no_grad(self, rollout: Rollout, slices: list[slice], reference: bool = False) -> torch.Tensor:
+    def _logprobs_no_grad(self, rollout: Rollout, batches: list[torch.Tensor], reference: bool = False) -> torch.Tensor:
         out = torch.zeros_like(rollout.logprobs)
         context = reference_policy(self.model) if reference else contextlib.nullcontext()
         with context:
-            for s in slices:
+            for s in batches:
                 out[s], _ = completion_logprobs(
                     self.model,
                     rollout.prompt_ids[s],
@@ -234,6 +256,7 @@ class GRPOTrainer:
             "clip_fraction": stats["clip"],
             "loss": stats["loss"],
             "grad_norm": stats["grad_norm"],
+            "trained_rows": stats["trained_rows"],
             "lr": self.scheduler.get_last_lr()[0],
             "completion_length": lengths.mean().item(),
             "completion_length_max": lengths.max().item(),
@@ -281,6 +304,25 @@ class GRPOTrainer:
                 if self.recipe.run.save_every and done % self.recipe.run.save_every == 0:
                     self.run.save_checkpoint(done, self.model, self.optimizer, self.scheduler, self.generator)
         return records
+
+
+def micro_batches(
+    lengths: torch.Tensor, advantages: torch.Tensor, size: int, skip_zero_advantage: bool
+) -> list[torch.Tensor]:
+    """Row indices per micro-batch: rows that can move the policy, sorted by completion length.
+
+    With no KL term a row of advantage 0 has loss and gradient exactly 0 (``min(r·0, clip(r)·0)``), so
+    leaving it out changes nothing but the time; every row of a group whose rewards are all equal is such a
+    row. Similar lengths side by side waste little compute on padding.
+
+    >>> micro_batches(torch.tensor([9, 2, 5, 7]), torch.tensor([1.0, 0.0, -1.0, 0.5]), 2, skip_zero_advantage=True)
+    [tensor([2, 3]), tensor([0])]
+    """
+    rows = torch.arange(advantages.numel())
+    if skip_zero_advantage:
+        rows = rows[advantages != 0]
+    rows = rows[torch.argsort(lengths[rows], stable=True)]
+    return list(rows.split(size)) if rows.numel() else []
 
 
 def _mean(values: list[float]) -> float:
