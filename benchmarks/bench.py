@@ -8,7 +8,9 @@ more than a fifth of a core of it is marked contended and left out of the median
 Model-FLOPs utilisation counts the work the step needs, the same formula for both sides:
 2 N FLOPs per token to generate (each prompt prefilled once, plus every generated token) and
 (2 + 2) N (LoRA: forward + activation gradients) or (2 + 4) N (full: + weight gradients) per token to train,
-with N the matmul parameters; against the bf16 and fp32 matmul peak measured here at the start.
+with N the matmul parameters; against the bf16 and fp32 matmul peak measured here at the start. Training
+counts only groups whose rewards differ (the others have zero advantage, so no gradient: thinktune skips
+them, TRL computes them), each side from its own logged share of flat groups.
 """
 
 from __future__ import annotations
@@ -32,6 +34,11 @@ sys.path.insert(0, str(HERE))
 from workload import CASES, GROUP, MAX_NEW_TOKENS, PROMPTS_PER_STEP  # noqa: E402
 
 CONTENDED_CORES = 0.2
+# glibc's own settings for what thinktune.allocator sets from inside: TRL gets the same chance.
+KEEP_FREED_MEMORY = {
+    "GLIBC_TUNABLES": "glibc.malloc.mmap_threshold=1073741824:glibc.malloc.trim_threshold=1073741824"
+    ":glibc.malloc.arena_max=1"
+}
 
 
 # --------------------------------------------------------------------------- machine
@@ -56,7 +63,7 @@ def cpu_jiffies() -> tuple[int, int]:
 
 
 # --------------------------------------------------------------------------- one run
-def run_worker(kind: str, case: str, scratch: Path, dtype: str = "float32") -> dict:
+def run_worker(kind: str, case: str, scratch: Path, dtype: str = "float32", env: dict | None = None) -> dict:
     out = scratch / f"result-{time.time_ns()}.json"
     command = [sys.executable, str(HERE / "bench.py"), "--worker", kind, case, str(scratch), dtype, str(out)]
     tick = os.sysconf("SC_CLK_TCK")
@@ -64,7 +71,7 @@ def run_worker(kind: str, case: str, scratch: Path, dtype: str = "float32") -> d
     children0 = os.times()
     start = time.perf_counter()
     with (scratch / "worker.log").open("a") as errors:
-        subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=errors)
+        subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=errors, env={**os.environ, **(env or {})})
     elapsed = time.perf_counter() - start
     children1 = os.times()
     busy1, steal1 = cpu_jiffies()
@@ -99,7 +106,8 @@ def summarise(runs: list[dict], finetune: str | None, peaks: dict) -> dict:
     n = clean[0]["params"]["matmul"]
     train_factor = {"lora": 4, "full": 6, None: 0}[finetune]
     needed = sum(s["unique_prompt_tokens"] + s["generated_tokens"] for s in steps)
-    flops = (2 + train_factor) * n * needed
+    learnable = sum((s["unique_prompt_tokens"] + s["generated_tokens"]) * s.get("rows_with_signal", 1) for s in steps)
+    flops = 2 * n * needed + train_factor * n * learnable
     summary = {
         "runs": len(runs),
         "contended_runs": sum(r["contended"] for r in runs),
@@ -111,6 +119,7 @@ def summarise(runs: list[dict], finetune: str | None, peaks: dict) -> dict:
         "generated_tokens_per_s": sum(s["generated_tokens"] for s in steps) / seconds,
         "trained_tokens_per_s": sum(s["trained_tokens"] for s in steps) / seconds,
         "mean_completion_tokens": sum(s["generated_tokens"] for s in steps) / sum(s["completions"] for s in steps),
+        "rows_with_signal": statistics.mean(s.get("rows_with_signal", 1) for s in steps),
         "peak_rss_mb": max(r["peak_rss_mb"] for r in runs),
         "gflops_per_s": flops / seconds / 1e9,
         "dtype": clean[0]["dtype"],
@@ -122,12 +131,12 @@ def summarise(runs: list[dict], finetune: str | None, peaks: dict) -> dict:
     return summary
 
 
-def alternate(pairs: list[tuple[str, str, str, str]], repeats: int, scratch: Path, log) -> dict[str, list[dict]]:
-    """Run (label, kind, case, dtype) entries in turn, ``repeats`` rounds: A B A B ..."""
+def alternate(pairs: list[tuple], repeats: int, scratch: Path, log) -> dict[str, list[dict]]:
+    """Run (label, kind, case, dtype, env) entries in turn, ``repeats`` rounds: A B A B ..."""
     results: dict[str, list[dict]] = {label: [] for label, *_ in pairs}
     for round_ in range(repeats):
-        for label, kind, case, dtype in pairs:
-            result = run_worker(kind, case, scratch, dtype)
+        for label, kind, case, dtype, env in pairs:
+            result = run_worker(kind, case, scratch, dtype, env)
             results[label].append(result)
             secs = [f"{s['seconds']:.1f}" for s in result["steps"]]
             flag = "  CONTENDED" if result["contended"] else ""
@@ -140,7 +149,7 @@ def alternate(pairs: list[tuple[str, str, str, str]], repeats: int, scratch: Pat
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--cases", default="tiny-full,smollm2-lora,smollm2-full,generate")
+    parser.add_argument("--cases", default="smollm2-lora,smollm2-full,tiny-full,generate")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--out", default=str(HERE / "results.json"))
     args = parser.parse_args()
@@ -172,20 +181,25 @@ def main() -> None:
                 if "smollm2-lora" not in report["cases"]:
                     run_worker("thinktune", "smollm2-lora", scratch)  # writes the prompts
                 pairs = [
-                    ("thinktune", "generate-thinktune", case, "float32"),
-                    ("hf-generate", "generate-hf", case, "float32"),
+                    ("thinktune", "generate-thinktune", case, "float32", None),
+                    ("hf-generate", "generate-hf", case, "float32", None),
+                    ("hf-generate-keep-freed-memory", "generate-hf", case, "float32", KEEP_FREED_MEMORY),
                 ]
                 results = alternate(pairs, args.repeats, scratch, log)
                 report["cases"][case] = {label: summarise(runs, None, peaks) for label, runs in results.items()}
                 continue
             finetune = CASES[case].finetune
-            trl_dtypes = ["float32", "bfloat16"] if case == "smollm2-lora" else [report.get("trl_dtype", "float32")]
-            pairs = [("thinktune", "thinktune", case, "float32")] + [(f"trl-{d}", "trl", case, d) for d in trl_dtypes]
+            if case == "smollm2-lora":  # TRL's configurations; the fastest here is used for the other cases
+                trl = [(f"trl-{d}", d, None) for d in ("float32", "bfloat16")]
+                trl.append(("trl-float32-keep-freed-memory", "float32", KEEP_FREED_MEMORY))
+            else:
+                trl = [report.get("trl_best", ("trl-float32", "float32", None))]
+            pairs = [("thinktune", "thinktune", case, "float32", None)]
+            pairs += [(label, "trl", case, dtype, env) for label, dtype, env in trl]
             results = alternate(pairs, args.repeats, scratch, log)
             report["cases"][case] = {label: summarise(runs, finetune, peaks) for label, runs in results.items()}
-            if case == "smollm2-lora":  # TRL's faster precision here is used for the other cases
-                fastest = max(trl_dtypes, key=lambda d: report["cases"][case][f"trl-{d}"]["completions_per_s"])
-                report["trl_dtype"] = fastest
+            if case == "smollm2-lora":
+                report["trl_best"] = max(trl, key=lambda t: report["cases"][case][t[0]]["completions_per_s"])
     Path(args.out).write_text(json.dumps(report, indent=1))
     (HERE / "RESULTS.md").write_text(results_markdown(report))
     log(results_markdown(report))
@@ -226,13 +240,13 @@ def results_markdown(report: dict) -> str:
     for case, systems in report["cases"].items():
         lines += [f"## {case}", ""]
         header = "| system | s/step median [min–max] | completions/s | generated tok/s | trained tok/s "
-        header += "| mean completion tokens | peak RSS MB | MFU bf16 / fp32 peak | runs (contended) |"
-        lines += [header, "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        header += "| mean completion tokens | rows with signal | peak RSS MB | MFU bf16 / fp32 | runs (contended) |"
+        lines += [header, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for system, s in systems.items():
             lines.append(
                 f"| {system} ({s['dtype']}) | {s['median_s']:.2f} [{s['min_s']:.2f}–{s['max_s']:.2f}] "
                 f"| {s['completions_per_s']:.2f} | {s['generated_tokens_per_s']:.0f} | {s['trained_tokens_per_s']:.0f} "
-                f"| {s['mean_completion_tokens']:.0f} | {s['peak_rss_mb']:.0f} "
+                f"| {s['mean_completion_tokens']:.0f} | {100 * s['rows_with_signal']:.0f}% | {s['peak_rss_mb']:.0f} "
                 f"| {100 * s['mfu_bf16']:.1f}% / {100 * s['mfu_fp32']:.1f}% | {s['runs']} ({s['contended_runs']}) |"
             )
         ours = systems.get("thinktune")

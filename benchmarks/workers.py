@@ -52,6 +52,7 @@ def run_thinktune(case_name: str, scratch: Path) -> dict:
                 "generated_tokens": record["completion_length"] * len(batch.ids) * GROUP,
                 "unique_prompt_tokens": prompt_tokens,
                 "trained_tokens": prompt_tokens * GROUP + record["completion_length"] * len(batch.ids) * GROUP,
+                "rows_with_signal": 1 - record["zero_std_groups"],
                 "reward": record["reward"],
             }
         )
@@ -139,6 +140,7 @@ def run_trl(case_name: str, scratch: Path, dtype: str) -> dict:
                 "generated_tokens": generated,
                 "unique_prompt_tokens": prompt_tokens,
                 "trained_tokens": prompt_tokens * GROUP + generated,
+                "rows_with_signal": 1 - log["frac_reward_zero_std"],
                 "reward": log.get("reward"),
             }
         )

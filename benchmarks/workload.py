@@ -22,12 +22,13 @@ class Case:
     model: str  # "smollm2-135m-instruct" or "tiny"
     finetune: str  # "lora" or "full"
     steps: int  # the first step is warm-up and not counted
+    reward: str | None = None  # replaces the demo's rewards when set
 
 
 CASES = {
     "smollm2-lora": Case("smollm2-lora", "smollm2-135m-instruct", "lora", 2),
     "smollm2-full": Case("smollm2-full", "smollm2-135m-instruct", "full", 2),
-    "tiny-full": Case("tiny-full", "tiny", "full", 4),
+    "tiny-full": Case("tiny-full", "tiny", "full", 4, reward="workload:letter_share"),
 }
 
 
@@ -61,6 +62,16 @@ def tiny_model(folder: Path) -> str:
     return str(folder)
 
 
+def letter_share(prompts, completions, **_):
+    """Share of letters among a completion's characters.
+
+    The tiny model writes random tokens that never score on the demo's rewards; every group would be flat and
+    thinktune would (rightly) train on nothing. Random text gets a different letter share per completion, so
+    every row has an advantage and both systems do the full update.
+    """
+    return [sum(ch.isalpha() for ch in c) / max(1, len(c)) for c in completions]
+
+
 def model_path(case: Case, scratch: Path) -> str:
     from thinktune.models import resolve_model
 
@@ -69,9 +80,9 @@ def model_path(case: Case, scratch: Path) -> str:
 
 def recipe(case: Case, path: str, run_dir: Path, micro_batch: int = 8):
     """The demo recipe at the benchmark's shape."""
-    from thinktune.config import load_recipe
+    from thinktune.config import RewardConfig, load_recipe
 
-    return load_recipe(
+    r = load_recipe(
         ROOT / "recipes" / "demo.yaml",
         [
             f"model.name={path}",
@@ -90,6 +101,7 @@ def recipe(case: Case, path: str, run_dir: Path, micro_batch: int = 8):
             "run.save_every=0",
         ],
     )
+    return r.model_copy(update={"rewards": [RewardConfig(name=case.reward)]}) if case.reward else r
 
 
 def parameter_count(model) -> dict[str, int]:
