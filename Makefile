@@ -22,7 +22,7 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/thinktune demo
 
-# thinktune vs TRL's GRPOTrainer, alternating runs; writes benchmarks/RESULTS.md (about 45 minutes here).
+# thinktune vs TRL's GRPOTrainer, alternating runs; writes benchmarks/RESULTS.md (about 35 minutes here).
 bench: $(STAMP)
 	$(BIN)/pip install -q -e '.[bench]'
 	$(BIN)/python benchmarks/bench.py
