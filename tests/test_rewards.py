@@ -4,8 +4,9 @@ import pytest
 
 from thinktune.config import RewardConfig
 from thinktune.rewards import RewardError, RewardSet
-from thinktune.rewards.builtin import accuracy_reward, format_reward, format_soft_reward, math_equal
+from thinktune.rewards.answers import accuracy_reward, math_equal
 from thinktune.rewards.extract import extract_answer
+from thinktune.rewards.formatting import format_reward, format_soft_reward
 
 GOOD = "<reasoning>\n12 + 5 = 17\n</reasoning>\n<answer>\n17\n</answer>"
 

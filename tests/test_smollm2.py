@@ -33,7 +33,9 @@ def test_two_grpo_steps_on_smollm2(tmp_path):
             "eval.before=false",
             "eval.after=false",
             # the demo's rewards plus one that varies inside every group, so both steps have a gradient
-            "rewards=[{name: format}, {name: task_score}, {name: 'tests.user_rewards:length', weight: 0.1}]",
+            # and math-verify accuracy with one hostile answer per step: the step goes on and counts the time-out
+            "rewards=[{name: format}, {name: task_score}, {name: 'tests.user_rewards:length', weight: 0.1},"
+            " {name: 'tests.user_rewards:accuracy_with_one_power_tower'}]",
             f"run.output_dir={tmp_path}",
         ],
     )
@@ -43,6 +45,7 @@ def test_two_grpo_steps_on_smollm2(tmp_path):
     steps = [json.loads(line) for line in lines]
     assert all(0 <= s["format"] <= 1 and s["seconds_rollout"] > 0 for s in steps)
     assert any(s["grad_norm"] > 0 for s in steps)
+    assert [(s["grader_timeouts"], s["grader_errors"]) for s in steps] == [(1, 0), (1, 0)]
     adapter = tmp_path / "demo" / "final"
     assert (adapter / "adapter_config.json").is_file()
     from peft import PeftModel

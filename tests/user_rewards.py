@@ -37,3 +37,10 @@ def not_a_list(prompts, completions, **_):
 def length(prompts, completions, **_):
     """Characters / 100: differs between almost any two samples, so every group carries a gradient."""
     return [len(c) / 100 for c in completions]
+
+
+def accuracy_with_one_power_tower(prompts, completions, answer, **_):
+    """`accuracy`, but the first completion of each batch is replaced by 9^9^9^9: one grader time-out per step."""
+    from thinktune.rewards.answers import accuracy_reward
+
+    return accuracy_reward(prompts, ["<answer>9^9^9^9</answer>", *completions[1:]], answer)

@@ -97,7 +97,7 @@ def eval_(
         r = load_recipe(recipe, overrides or [])
         _, held_out, task_dataset = load_examples(r.data)
         m, tok = load_for_inference(model, r.model.device, r.model.dtype)
-        result = evaluate_recipe(m, tok, r, held_out, *recipe_scoring(r, task_dataset))
+        result = evaluate_recipe(m, tok, r, held_out, *recipe_scoring(r, task_dataset, tok))
         json.dump(result.metrics, sys.stdout, indent=1)
         print()
         if out:

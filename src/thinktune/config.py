@@ -55,7 +55,14 @@ class FewShot(_Section):
 
 
 class DataConfig(_Section):
-    source: Literal["reasoning_gym", "file"] = Field("reasoning_gym", description="Where examples come from.")
+    source: Literal["reasoning_gym", "file", "gsm8k", "cooking_cot", "openr1_math", "numina_tir", "smoltldr"] = Field(
+        "reasoning_gym",
+        description="Where examples come from: a reasoning-gym task, a file with a column mapping, or a named "
+        "dataset read from data.path in its own schema (or, online, from the hub).",
+    )
+    hub_id: str | None = Field(
+        None, description="Hub dataset id of a named source without data.path (default: the dataset's usual id)."
+    )
     task: str | None = Field("basic_arithmetic", description="reasoning-gym task name (source=reasoning_gym).")
     task_config: dict[str, Any] = Field(
         default_factory=dict, description="Keyword arguments of the reasoning-gym task's config."
@@ -63,7 +70,9 @@ class DataConfig(_Section):
     train_size: int = Field(1000, gt=0, description="Training examples generated (reasoning_gym).")
     eval_size: int = Field(200, ge=0, description="Held-out examples, disjoint from training.")
     seed: int = Field(0, description="Seed of the generated training set; the eval set uses seed + 1_000_003.")
-    path: str | None = Field(None, description="Training file: .jsonl, .json, .csv or .parquet (source=file).")
+    path: str | None = Field(
+        None, description="Training file: .jsonl, .json, .csv or .parquet (source=file or a named dataset)."
+    )
     eval_path: str | None = Field(
         None, description="Held-out file; if absent, the last eval_size rows of `path` are held out."
     )
@@ -91,7 +100,9 @@ class DataConfig(_Section):
 
 class RewardConfig(_Section):
     name: str = Field(
-        description="Registered reward (format, format_soft, accuracy, task_score) or 'pkg.module:function'."
+        description="Registered reward (format, format_soft, tag_count, accuracy, gsm8k_strict, gsm8k_flexible, "
+        "numeric_closeness, integer, length_chars, length_tokens, overlong, reward_model, task_score) "
+        "or 'pkg.module:function'."
     )
     weight: float = Field(1.0, description="Weight in the summed reward.")
     args: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments bound to the function.")

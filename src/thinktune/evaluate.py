@@ -8,7 +8,9 @@ import torch
 
 from thinktune.data import Example, PromptBuilder
 from thinktune.rewards import RewardSet
-from thinktune.rewards.builtin import accuracy_reward, is_strict_format, task_score_reward
+from thinktune.rewards.answers import accuracy_reward
+from thinktune.rewards.formatting import is_strict_format
+from thinktune.rewards.gym import task_score_reward
 from thinktune.rollout import generate
 from thinktune.tracking import progress
 
@@ -105,10 +107,20 @@ def evaluate(
     return EvalResult(metrics, samples)
 
 
-def recipe_scoring(recipe, task_dataset) -> tuple[RewardSet, Grader]:
-    """The recipe's rewards and the task grader, as training and evaluation both use them."""
+def recipe_scoring(recipe, task_dataset, tokenizer=None) -> tuple[RewardSet, Grader]:
+    """The recipe's rewards and the task grader, as training and evaluation both use them.
+
+    Built-in rewards get what they need from here when a recipe does not set it in ``args``: the answer
+    format, the reasoning-gym dataset (task_score), the tokenizer (token lengths) and the completion limit.
+    """
     fmt = recipe.data.answer_format
-    return RewardSet(recipe.rewards, {"answer_format": fmt, "task_dataset": task_dataset}), Grader(fmt, task_dataset)
+    context = {
+        "answer_format": fmt,
+        "task_dataset": task_dataset,
+        "tokenizer": tokenizer,
+        "max_new_tokens": recipe.grpo.max_new_tokens,
+    }
+    return RewardSet(recipe.rewards, context), Grader(fmt, task_dataset)
 
 
 def evaluate_recipe(model, tokenizer, recipe, examples, rewards, grader, label: str = "eval") -> EvalResult:

@@ -33,7 +33,7 @@ def train(recipe: Recipe, resume: bool = False) -> dict:
     train_set, held_out, task_dataset = load_examples(recipe.data)
     console.print(f"data: {len(train_set)} training, {len(held_out)} held-out examples")
     model, tokenizer = load_policy(recipe.model)
-    rewards, grader = recipe_scoring(recipe, task_dataset)
+    rewards, grader = recipe_scoring(recipe, task_dataset, tokenizer)
     trainer = GRPOTrainer(recipe, model, tokenizer, train_set, rewards, grader, run)
     stats = trainer.prompts.stats
     if stats.skipped or stats.truncated:

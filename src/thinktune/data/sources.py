@@ -104,19 +104,40 @@ def rows_to_examples(rows: list[dict], columns: dict[str, str], source: str) -> 
 def load_examples(cfg: DataConfig) -> tuple[list[Example], list[Example], Any]:
     """Return (train, held_out, reasoning-gym dataset or None) as the recipe's data section says."""
     if cfg.source == "reasoning_gym":
-        train, held_out, scorer = reasoning_gym_splits(cfg)
-    else:
-        train = rows_to_examples(read_table(cfg.path), cfg.columns, cfg.path)
-        if cfg.eval_path:
-            held_out = rows_to_examples(read_table(cfg.eval_path), cfg.columns, cfg.eval_path)[: cfg.eval_size]
-        else:
-            if cfg.eval_size >= len(train):
-                raise DataError(
-                    f"{cfg.path}: {len(train)} rows cannot hold out data.eval_size={cfg.eval_size}; "
-                    f"lower eval_size or give data.eval_path"
-                )
-            train, held_out = train[: len(train) - cfg.eval_size], train[len(train) - cfg.eval_size :]
-        scorer = None
+        return reasoning_gym_splits(cfg)
+    train = _table_examples(cfg, cfg.path, "train")
+    held_out = None
+    if cfg.eval_path:
+        held_out = _table_examples(cfg, cfg.eval_path, "eval")[: cfg.eval_size]
+    elif cfg.source != "file" and not cfg.path and named_dataset(cfg.source).eval_split:
+        held_out = _table_examples(cfg, None, "eval")[: cfg.eval_size]
+    if held_out is None:
+        if cfg.eval_size >= len(train):
+            raise DataError(
+                f"{cfg.path or cfg.source}: {len(train)} rows cannot hold out data.eval_size={cfg.eval_size}; "
+                f"lower eval_size or give data.eval_path"
+            )
+        train, held_out = train[: len(train) - cfg.eval_size], train[len(train) - cfg.eval_size :]
     if not train:
         raise DataError("data: no training examples left")
-    return train, held_out, scorer
+    return train, held_out, None
+
+
+def named_dataset(name: str):
+    from thinktune.data.named import NAMED
+
+    return NAMED[name]
+
+
+def _table_examples(cfg: DataConfig, path: str | None, split: str) -> list[Example]:
+    """Examples of a file (or, for a named dataset without a file, its hub split)."""
+    if cfg.source == "file":
+        return rows_to_examples(read_table(path), cfg.columns, path)
+    from thinktune.data.named import convert_rows, hub_rows
+
+    named = named_dataset(cfg.source)
+    if path:
+        return convert_rows(read_table(path), named.convert, path)
+    hub_id = cfg.hub_id or named.hub_id
+    hub_split = named.train_split if split == "train" else named.eval_split
+    return convert_rows(hub_rows(hub_id, named.hub_config, hub_split), named.convert, f"{hub_id}[{hub_split}]")

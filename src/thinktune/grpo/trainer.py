@@ -30,6 +30,7 @@ from thinktune.grpo.logprobs import SharedPrompts, completion_logprobs, supports
 from thinktune.grpo.losses import LOSSES, LossInputs
 from thinktune.models import reference_policy
 from thinktune.rewards import RewardSet
+from thinktune.rewards.guard import GRADER
 from thinktune.rewards.registry import RewardScores
 from thinktune.rollout import Rollout, generate
 from thinktune.runs import RunDir
@@ -235,6 +236,7 @@ class GRPOTrainer:
         rollout = self.rollout(batch)
         completions = decode(self.tokenizer, rollout.completion_ids, rollout.completion_mask)
         t1 = time.perf_counter()
+        bounded_before = GRADER.counts()
         scores = self.score(batch, completions)
         advantages, zero_std = group_advantages(scores.total, self.cfg.group_size, self.cfg.scale_rewards)
         t2 = time.perf_counter()
@@ -262,6 +264,9 @@ class GRPOTrainer:
             "completion_length_max": lengths.max().item(),
             "truncation_rate": rollout.truncated.float().mean().item(),
             "zero_std_groups": zero_std.float().mean().item(),
+            # completions whose grading hit the time bound or failed (scored 0), this step
+            "grader_timeouts": GRADER.timeouts - bounded_before[0],
+            "grader_errors": GRADER.errors - bounded_before[1],
             "seconds_rollout": t1 - t0,
             "seconds_score": t2 - t1,
             "seconds_update": t3 - t2,

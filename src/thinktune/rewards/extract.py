@@ -29,3 +29,28 @@ def extract_answer(completion: str, answer_format: str = "xml") -> str | None:
     if answer is None:
         return None
     return answer.strip()[-MAX_ANSWER_CHARS:]
+
+
+def last_boxed(text: str) -> str | None:
+    """The content of the last ``\\boxed{…}`` (or ``\\fbox{…}``) in ``text``, braces balanced; None if absent.
+
+    One linear scan from the last marker: 10 000 nested braces cost microseconds, not a recursion.
+
+    >>> last_boxed("so $\\\\boxed{\\\\frac{1}{2}}$ and not \\\\boxed{3"), last_boxed("no box")
+    (None, None)
+    >>> last_boxed("first \\\\boxed{1}, then \\\\boxed{\\\\frac{1}{2}}.")
+    '\\\\frac{1}{2}'
+    """
+    start = max(text.rfind("\\boxed{"), text.rfind("\\fbox{"))
+    if start < 0:
+        return None
+    begin = text.index("{", start) + 1
+    depth = 1
+    for i in range(begin, len(text)):
+        if text[i] == "{":
+            depth += 1
+        elif text[i] == "}":
+            depth -= 1
+            if depth == 0:
+                return text[begin:i].strip()
+    return None

@@ -1,0 +1,98 @@
+"""Run graders in a child process with a time bound per completion.
+
+A completion can be anything a model writes, and some of it stalls a math parser: ``9^9^9^9`` makes sympy
+try to build a number with more digits than atoms in the universe. math-verify's own bound uses
+``signal.alarm``, which works only in the main thread and cannot interrupt a long C call. So graders that
+parse model output run in a separate process: when one call takes longer than the bound, the process is
+killed and restarted, the completion scores 0, and the time-out is counted (the trainer logs the count
+per step as ``grader_timeouts``). A grader that raises scores 0 too, counted as ``grader_errors``.
+
+    >>> from thinktune.rewards.answers import math_equal
+    >>> GRADER.call(math_equal, "0.5", "\\\\frac{1}{2}")
+    True
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import resource
+import threading
+from collections.abc import Callable
+from typing import Any
+
+STARTUP_SECONDS = 120.0  # importing sympy in a fresh process on a loaded 2-core machine
+MEMORY_LIMIT = 4 << 30  # a grader that builds a giant number fails with MemoryError, not the machine
+
+
+def _serve(conn, preload: tuple[str, ...]) -> None:
+    resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT, MEMORY_LIMIT))
+    for module in preload:
+        __import__(module)
+    conn.send("ready")
+    while True:
+        fn, args = conn.recv()
+        try:
+            conn.send((True, fn(*args)))
+        except BaseException as err:  # noqa: BLE001 - report every failure to the parent, keep serving
+            conn.send((False, f"{type(err).__name__}: {err}"[:300]))
+
+
+class BoundedCalls:
+    """Calls ``fn(*args)`` in a child process, giving up after ``seconds``. ``fn`` must be importable."""
+
+    def __init__(self, seconds: float = 5.0, preload: tuple[str, ...] = ("math_verify",)):
+        self.seconds, self.preload = seconds, preload
+        self.timeouts = 0
+        self.errors = 0
+        self.last_error: str | None = None
+        self._lock = threading.Lock()
+        self._process = self._conn = None
+
+    def call(self, fn: Callable, *args, default: Any = False) -> Any:
+        """``fn(*args)`` from the child, or ``default`` when it times out, raises or kills the child."""
+        with self._lock:
+            self._start()
+            try:
+                self._conn.send((fn, args))
+                if not self._conn.poll(self.seconds):
+                    self.timeouts += 1
+                    self._stop()
+                    return default
+                ok, value = self._conn.recv()
+            except (EOFError, OSError, BrokenPipeError) as err:  # the child died (e.g. out of memory)
+                self.errors += 1
+                self.last_error = f"grader process died: {type(err).__name__}"
+                self._stop()
+                return default
+            if not ok:
+                self.errors += 1
+                self.last_error = value
+                return default
+            return value
+
+    def counts(self) -> tuple[int, int]:
+        return self.timeouts, self.errors
+
+    def _start(self) -> None:
+        if self._process is not None and self._process.is_alive():
+            return
+        context = multiprocessing.get_context("spawn")  # no forked copy of torch's threads and memory
+        parent, child = context.Pipe()
+        self._process = context.Process(target=_serve, args=(child, self.preload), daemon=True)
+        self._process.start()
+        child.close()
+        self._conn = parent
+        if not parent.poll(STARTUP_SECONDS) or parent.recv() != "ready":
+            self._stop()
+            raise RuntimeError(f"the grader process did not start within {STARTUP_SECONDS:.0f} s")
+
+    def _stop(self) -> None:
+        if self._process is not None:
+            self._process.kill()
+            self._process.join()
+        if self._conn is not None:
+            self._conn.close()
+        self._process = self._conn = None
+
+
+GRADER = BoundedCalls()
