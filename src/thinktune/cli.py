@@ -65,6 +65,18 @@ def train(
 
 
 @app.command()
+def sft(
+    recipe: Path = typer.Argument(..., help="YAML recipe (its sft section)."),
+    overrides: list[str] = typer.Argument(None, help="key.sub=value overrides, e.g. sft.steps=50"),
+):
+    """Supervised fine-tuning on worked answers (loss on completion tokens only); saves <run>/sft for `train`."""
+    from thinktune.pipeline import train as run_train
+
+    r = _fail_cleanly(load_recipe, recipe, [*(overrides or []), "stages=[sft]"])
+    _fail_cleanly(run_train, r)
+
+
+@app.command()
 def demo(overrides: list[str] = typer.Argument(None, help="key.sub=value overrides")):
     """The offline demo: SmolLM2-135M-Instruct (packaged) learns a reasoning-gym task with LoRA."""
     from thinktune.pipeline import train as run_train

@@ -138,6 +138,22 @@ class TrainConfig(_Section):
     seed: int = Field(0, description="Seed of sampling, prompt order and initialisation.")
 
 
+class SFTConfig(_Section):
+    completion: str = Field(
+        "{answer}",
+        description="Target response, a Python format string over the example's fields: {question}, {answer}, "
+        "any column, and nested ones like {metadata[answer_cot]}. Write it in the answer format, e.g. "
+        "'<reasoning>\\n{solution}\\n</reasoning>\\n<answer>\\n{answer}\\n</answer>'.",
+    )
+    steps: int = Field(100, gt=0, description="Optimizer steps.")
+    batch_size: int = Field(8, gt=0, description="Examples per optimizer step.")
+    learning_rate: float = Field(1e-4, gt=0, description="Peak AdamW learning rate (linear warmup, then constant).")
+    warmup_steps: int = Field(0, ge=0)
+    max_completion_tokens: int = Field(
+        256, gt=0, description="Longer targets are skipped (counted), never cut: a cut target teaches no ending."
+    )
+
+
 class EvalConfig(_Section):
     before: bool = Field(True, description="Evaluate the starting model before training.")
     after: bool = Field(True, description="Evaluate the trained model after training.")
@@ -160,6 +176,11 @@ class Recipe(_Section):
     rewards: list[RewardConfig] = Field(
         default_factory=lambda: [RewardConfig(name="format"), RewardConfig(name="accuracy")]
     )
+    stages: list[Literal["sft", "grpo"]] = Field(
+        default_factory=lambda: ["grpo"],
+        description="What `thinktune train` runs, in order, in one run directory: e.g. [sft, grpo].",
+    )
+    sft: SFTConfig = Field(default_factory=SFTConfig)
     grpo: GRPOConfig = Field(default_factory=GRPOConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
@@ -175,6 +196,8 @@ class Recipe(_Section):
             raise ValueError("data.task: required when data.source is reasoning_gym")
         if self.data.source == "file" and not self.data.path:
             raise ValueError("data.path: required when data.source is file")
+        if self.stages not in (["sft"], ["grpo"], ["sft", "grpo"]):
+            raise ValueError(f"stages: {self.stages} is not one of [sft], [grpo], [sft, grpo]")
         if not self.rewards:
             raise ValueError("rewards: at least one reward is needed")
         return self

@@ -1,8 +1,9 @@
-"""The ``train`` workflow: load → evaluate before → GRPO → evaluate after → save, in one run directory."""
+"""The ``train`` workflow, in one run directory: [SFT →] evaluate before → GRPO → evaluate after → save."""
 
 from __future__ import annotations
 
 import random
+import time
 
 import torch
 
@@ -10,8 +11,9 @@ from thinktune.config import Recipe
 from thinktune.data import load_examples
 from thinktune.evaluate import evaluate_recipe, paired_sign_test, recipe_scoring, wilson_interval
 from thinktune.grpo.trainer import GRPOTrainer
-from thinktune.models import load_policy, save_model
+from thinktune.models import load_for_inference, load_policy, save_model
 from thinktune.runs import RunDir
+from thinktune.sft import run_sft, save_sft_model
 from thinktune.tracking import comparison_markdown, comparison_table, console
 
 COMPARED = ["accuracy", "format_accuracy", "reward", "completion_length", "truncation_rate"]
@@ -23,15 +25,64 @@ def seed_everything(seed: int) -> None:
 
 
 def train(recipe: Recipe, resume: bool = False) -> dict:
-    """Run a recipe end to end; return the before/after metrics."""
+    """Run a recipe's stages (``sft``, ``grpo``) end to end in one run directory; return the summary."""
     if recipe.run.threads:
         torch.set_num_threads(recipe.run.threads)
     seed_everything(recipe.train.seed)
     run = RunDir(recipe, resume=resume)
     console.print(f"[bold]run[/] {run.path}")
-
     train_set, held_out, task_dataset = load_examples(recipe.data)
     console.print(f"data: {len(train_set)} training, {len(held_out)} held-out examples")
+    summary: dict = {}
+    if "sft" in recipe.stages:
+        folder = run.file("sft")
+        if resume and (folder / "config.json").is_file():
+            console.print(f"sft: already done, continuing from {folder}")
+        else:
+            summary["sft"] = sft_stage(recipe, run, train_set, held_out, task_dataset)
+        recipe = recipe.model_copy(update={"model": recipe.model.model_copy(update={"name": str(folder)})})
+    if "grpo" in recipe.stages:
+        summary.update(grpo_stage(recipe, run, resume, train_set, held_out, task_dataset))
+    run.write_json("summary.json", summary)
+    return summary
+
+
+def evaluate_and_save(run: RunDir, label: str, model, tokenizer, recipe: Recipe, held_out, rewards, grader) -> dict:
+    """Greedy held-out evaluation, printed and written to ``eval_<label>.json``; returns metrics and samples."""
+    result = evaluate_recipe(model, tokenizer, recipe, held_out, rewards, grader, label=f"eval {label}")
+    saved = {"metrics": result.metrics, "samples": result.samples}
+    run.write_json(f"eval_{label}.json", saved)
+    console.print(f"eval {label}: " + "  ".join(f"{k} {result.metrics[k]:.3f}" for k in COMPARED))
+    return saved
+
+
+def sft_stage(recipe: Recipe, run: RunDir, train_set, held_out, task_dataset) -> dict:
+    """Evaluate the base model, fine-tune on the worked answers, save the merged model to ``sft/``, evaluate it."""
+    model, tokenizer = load_policy(recipe.model)
+    rewards, grader = recipe_scoring(recipe, task_dataset, tokenizer)
+    base = None
+    if recipe.eval.before and held_out:
+        base = evaluate_and_save(run, "base", model, tokenizer, recipe, held_out, rewards, grader)
+    start = time.perf_counter()
+    records = run_sft(recipe, model, tokenizer, train_set, run)
+    seconds = time.perf_counter() - start
+    save_sft_model(model, tokenizer, run.file("sft"))
+    console.print(f"saved {run.file('sft')}")
+    model, tokenizer = load_for_inference(str(run.file("sft")), recipe.model.device, recipe.model.dtype)
+    summary = {"seconds": seconds, "first_loss": records[0]["loss"], "last_loss": records[-1]["loss"]}
+    if held_out and (recipe.eval.after or "grpo" in recipe.stages):
+        after = evaluate_and_save(run, "sft", model, tokenizer, recipe, held_out, rewards, grader)
+        summary["after"] = after["metrics"]
+        if "grpo" in recipe.stages and recipe.eval.before:
+            run.write_json("eval_before.json", after)  # GRPO starts from this very model
+        if base:
+            summary["before"] = base["metrics"]
+            summary.update(report_comparison(run, base, after, "comparison_sft.md"))
+    return summary
+
+
+def grpo_stage(recipe: Recipe, run: RunDir, resume: bool, train_set, held_out, task_dataset) -> dict:
+    """Evaluate before → GRPO → evaluate after → save ``final/``; resumes from the last checkpoint."""
     model, tokenizer = load_policy(recipe.model)
     rewards, grader = recipe_scoring(recipe, task_dataset, tokenizer)
     trainer = GRPOTrainer(recipe, model, tokenizer, train_set, rewards, grader, run)
@@ -42,23 +93,16 @@ def train(recipe: Recipe, resume: bool = False) -> dict:
             f"{stats.skipped} skipped, {stats.truncated} truncated[/]"
         )
 
-    def run_eval(label: str):
-        result = evaluate_recipe(model, tokenizer, recipe, held_out, rewards, grader, label=f"eval {label}")
-        run.write_json(f"eval_{label}.json", {"metrics": result.metrics, "samples": result.samples})
-        console.print(f"eval {label}: " + "  ".join(f"{k} {result.metrics[k]:.3f}" for k in COMPARED))
-        return result
+    def run_eval(label: str) -> dict:
+        return evaluate_and_save(run, label, model, tokenizer, recipe, held_out, rewards, grader)
 
     start = 0
-    if resume:
+    if resume and (run.checkpoint / "state.pt").is_file():
         start = run.load_checkpoint(model, trainer.optimizer, trainer.scheduler, trainer.generator)
         console.print(f"resumed after step {start}")
     before = None
     if recipe.eval.before and held_out:
-        saved = run.read_json("eval_before.json")
-        before = saved if saved else None
-        if before is None:
-            r = run_eval("before")
-            before = {"metrics": r.metrics, "samples": r.samples}
+        before = run.read_json("eval_before.json") or run_eval("before")
 
     trainer.train(start, on_eval=lambda step: run_eval(f"step{step}"))
     run.save_checkpoint(recipe.train.steps, model, trainer.optimizer, trainer.scheduler, trainer.generator)
@@ -71,10 +115,9 @@ def train(recipe: Recipe, resume: bool = False) -> dict:
     }
     if recipe.eval.after and held_out:
         after = run_eval("after")
-        summary["after"] = after.metrics
+        summary["after"] = after["metrics"]
         if before:
-            summary.update(report_comparison(run, before, {"metrics": after.metrics, "samples": after.samples}))
-    run.write_json("summary.json", summary)
+            summary.update(report_comparison(run, before, after))
     return summary
 
 
@@ -98,12 +141,12 @@ def significance_notes(before: dict, after: dict) -> tuple[list[str], dict]:
     return notes, tests
 
 
-def report_comparison(run: RunDir, before: dict, after: dict) -> dict:
+def report_comparison(run: RunDir, before: dict, after: dict, name: str = "comparison.md") -> dict:
     """Print and save the before/after table with confidence intervals and sign tests."""
     b, a = before["metrics"], after["metrics"]
     console.print(comparison_table(b, a, COMPARED))
     notes, tests = significance_notes(before, after)
     for note in notes:
         console.print(note)
-    run.file("comparison.md").write_text(comparison_markdown(b, a, COMPARED) + "\n" + "\n\n".join(notes) + "\n")
+    run.file(name).write_text(comparison_markdown(b, a, COMPARED) + "\n" + "\n\n".join(notes) + "\n")
     return {"sign_tests": tests, "notes": notes}

@@ -35,7 +35,8 @@ class RunDir:
                 f"run directory {self.path} already holds a run; pass --resume to continue it, or set "
                 f"run.name=<new name>"
             )
-        if resume and not (self.checkpoint / "state.pt").is_file():
+        finished_sft = (self.path / "sft" / "config.json").is_file()
+        if resume and not (self.checkpoint / "state.pt").is_file() and not finished_sft:
             raise RunError(f"--resume: {self.checkpoint} has no checkpoint to resume from")
         self.path.mkdir(parents=True, exist_ok=True)
         (self.path / "recipe.yaml").write_text(dump_recipe(recipe))

@@ -1,0 +1,141 @@
+"""Supervised fine-tuning on worked answers, the loss on completion tokens only: a recipe's ``sft`` stage.
+
+It teaches the output format (and the dataset's way of reasoning) before GRPO, so that GRPO's groups are not all
+zero. The target of each example is ``sft.completion`` filled from its fields, then end-of-sequence; the prompt is
+built exactly as GRPO builds it. With LoRA the adapters are merged at the end, so the saved folder is a plain
+Hugging Face model that ``train`` starts from (and whose fresh adapters then start at zero).
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass
+
+import torch
+
+from thinktune.config import ConfigError, Recipe
+from thinktune.data import DataError, Example, PromptBuilder
+from thinktune.grpo.logprobs import completion_logprobs
+from thinktune.grpo.trainer import make_scheduler
+from thinktune.models import save_model
+from thinktune.rollout.engine import left_pad
+from thinktune.runs import RunDir
+from thinktune.tracking import JsonlWriter, console, progress
+
+
+@dataclass
+class SFTData:
+    prompts: list[list[int]]
+    targets: list[list[int]]
+    too_long: int = 0  # targets over sft.max_completion_tokens, skipped
+    empty: int = 0  # targets that render to nothing, skipped
+    prompts_skipped: int = 0  # prompts over data.max_prompt_tokens, skipped
+
+
+def sft_data(recipe: Recipe, examples: list[Example], tokenizer) -> SFTData:
+    """Tokenized (prompt, target) pairs; a template field an example lacks is an error naming both."""
+    cfg = recipe.sft
+    builder = PromptBuilder.from_config(tokenizer, recipe.data)
+    data = SFTData([], [])
+    for index, example in enumerate(examples):
+        fields = example.columns()
+        try:
+            text = cfg.completion.format(**fields)
+        except (KeyError, IndexError, AttributeError, TypeError) as err:
+            raise ConfigError(
+                f"sft.completion: example {index} has no field {err} for the template; its fields: {sorted(fields)}"
+            ) from None
+        if not text.strip():
+            data.empty += 1
+            continue
+        prompt = builder.ids(example.question)
+        if prompt is None:
+            data.prompts_skipped += 1
+            continue
+        target = tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        if len(target) > cfg.max_completion_tokens:
+            data.too_long += 1
+            continue
+        data.prompts.append(prompt)
+        data.targets.append(target)
+    if not data.targets:
+        raise DataError(
+            f"sft: none of the {len(examples)} examples is usable: {data.too_long} targets over "
+            f"sft.max_completion_tokens={cfg.max_completion_tokens}, {data.prompts_skipped} prompts over "
+            f"data.max_prompt_tokens={recipe.data.max_prompt_tokens}, {data.empty} empty targets"
+        )
+    return data
+
+
+def completion_loss(model, prompts: list[list[int]], targets: list[list[int]], pad_id: int) -> torch.Tensor:
+    """Mean negative log-likelihood of the target tokens given their prompts (prompt tokens carry no loss).
+
+    Every target token weighs the same, whatever the length of its example.
+    """
+    prompt_ids, prompt_mask = left_pad(prompts, pad_id)
+    width = max(len(t) for t in targets)
+    target_ids = torch.tensor([t + [pad_id] * (width - len(t)) for t in targets])
+    target_mask = torch.tensor([[1] * len(t) + [0] * (width - len(t)) for t in targets])
+    device = next(model.parameters()).device
+    logprobs, _ = completion_logprobs(
+        model, prompt_ids.to(device), prompt_mask.to(device), target_ids.to(device), target_mask.to(device)
+    )
+    mask = target_mask.to(device, logprobs.dtype)
+    return -(logprobs * mask).sum() / mask.sum()
+
+
+def run_sft(recipe: Recipe, model, tokenizer, examples: list[Example], run: RunDir) -> list[dict]:
+    """Train ``model`` in place for ``sft.steps`` steps; log to ``sft_metrics.jsonl``; return the records."""
+    cfg, seed = recipe.sft, recipe.train.seed
+    data = sft_data(recipe, examples, tokenizer)
+    console.print(
+        f"sft: {len(data.targets)} examples ({data.too_long} over sft.max_completion_tokens, "
+        f"{data.prompts_skipped} prompts over budget, {data.empty} empty targets skipped)"
+    )
+    params = [p for p in model.parameters() if p.requires_grad]
+    t = recipe.train
+    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, betas=t.adam_betas, weight_decay=t.weight_decay)
+    scheduler = make_scheduler(optimizer, "constant", cfg.warmup_steps, cfg.steps)
+    order: list[int] = []
+    rng = random.Random(seed)
+    metrics = JsonlWriter(run.file("sft_metrics.jsonl"))
+    records = []
+    model.train()
+    with progress("sft", total=cfg.steps) as bar:
+        for step in range(cfg.steps):
+            while len(order) < cfg.batch_size:  # epochs of fresh shuffles, as many as the steps need
+                epoch = list(range(len(data.targets)))
+                rng.shuffle(epoch)
+                order += epoch
+            batch, order = order[: cfg.batch_size], order[cfg.batch_size :]
+            start = time.perf_counter()
+            optimizer.zero_grad(set_to_none=True)
+            loss = completion_loss(
+                model, [data.prompts[i] for i in batch], [data.targets[i] for i in batch], tokenizer.pad_token_id
+            )
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, t.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            record = {
+                "step": step + 1,
+                "loss": loss.item(),
+                "grad_norm": grad_norm.item(),
+                "lr": scheduler.get_last_lr()[0],
+                "target_tokens": sum(len(data.targets[i]) for i in batch),
+                "seconds": time.perf_counter() - start,
+            }
+            metrics.write(record)
+            records.append(record)
+            bar.advance()
+            bar.show(f"loss {record['loss']:.3f}")
+    model.eval()
+    return records
+
+
+def save_sft_model(model, tokenizer, folder) -> None:
+    """A plain Hugging Face folder: LoRA adapters merged into the weights first."""
+    if hasattr(model, "merge_and_unload"):
+        model = model.merge_and_unload()
+    save_model(model, tokenizer, folder)

@@ -1,0 +1,85 @@
+"""SFT: the loss falls on completion tokens, the result is a plain HF folder, and `train` chains SFT then GRPO."""
+
+import json
+
+import pytest
+import torch
+
+from thinktune.config import ConfigError, ModelConfig, load_recipe
+from thinktune.data import DataError
+from thinktune.models import load_policy
+from thinktune.pipeline import train
+from thinktune.sft import completion_loss
+
+
+def sft_recipe(tmp_path, tiny_model_dir, *overrides):
+    data = tmp_path / "worked.jsonl"
+    rows = [{"question": f"say {w}", "answer": w, "why": "yes"} for w in "one two three four five six seven".split()]
+    data.write_text("\n".join(json.dumps(r) for r in rows))
+    return load_recipe(
+        None,
+        [
+            f"model.name={tiny_model_dir}",
+            "model.finetune=lora",
+            "model.lora.r=8",
+            "data.source=file",
+            f"data.path={data}",
+            "data.eval_size=2",
+            "data.system_prompt=''",
+            "sft.completion='{why} {answer}'",
+            "sft.steps=25",
+            "sft.batch_size=4",
+            "sft.learning_rate=0.01",
+            "rewards=[{name: 'tests.user_rewards:yes_fraction'}]",
+            "grpo.group_size=4",
+            "grpo.prompts_per_step=2",
+            "grpo.max_new_tokens=4",
+            "train.steps=2",
+            f"run.output_dir={tmp_path}",
+            "run.name=chain",
+            *overrides,
+        ],
+    )
+
+
+def test_completion_loss_counts_target_tokens_only(tiny_model_dir):
+    model, tokenizer = load_policy(ModelConfig(name=tiny_model_dir, finetune="full", device="cpu"))
+    pad = tokenizer.pad_token_id
+    prompts, targets = [[8, 9, 10], [11]], [[12, 13], [14, 15, 16]]
+    loss = completion_loss(model, prompts, targets, pad)
+    by_hand = []
+    for prompt, target in zip(prompts, targets, strict=True):  # one sequence at a time, no padding
+        ids = torch.tensor([prompt + target])
+        logp = model(input_ids=ids).logits[0, len(prompt) - 1 : -1].log_softmax(-1)
+        by_hand += [logp[i, t] for i, t in enumerate(target)]
+    assert loss.item() == pytest.approx(-torch.stack(by_hand).mean().item(), abs=1e-5)
+
+
+def test_sft_then_grpo_in_one_run(tmp_path, tiny_model_dir):
+    recipe = sft_recipe(tmp_path, tiny_model_dir, "stages=[sft, grpo]")
+    summary = train(recipe)
+    run = tmp_path / "chain"
+    losses = [json.loads(line)["loss"] for line in (run / "sft_metrics.jsonl").read_text().splitlines()]
+    assert len(losses) == 25 and sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 / 2, losses
+    # the SFT model is a plain HF folder (LoRA merged) and says the taught target
+    assert (run / "sft" / "config.json").is_file() and not (run / "sft" / "adapter_config.json").exists()
+    sft_eval = json.loads((run / "eval_sft.json").read_text())
+    assert all(s["completion"].startswith("yes") for s in sft_eval["samples"]), sft_eval["samples"]
+    assert json.loads((run / "eval_before.json").read_text()) == sft_eval  # GRPO's before is the SFT model
+    assert (run / "eval_base.json").is_file() and (run / "comparison_sft.md").is_file()
+    assert summary["sft"]["last_loss"] < summary["sft"]["first_loss"]
+    # GRPO started from the SFT folder and saved its adapter over it
+    adapter = json.loads((run / "final" / "adapter_config.json").read_text())
+    assert adapter["base_model_name_or_path"] == str(run / "sft")
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+def test_a_template_field_the_data_lacks_is_named(tmp_path, tiny_model_dir):
+    with pytest.raises(ConfigError, match=r"sft.completion: example 0 has no field 'solution'.*'why'"):
+        train(sft_recipe(tmp_path, tiny_model_dir, "stages=[sft]", "sft.completion='{solution}'"))
+
+
+def test_targets_all_over_budget_is_a_clear_error(tmp_path, tiny_model_dir):
+    usable = r"none of the 5 examples is usable: 5 targets over sft.max_completion_tokens=1"
+    with pytest.raises(DataError, match=usable):
+        train(sft_recipe(tmp_path, tiny_model_dir, "stages=[sft]", "sft.max_completion_tokens=1"))
