@@ -83,3 +83,12 @@ def test_targets_all_over_budget_is_a_clear_error(tmp_path, tiny_model_dir):
     usable = r"none of the 5 examples is usable: 5 targets over sft.max_completion_tokens=1"
     with pytest.raises(DataError, match=usable):
         train(sft_recipe(tmp_path, tiny_model_dir, "stages=[sft]", "sft.max_completion_tokens=1"))
+
+
+def test_resume_after_a_finished_sft_stage_goes_straight_to_grpo(tmp_path, tiny_model_dir):
+    train(sft_recipe(tmp_path, tiny_model_dir, "stages=[sft]", "sft.steps=3", "eval.before=false"))
+    run = tmp_path / "chain"
+    assert not (run / "metrics.jsonl").exists()
+    train(sft_recipe(tmp_path, tiny_model_dir, "stages=[sft, grpo]", "sft.steps=3", "eval.before=false"), resume=True)
+    assert len((run / "sft_metrics.jsonl").read_text().splitlines()) == 3  # not trained again
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 2

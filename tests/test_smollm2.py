@@ -56,3 +56,26 @@ def test_two_grpo_steps_on_smollm2(tmp_path):
     assert any("lora_B" in name and w.abs().sum() > 0 for name, w in trained.items())  # B starts at zero
     base = AutoModelForCausalLM.from_pretrained(resolve_model("smollm2-135m-instruct"))
     PeftModel.from_pretrained(base, adapter)
+
+
+def test_gsm_symbolic_sft_then_grpo_recipe_runs_scaled_down(tmp_path):
+    recipe = load_recipe(
+        "recipes/gsm_symbolic_sft_grpo.yaml",
+        [
+            "data.train_size=12",
+            "data.eval_size=2",
+            "sft.steps=2",
+            "sft.batch_size=2",
+            "grpo.group_size=2",
+            "grpo.prompts_per_step=1",
+            "grpo.max_new_tokens=12",
+            "train.steps=1",
+            "eval.max_new_tokens=12",
+            f"run.output_dir={tmp_path}",
+        ],
+    )
+    summary = train(recipe)
+    run = tmp_path / "gsm_symbolic_sft_grpo"
+    for name in ("eval_base.json", "eval_sft.json", "eval_after.json", "sft/config.json", "final/adapter_config.json"):
+        assert (run / name).is_file(), name
+    assert summary["sft"]["seconds"] > 0 and summary["seconds"] > 0

@@ -1,4 +1,4 @@
-"""Command line: ``thinktune train|eval|demo|generate``."""
+"""Command line: ``thinktune train|sft|eval|demo|generate``."""
 
 from __future__ import annotations
 

@@ -104,12 +104,15 @@ def grpo_stage(recipe: Recipe, run: RunDir, resume: bool, train_set, held_out, t
     if recipe.eval.before and held_out:
         before = run.read_json("eval_before.json") or run_eval("before")
 
+    began = time.perf_counter()
     trainer.train(start, on_eval=lambda step: run_eval(f"step{step}"))
+    seconds = time.perf_counter() - began
     run.save_checkpoint(recipe.train.steps, model, trainer.optimizer, trainer.scheduler, trainer.generator)
     save_model(model, tokenizer, run.file("final"))
     console.print(f"saved {run.file('final')}")
 
     summary = {
+        "seconds": seconds,
         "before": before and before["metrics"],
         "training_prompts": {"used": len(trainer.pool), "skipped": stats.skipped, "truncated": stats.truncated},
     }
