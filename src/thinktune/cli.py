@@ -1,4 +1,4 @@
-"""Command line: ``thinktune train|sft|eval|demo|generate``."""
+"""Command line: ``thinktune train|sft|reward-model|eval|demo|generate``."""
 
 from __future__ import annotations
 
@@ -74,6 +74,18 @@ def sft(
 
     r = _fail_cleanly(load_recipe, recipe, [*(overrides or []), "stages=[sft]"])
     _fail_cleanly(run_train, r)
+
+
+@app.command("reward-model")
+def reward_model(
+    recipe: Path = typer.Argument(..., help="YAML recipe (its model and reward_model sections)."),
+    overrides: list[str] = typer.Argument(None, help="key.sub=value overrides, e.g. reward_model.steps=50"),
+):
+    """Train a Bradley-Terry reward model on preference pairs; held-out pair accuracy before and after."""
+    from thinktune.preference import train_reward_model
+
+    r = _fail_cleanly(load_recipe, recipe, overrides or [])
+    _fail_cleanly(train_reward_model, r)
 
 
 @app.command()

@@ -154,6 +154,15 @@ class SFTConfig(_Section):
     )
 
 
+class RewardModelConfig(_Section):
+    pairs: str | None = Field(None, description="Preference pairs: JSONL/CSV/Parquet with prompt, chosen, rejected.")
+    eval_pairs: int = Field(50, ge=1, description="Pairs held out (the file's last rows) for pair accuracy.")
+    steps: int = Field(100, gt=0, description="Optimizer steps.")
+    batch_size: int = Field(8, gt=0, description="Pairs per optimizer step.")
+    learning_rate: float = Field(1e-4, gt=0)
+    max_length: int = Field(512, gt=0, description="Tokens of prompt + response; longer ones are cut from the left.")
+
+
 class EvalConfig(_Section):
     before: bool = Field(True, description="Evaluate the starting model before training.")
     after: bool = Field(True, description="Evaluate the trained model after training.")
@@ -181,6 +190,7 @@ class Recipe(_Section):
         description="What `thinktune train` runs, in order, in one run directory: e.g. [sft, grpo].",
     )
     sft: SFTConfig = Field(default_factory=SFTConfig)
+    reward_model: RewardModelConfig = Field(default_factory=RewardModelConfig)
     grpo: GRPOConfig = Field(default_factory=GRPOConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)

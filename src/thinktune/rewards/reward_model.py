@@ -15,35 +15,50 @@ def load_reward_model(path: str):
     """(model, tokenizer) from an HF folder or a peft adapter folder over one; the head must have one label."""
     from transformers import AutoModelForSequenceClassification
 
-    from thinktune.models import load_tokenizer, resolve_model
+    from thinktune.models import resolve_model
 
     folder = Path(path)
     if (folder / "adapter_config.json").is_file():
-        from peft import AutoPeftModelForSequenceClassification
+        from peft import PeftConfig, PeftModel
 
-        model = AutoPeftModelForSequenceClassification.from_pretrained(path)
+        # The base's own config may declare another label count; the adapter's score head has one.
+        base_path = PeftConfig.from_pretrained(path).base_model_name_or_path
+        base = AutoModelForSequenceClassification.from_pretrained(resolve_model(base_path), num_labels=1)
+        model = PeftModel.from_pretrained(base, path)
     else:
         model = AutoModelForSequenceClassification.from_pretrained(resolve_model(path))
     labels = model.config.num_labels
     if labels != 1:
         raise ValueError(f"{path}: a reward model needs a sequence-classification head with 1 label, it has {labels}")
-    tokenizer = load_tokenizer(path)
-    tokenizer.padding_side = "right"
+    tokenizer = scoring_tokenizer(path)
     model.config.pad_token_id = tokenizer.pad_token_id
     return model.eval(), tokenizer
+
+
+def scoring_tokenizer(path: str):
+    """The tokenizer as a reward model uses it: padding on the right, over-long texts cut from the left (the
+    response, at the end, is what is being judged)."""
+    from thinktune.models import load_tokenizer
+
+    tokenizer = load_tokenizer(path)
+    tokenizer.padding_side = "right"
+    tokenizer.truncation_side = "left"
+    return tokenizer
+
+
+def sequence_scores(model, tokenizer, texts: list[str], max_length: int = 1024) -> torch.Tensor:
+    """The single-label head's logit for each text, as one padded batch (differentiable)."""
+    batch = tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+    return model(**batch.to(next(model.parameters()).device)).logits[:, 0].float()
 
 
 @torch.no_grad()
 def reward_model_scores(path: str, texts: list[str], batch_size: int = 8, max_length: int = 1024) -> list[float]:
     """The model's scalar score of each text (the logit of its single label), in batches."""
     model, tokenizer = load_reward_model(path)
-    device = next(model.parameters()).device
     scores: list[float] = []
     for i in range(0, len(texts), batch_size):
-        batch = tokenizer(
-            texts[i : i + batch_size], padding=True, truncation=True, max_length=max_length, return_tensors="pt"
-        ).to(device)
-        scores += model(**batch).logits[:, 0].float().tolist()
+        scores += sequence_scores(model, tokenizer, texts[i : i + batch_size], max_length).tolist()
     return scores
 
 

@@ -1,0 +1,179 @@
+"""A reward model from preference pairs: `thinktune reward-model RECIPE.yaml`.
+
+A sequence classifier with one label scores prompt + response. It is trained with the Bradley-Terry loss so
+that the chosen response outscores the rejected one. Held-out pair accuracy (chosen scored above rejected) is
+measured before and after training. The model is saved in standard form (a peft adapter with the score head, or
+a full model), and the `reward_model` reward and `thinktune eval` load it.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from thinktune.config import Recipe
+from thinktune.data import DataError
+from thinktune.data.sources import read_table
+from thinktune.rewards.reward_model import scoring_tokenizer, sequence_scores
+from thinktune.runs import RunDir
+from thinktune.tracking import JsonlWriter, console, progress
+
+
+@dataclass
+class Pairs:
+    prompts: list[str] = field(default_factory=list)
+    chosen: list[str] = field(default_factory=list)
+    rejected: list[str] = field(default_factory=list)
+    skipped_empty: int = 0  # a side with no text
+    skipped_identical: int = 0  # chosen == rejected: no preference to learn
+
+    def __len__(self) -> int:
+        return len(self.chosen)
+
+    def take(self, rows) -> Pairs:
+        rows = list(rows)
+        return Pairs([self.prompts[i] for i in rows], [self.chosen[i] for i in rows], [self.rejected[i] for i in rows])
+
+
+def read_pairs(path: str) -> Pairs:
+    """Pairs from a JSONL/CSV/Parquet file with ``prompt``, ``chosen``, ``rejected``; unusable pairs are counted."""
+    pairs = Pairs()
+    for index, row in enumerate(read_table(path)):
+        for key in ("prompt", "chosen", "rejected"):
+            if key not in row:
+                raise DataError(f"{path}: row {index} has no column {key!r}; columns present: {sorted(row)}")
+        chosen, rejected = str(row["chosen"] or ""), str(row["rejected"] or "")
+        if not chosen.strip() or not rejected.strip():
+            pairs.skipped_empty += 1
+        elif chosen.strip() == rejected.strip():
+            pairs.skipped_identical += 1
+        else:
+            pairs.prompts.append(str(row["prompt"] or ""))
+            pairs.chosen.append(chosen)
+            pairs.rejected.append(rejected)
+    return pairs
+
+
+def bradley_terry_loss(chosen: torch.Tensor, rejected: torch.Tensor) -> torch.Tensor:
+    """``-log sigmoid(r_chosen - r_rejected)``, averaged: the negative log-likelihood that chosen wins.
+
+    Scores 2 vs 0 give -log sigmoid(2) = 0.127; equal scores give log 2 = 0.693.
+
+    >>> round(bradley_terry_loss(torch.tensor([2.0, 1.0]), torch.tensor([0.0, 1.0])).item(), 3)  # (0.127 + 0.693) / 2
+    0.41
+    """
+    return -F.logsigmoid(chosen - rejected).mean()
+
+
+@torch.no_grad()
+def pair_accuracy(model, tokenizer, pairs: Pairs, max_length: int, batch_size: int = 8) -> float:
+    """Share of pairs whose chosen response scores strictly above the rejected one."""
+    wins = 0
+    for i in range(0, len(pairs), batch_size):
+        batch = pairs.take(range(i, min(i + batch_size, len(pairs))))
+        chosen, rejected = _pair_scores(model, tokenizer, batch, max_length)
+        wins += int((chosen > rejected).sum())
+    return wins / len(pairs)
+
+
+def _pair_scores(model, tokenizer, pairs: Pairs, max_length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    texts = [p + c for p, c in zip(pairs.prompts, pairs.chosen, strict=True)]
+    texts += [p + r for p, r in zip(pairs.prompts, pairs.rejected, strict=True)]
+    scores = sequence_scores(model, tokenizer, texts, max_length)
+    return scores[: len(pairs)], scores[len(pairs) :]
+
+
+def load_reward_model_for_training(recipe: Recipe):
+    """A one-label sequence classifier on the recipe's model, LoRA-wrapped (score head trained in full) or full."""
+    from transformers import AutoModelForSequenceClassification
+
+    from thinktune.models import resolve_model
+
+    path = resolve_model(recipe.model.name)
+    tokenizer = scoring_tokenizer(path)
+    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    if recipe.model.finetune == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        lora = recipe.model.lora
+        config = LoraConfig(
+            r=lora.r,
+            lora_alpha=lora.alpha,
+            lora_dropout=lora.dropout,
+            target_modules=lora.target_modules,
+            task_type="SEQ_CLS",  # peft then trains and saves the new score head in full
+        )
+        model = get_peft_model(model, config)
+    return model, tokenizer
+
+
+def train_reward_model(recipe: Recipe) -> dict:
+    """Train on the pairs file, report held-out pair accuracy before and after, save ``<run>/reward_model``."""
+    cfg = recipe.reward_model
+    if not cfg.pairs:
+        raise DataError("reward_model.pairs: give the preference-pairs file (JSONL with prompt, chosen, rejected)")
+    torch.manual_seed(recipe.train.seed)
+    pairs = read_pairs(cfg.pairs)
+    console.print(
+        f"pairs: {len(pairs)} usable, {pairs.skipped_empty} with an empty side and "
+        f"{pairs.skipped_identical} with chosen == rejected skipped"
+    )
+    if len(pairs) <= cfg.eval_pairs:
+        raise DataError(
+            f"{cfg.pairs}: {len(pairs)} usable pairs cannot hold out reward_model.eval_pairs={cfg.eval_pairs}"
+        )
+    split = len(pairs) - cfg.eval_pairs
+    train_pairs, held_out = pairs.take(range(split)), pairs.take(range(split, len(pairs)))
+    run = RunDir(recipe)
+    model, tokenizer = load_reward_model_for_training(recipe)
+    before = pair_accuracy(model.eval(), tokenizer, held_out, cfg.max_length)
+    console.print(f"held-out pair accuracy before: {before:.3f} ({len(held_out)} pairs)")
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=recipe.train.weight_decay)
+    metrics = JsonlWriter(run.file("reward_model_metrics.jsonl"))
+    rng, order = random.Random(recipe.train.seed), []
+    start = time.perf_counter()
+    model.train()
+    with progress("reward model", total=cfg.steps) as bar:
+        for step in range(cfg.steps):
+            while len(order) < cfg.batch_size:
+                epoch = list(range(len(train_pairs)))
+                rng.shuffle(epoch)
+                order += epoch
+            rows, order = order[: cfg.batch_size], order[cfg.batch_size :]
+            chosen, rejected = _pair_scores(model, tokenizer, train_pairs.take(rows), cfg.max_length)
+            loss = bradley_terry_loss(chosen, rejected)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, recipe.train.max_grad_norm)
+            optimizer.step()
+            record = {"step": step + 1, "loss": loss.item(), "margin": (chosen - rejected).mean().item()}
+            metrics.write(record)
+            bar.advance()
+            bar.show(f"loss {record['loss']:.3f}")
+    seconds = time.perf_counter() - start
+    after = pair_accuracy(model.eval(), tokenizer, held_out, cfg.max_length)
+    console.print(f"held-out pair accuracy after: {after:.3f}")
+    folder = run.file("reward_model")
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    console.print(f"saved {folder}")
+    summary = {
+        "pairs": {
+            "train": len(train_pairs),
+            "held_out": len(held_out),
+            "skipped_empty": pairs.skipped_empty,
+            "skipped_identical": pairs.skipped_identical,
+        },
+        "pair_accuracy_before": before,
+        "pair_accuracy_after": after,
+        "seconds": seconds,
+    }
+    run.write_json("reward_model_summary.json", summary)
+    return summary

@@ -1,0 +1,66 @@
+"""Bradley-Terry reward model: learns a preference, reports pair accuracy, saves a folder the reward loads."""
+
+import json
+
+import pytest
+
+from thinktune.config import RewardConfig, load_recipe
+from thinktune.data import DataError
+from thinktune.preference import read_pairs, train_reward_model
+from thinktune.rewards import RewardSet
+
+WORDS = "one two three four five six seven eight nine zero cat dog".split()
+
+
+def write_pairs(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+def rm_recipe(tmp_path, pairs, *overrides):
+    return load_recipe(
+        None,
+        [
+            f"model.name={pairs[1]}",
+            "model.lora.r=8",
+            f"reward_model.pairs={pairs[0]}",
+            "reward_model.eval_pairs=8",
+            "reward_model.steps=30",
+            "reward_model.batch_size=8",
+            "reward_model.learning_rate=0.01",
+            f"run.output_dir={tmp_path}",
+            "run.name=rm",
+            *overrides,
+        ],
+    )
+
+
+def test_unusable_pairs_are_counted_and_a_missing_column_is_named(tmp_path):
+    rows = [
+        {"prompt": "p", "chosen": "yes", "rejected": "no"},
+        {"prompt": "p", "chosen": "", "rejected": "no"},
+        {"prompt": "p", "chosen": "same", "rejected": " same "},
+    ]
+    pairs = read_pairs(write_pairs(tmp_path / "p.jsonl", rows))
+    assert (len(pairs), pairs.skipped_empty, pairs.skipped_identical) == (1, 1, 1)
+    with pytest.raises(DataError, match=r"row 0 has no column 'rejected'"):
+        read_pairs(write_pairs(tmp_path / "q.jsonl", [{"prompt": "p", "chosen": "yes"}]))
+
+
+@pytest.mark.parametrize("finetune", ["lora", "full"])
+def test_reward_model_learns_the_preference_and_the_reward_loads_it(tmp_path, tiny_model_dir, finetune):
+    rows = [{"prompt": f"say {a} {b}", "chosen": f" yes {a}", "rejected": f" no {b}"} for a in WORDS for b in WORDS[:3]]
+    path = write_pairs(tmp_path / "pairs.jsonl", rows)
+    summary = train_reward_model(rm_recipe(tmp_path, (path, tiny_model_dir), f"model.finetune={finetune}"))
+    assert summary["pair_accuracy_after"] == 1.0 > summary["pair_accuracy_before"], summary
+    folder = tmp_path / "rm" / "reward_model"
+    assert (folder / ("adapter_config.json" if finetune == "lora" else "config.json")).is_file()
+    reward = RewardSet([RewardConfig(name="reward_model", args={"path": str(folder)})])
+    scores = reward.score(["say cat dog"] * 2, [" yes cat", " no dog"], [{"answer": ""}] * 2).total
+    assert scores[0] > scores[1]
+
+
+def test_too_few_pairs_for_the_held_out_set(tmp_path, tiny_model_dir):
+    path = write_pairs(tmp_path / "p.jsonl", [{"prompt": "p", "chosen": "yes", "rejected": "no"}] * 3)
+    with pytest.raises(DataError, match=r"3 usable pairs cannot hold out reward_model.eval_pairs=8"):
+        train_reward_model(rm_recipe(tmp_path, (path, tiny_model_dir)))
