@@ -1,4 +1,4 @@
-"""Command line: ``thinktune train|sft|reward-model|eval|demo|generate``."""
+"""Command line: ``thinktune train|sft|pairs|reward-model|eval|demo|generate``."""
 
 from __future__ import annotations
 
@@ -74,6 +74,18 @@ def sft(
 
     r = _fail_cleanly(load_recipe, recipe, [*(overrides or []), "stages=[sft]"])
     _fail_cleanly(run_train, r)
+
+
+@app.command()
+def pairs(
+    recipe: Path = typer.Argument(..., help="YAML recipe (its data, sft.completion and pairs sections)."),
+    overrides: list[str] = typer.Argument(None, help="key.sub=value overrides, e.g. pairs.limit=200"),
+):
+    """Preference pairs: chosen = the dataset's reasoning + answer, rejected = the model's direct answer."""
+    from thinktune.pairs import build_pairs
+
+    r = _fail_cleanly(load_recipe, recipe, overrides or [])
+    _fail_cleanly(build_pairs, r)
 
 
 @app.command("reward-model")

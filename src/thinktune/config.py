@@ -154,6 +154,17 @@ class SFTConfig(_Section):
     )
 
 
+class PairsConfig(_Section):
+    out: str | None = Field(None, description="Output JSONL; None = <run>/pairs.jsonl.")
+    rejected_system_prompt: str = Field(
+        "Answer with the final answer only, without any explanation.",
+        description="System message under which the model writes the rejected side (a direct answer).",
+    )
+    max_new_tokens: int = Field(64, gt=0, description="Budget of the rejected answer.")
+    batch_size: int = Field(32, gt=0, description="Questions per greedy generation batch.")
+    limit: int | None = Field(None, gt=0, description="Use only the first N training examples.")
+
+
 class RewardModelConfig(_Section):
     pairs: str | None = Field(None, description="Preference pairs: JSONL/CSV/Parquet with prompt, chosen, rejected.")
     eval_pairs: int = Field(50, ge=1, description="Pairs held out (the file's last rows) for pair accuracy.")
@@ -190,6 +201,7 @@ class Recipe(_Section):
         description="What `thinktune train` runs, in order, in one run directory: e.g. [sft, grpo].",
     )
     sft: SFTConfig = Field(default_factory=SFTConfig)
+    pairs: PairsConfig = Field(default_factory=PairsConfig)
     reward_model: RewardModelConfig = Field(default_factory=RewardModelConfig)
     grpo: GRPOConfig = Field(default_factory=GRPOConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)

@@ -33,19 +33,28 @@ class SFTData:
     prompts_skipped: int = 0  # prompts over data.max_prompt_tokens, skipped
 
 
+def render_target(template: str, example: Example, index: int) -> str:
+    """``sft.completion`` filled from the example's fields; a missing field names the example and its fields.
+
+    >>> render_target("{answer} because {metadata[why]}", Example("q", "4", {"metadata": {"why": "2+2"}}), 0)
+    '4 because 2+2'
+    """
+    fields = example.columns()
+    try:
+        return template.format(**fields)
+    except (KeyError, IndexError, AttributeError, TypeError) as err:
+        raise ConfigError(
+            f"sft.completion: example {index} has no field {err} for the template; its fields: {sorted(fields)}"
+        ) from None
+
+
 def sft_data(recipe: Recipe, examples: list[Example], tokenizer) -> SFTData:
     """Tokenized (prompt, target) pairs; a template field an example lacks is an error naming both."""
     cfg = recipe.sft
     builder = PromptBuilder.from_config(tokenizer, recipe.data)
     data = SFTData([], [])
     for index, example in enumerate(examples):
-        fields = example.columns()
-        try:
-            text = cfg.completion.format(**fields)
-        except (KeyError, IndexError, AttributeError, TypeError) as err:
-            raise ConfigError(
-                f"sft.completion: example {index} has no field {err} for the template; its fields: {sorted(fields)}"
-            ) from None
+        text = render_target(cfg.completion, example, index)
         if not text.strip():
             data.empty += 1
             continue

@@ -1,0 +1,46 @@
+"""Preference pairs: chosen from the dataset, rejected generated directly; resumable, with provenance."""
+
+import json
+
+from thinktune.config import load_recipe
+from thinktune.pairs import build_pairs
+from thinktune.preference import read_pairs
+
+
+def pairs_recipe(tmp_path, tiny_model_dir, *overrides):
+    data = tmp_path / "worked.jsonl"
+    words = "one two three four five six seven eight nine zero".split()
+    data.write_text("\n".join(json.dumps({"question": f"say {w}", "answer": w, "why": "yes yes"}) for w in words))
+    return load_recipe(
+        None,
+        [
+            f"model.name={tiny_model_dir}",
+            "data.source=file",
+            f"data.path={data}",
+            "data.eval_size=2",
+            "sft.completion='<reasoning> {why} </reasoning> <answer> {answer} </answer>'",
+            "pairs.batch_size=3",
+            "pairs.max_new_tokens=4",
+            f"run.output_dir={tmp_path}",
+            "run.name=pairs",
+            *overrides,
+        ],
+    )
+
+
+def test_pairs_are_written_with_provenance_and_a_rerun_continues(tmp_path, tiny_model_dir):
+    out = build_pairs(pairs_recipe(tmp_path, tiny_model_dir, "pairs.limit=4"))
+    first = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(first) == 4
+    assert first[1]["chosen"] == "<reasoning> yes yes </reasoning> <answer> two </answer>"
+    assert first[1]["prompt"].startswith("<|im_start|>system Respond in the following format")  # GRPO's prompt
+    assert first[1]["prompt"].rstrip().endswith("user say two<|im_end|> <|im_start|>assistant")
+    assert first[1]["example_index"] == 1 and first[1]["reference"] == "two"
+    assert first[1]["rejected_by"]["greedy"] and first[1]["source"] == "file"
+
+    build_pairs(pairs_recipe(tmp_path, tiny_model_dir))  # all 8 training examples now: continues after 4
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(lines) == 8 and lines[:4] == first
+    assert [row["example_index"] for row in lines] == list(range(8))
+    pairs = read_pairs(str(out))  # what `thinktune reward-model` reads
+    assert len(pairs) + pairs.skipped_empty + pairs.skipped_identical == 8
