@@ -79,3 +79,26 @@ def test_gsm_symbolic_sft_then_grpo_recipe_runs_scaled_down(tmp_path):
     for name in ("eval_base.json", "eval_sft.json", "eval_after.json", "sft/config.json", "final/adapter_config.json"):
         assert (run / name).is_file(), name
     assert summary["sft"]["seconds"] > 0 and summary["seconds"] > 0
+
+
+def test_cot_reward_model_recipe_runs_scaled_down(tmp_path):
+    from thinktune.pairs import build_pairs
+    from thinktune.preference import train_reward_model
+
+    overrides = [
+        "data.train_size=8",
+        "data.eval_size=1",
+        "pairs.limit=6",
+        "pairs.max_new_tokens=8",
+        f"reward_model.pairs={tmp_path}/cot_reward_model/pairs.jsonl",
+        "reward_model.eval_pairs=2",
+        "reward_model.steps=1",
+        "reward_model.batch_size=2",
+        "reward_model.max_length=192",
+        f"run.output_dir={tmp_path}",
+    ]
+    recipe = load_recipe("recipes/cot_reward_model.yaml", overrides)
+    assert len(build_pairs(recipe).read_text().splitlines()) == 6
+    summary = train_reward_model(recipe)  # in the same run directory as the pairs
+    assert 0 <= summary["pair_accuracy_after"] <= 1 and summary["pairs"]["held_out"] == 2
+    assert (tmp_path / "cot_reward_model" / "reward_model" / "adapter_config.json").is_file()

@@ -19,7 +19,7 @@ from thinktune.config import Recipe
 from thinktune.data import DataError
 from thinktune.data.sources import read_table
 from thinktune.rewards.reward_model import scoring_tokenizer, sequence_scores
-from thinktune.runs import RunDir
+from thinktune.runs import REWARD_MODEL_OUTPUTS, RunDir
 from thinktune.tracking import JsonlWriter, console, progress
 
 
@@ -129,7 +129,7 @@ def train_reward_model(recipe: Recipe) -> dict:
         )
     split = len(pairs) - cfg.eval_pairs
     train_pairs, held_out = pairs.take(range(split)), pairs.take(range(split, len(pairs)))
-    run = RunDir(recipe)
+    run = RunDir(recipe, outputs=REWARD_MODEL_OUTPUTS)
     model, tokenizer = load_reward_model_for_training(recipe)
     before = pair_accuracy(model.eval(), tokenizer, held_out, cfg.max_length)
     console.print(f"held-out pair accuracy before: {before:.3f} ({len(held_out)} pairs)")

@@ -26,11 +26,17 @@ class RunError(RuntimeError):
     pass
 
 
+# What each command leaves in a run directory; finding them means the command already ran there. Other
+# files (pairs.jsonl from `thinktune pairs`, a reward model) are inputs the next command may use.
+TRAINING_OUTPUTS = ("metrics.jsonl", "checkpoint", "final", "sft", "sft_metrics.jsonl", "eval_base.json")
+REWARD_MODEL_OUTPUTS = ("reward_model", "reward_model_metrics.jsonl")
+
+
 class RunDir:
-    def __init__(self, recipe: Recipe, resume: bool = False):
+    def __init__(self, recipe: Recipe, resume: bool = False, outputs: tuple[str, ...] = TRAINING_OUTPUTS):
         self.path = Path(recipe.run.output_dir) / recipe.run.name
         self.checkpoint = self.path / "checkpoint"
-        if self.path.exists() and any(self.path.iterdir()) and not resume:
+        if any((self.path / name).exists() for name in outputs) and not resume:
             raise RunError(
                 f"run directory {self.path} already holds a run; pass --resume to continue it, or set "
                 f"run.name=<new name>"
