@@ -20,25 +20,14 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from workload import CASES, model_path, recipe  # noqa: E402
+from workload import CASES, build_trainer  # noqa: E402
 
 
 def worker(repeats: int) -> dict:
     import torch
 
-    from thinktune.data import load_examples
-    from thinktune.evaluate import recipe_scoring
-    from thinktune.grpo.trainer import GRPOTrainer
-    from thinktune.models import load_policy
-    from thinktune.runs import RunDir
-
-    case = CASES["smollm2-lora"]
     with tempfile.TemporaryDirectory() as tmp:
-        r = recipe(case, model_path(case, Path(tmp)), Path(tmp) / "runs")
-        train_set, _, task_dataset = load_examples(r.data)
-        model, tokenizer = load_policy(r.model)
-        rewards, grader = recipe_scoring(r, task_dataset)
-        trainer = GRPOTrainer(r, model, tokenizer, train_set, rewards, grader, RunDir(r))
+        trainer = build_trainer(CASES["smollm2-lora"], Path(tmp), Path(tmp) / "runs")
         rollout = trainer.rollout(trainer.sample_prompts(0))
         # Every row trains (no zero advantages), so each repeat does the same, largest amount of work.
         advantages = torch.randn(rollout.completion_ids.shape[0], generator=torch.Generator().manual_seed(0))

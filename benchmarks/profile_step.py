@@ -15,24 +15,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from workload import CASES, model_path, recipe  # noqa: E402
+from workload import CASES, build_trainer  # noqa: E402
 
 
 def main(case_name: str = "smollm2-lora", rows: int = 12) -> None:
-    from thinktune.data import load_examples
-    from thinktune.evaluate import recipe_scoring
     from thinktune.grpo.advantages import group_advantages
-    from thinktune.grpo.trainer import GRPOTrainer
-    from thinktune.models import load_policy
-    from thinktune.runs import RunDir
 
-    case = CASES[case_name]
     with tempfile.TemporaryDirectory() as tmp:
-        r = recipe(case, model_path(case, Path(tmp)), Path(tmp) / "runs")
-        train_set, _, task_dataset = load_examples(r.data)
-        model, tokenizer = load_policy(r.model)
-        rewards, grader = recipe_scoring(r, task_dataset)
-        trainer = GRPOTrainer(r, model, tokenizer, train_set, rewards, grader, RunDir(r))
+        trainer = build_trainer(CASES[case_name], Path(tmp), Path(tmp) / "runs")
+        r = trainer.recipe
         trainer.step(0)  # warm-up
         batch = trainer.sample_prompts(1)
         for stage in ("rollout", "update"):

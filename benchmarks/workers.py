@@ -11,7 +11,17 @@ import time
 from pathlib import Path
 
 import torch
-from workload import CASES, GROUP, LEARNING_RATE, MAX_NEW_TOKENS, PROMPTS_PER_STEP, model_path, parameter_count, recipe
+from workload import (
+    CASES,
+    GROUP,
+    LEARNING_RATE,
+    MAX_NEW_TOKENS,
+    PROMPTS_PER_STEP,
+    build_trainer,
+    model_path,
+    parameter_count,
+    recipe,
+)
 
 
 def peak_rss_mb() -> float:
@@ -20,19 +30,9 @@ def peak_rss_mb() -> float:
 
 def run_thinktune(case_name: str, scratch: Path) -> dict:
     """The real trainer on the case; also writes the prompts it drew, so TRL gets the very same ones."""
-    from thinktune.data import load_examples
-    from thinktune.evaluate import recipe_scoring
-    from thinktune.grpo.trainer import GRPOTrainer
-    from thinktune.models import load_policy
-    from thinktune.runs import RunDir
-
     case = CASES[case_name]
-    path = model_path(case, scratch)
-    r = recipe(case, path, scratch / f"runs-{time.time_ns()}")
-    train_set, _, task_dataset = load_examples(r.data)
-    model, tokenizer = load_policy(r.model)
-    rewards, grader = recipe_scoring(r, task_dataset)
-    trainer = GRPOTrainer(r, model, tokenizer, train_set, rewards, grader, RunDir(r))
+    trainer = build_trainer(case, scratch, scratch / f"runs-{time.time_ns()}")
+    model = trainer.model
     steps, prompts = [], []
     for step in range(case.steps):
         batch = trainer.sample_prompts(step)

@@ -10,6 +10,16 @@ from thinktune.models import load_policy
 from thinktune.rollout.engine import positions
 
 
+def lora_policy_with_live_adapters(model_dir):
+    """The LoRA policy with non-zero B matrices, so adapters change outputs and receive gradients."""
+    model, _ = load_policy(ModelConfig(name=model_dir, finetune="lora", device="cpu"))
+    torch.manual_seed(0)
+    for name, p in model.named_parameters():
+        if "lora_B" in name:
+            p.data.normal_(0, 0.1)
+    return model
+
+
 def test_chunked_head_equals_full_log_softmax_with_gradients(monkeypatch):
     monkeypatch.setattr(logits_module, "CHUNK_ELEMENTS", 3 * 50)  # 3 rows per chunk: 7 rows take 3 chunks
     torch.manual_seed(0)
@@ -33,11 +43,7 @@ def test_chunked_head_equals_full_log_softmax_with_gradients(monkeypatch):
 
 
 def test_update_loss_and_lora_gradients_equal_the_straightforward_forward(tiny_model_dir):
-    model, tokenizer = load_policy(ModelConfig(name=tiny_model_dir, finetune="lora", device="cpu"))
-    torch.manual_seed(0)
-    for name, p in model.named_parameters():
-        if "lora_B" in name:
-            p.data.normal_(0, 0.1)
+    model = lora_policy_with_live_adapters(tiny_model_dir)
     prompt_ids = torch.tensor([[0, 8, 9, 10], [11, 12, 13, 14]])
     prompt_mask = torch.tensor([[0, 1, 1, 1], [1, 1, 1, 1]])
     completion_ids = torch.tensor([[15, 16, 3], [17, 18, 19]])
@@ -67,11 +73,7 @@ def test_update_loss_and_lora_gradients_equal_the_straightforward_forward(tiny_m
 
 
 def test_shared_prompts_give_the_same_loss_and_gradients_across_micro_batches(tiny_model_dir):
-    model, _ = load_policy(ModelConfig(name=tiny_model_dir, finetune="lora", device="cpu"))
-    torch.manual_seed(0)
-    for name, p in model.named_parameters():
-        if "lora_B" in name:
-            p.data.normal_(0, 0.1)
+    model = lora_policy_with_live_adapters(tiny_model_dir)
     prompts = torch.tensor([[0, 8, 9, 10], [11, 12, 13, 14]])
     prompt_mask = torch.tensor([[0, 1, 1, 1], [1, 1, 1, 1]])
     owner = torch.tensor([0, 0, 0, 1, 1, 1])  # three completions per prompt

@@ -236,7 +236,7 @@ class GRPOTrainer:
         rollout = self.rollout(batch)
         completions = decode(self.tokenizer, rollout.completion_ids, rollout.completion_mask)
         t1 = time.perf_counter()
-        bounded_before = GRADER.counts()
+        timeouts_before, errors_before = GRADER.counts()
         scores = self.score(batch, completions)
         advantages, zero_std = group_advantages(scores.total, self.cfg.group_size, self.cfg.scale_rewards)
         t2 = time.perf_counter()
@@ -265,8 +265,8 @@ class GRPOTrainer:
             "truncation_rate": rollout.truncated.float().mean().item(),
             "zero_std_groups": zero_std.float().mean().item(),
             # completions whose grading hit the time bound or failed (scored 0), this step
-            "grader_timeouts": GRADER.timeouts - bounded_before[0],
-            "grader_errors": GRADER.errors - bounded_before[1],
+            "grader_timeouts": GRADER.timeouts - timeouts_before,
+            "grader_errors": GRADER.errors - errors_before,
             "seconds_rollout": t1 - t0,
             "seconds_score": t2 - t1,
             "seconds_update": t3 - t2,
