@@ -1,3 +1,5 @@
+import re
+
 import pytest
 
 from thinktune.config import ConfigError, load_recipe, parse_override
@@ -36,10 +38,14 @@ def test_the_shipped_recipes_validate():
         ("", ["grpo"], "expected key.sub=value"),
         ("", ["grpo.beta=1", "grpo.beta.x=1"], "grpo.beta is not a section"),
         ("- a\n- b\n", [], "a recipe is a mapping"),
+        ("", ["stages=[grpo, sft]"], "stages: ['grpo', 'sft'] must name each stage at most once, in the order"),
+        ("", ["stages=[grpo, grpo]"], "must name each stage at most once"),
+        ("", ["stages=[]"], "must name each stage at most once"),
+        ("", ["stages=[rl]"], "stages.0: Input should be 'sft', 'pairs', 'reward_model' or 'grpo'"),
     ],
 )
 def test_bad_recipes_name_the_key(tmp_path, text, overrides, message):
-    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(ConfigError, match=re.escape(message)):
         load_recipe(write(tmp_path, text), overrides)
 
 

@@ -87,3 +87,25 @@ def test_named_dataset_offline_without_a_file_says_to_set_the_path(monkeypatch):
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)  # this machine has no hub: fail at once
     with pytest.raises(DataError, match=r"cannot load 'openai/gsm8k' split 'train'.*set data.path"):
         load_examples(DataConfig(source="gsm8k"))
+
+
+def test_story_passages_are_distinct_bounded_and_split_by_part_of_the_story():
+    from thinktune.data.passages import MAX_WORDS, story_paragraphs
+
+    train, held_out, scorer = load_examples(DataConfig(source="passages", train_size=150, eval_size=40))
+    assert (len(train), len(held_out), scorer) == (150, 40, None)
+    assert len({e.question for e in train}) == 150 and all(e.answer == "" for e in train)
+    assert all(0 < len(e.question.split()) <= MAX_WORDS for e in train + held_out)
+    assert "Gutenberg" not in " ".join(e.question for e in train + held_out)
+    paragraphs = story_paragraphs()
+    position = {p: i for i, p in enumerate(paragraphs)}
+    last_train = max(position[p] for e in train for p in e.question.split("\n\n"))
+    first_held_out = min(position[p] for e in held_out for p in e.question.split("\n\n"))
+    assert last_train < first_held_out  # no paragraph is in both sets
+    again, _, _ = load_examples(DataConfig(source="passages", train_size=150, eval_size=40))
+    assert [e.question for e in again] == [e.question for e in train]  # the seed fixes the sample
+
+
+def test_asking_for_more_passages_than_the_story_has_is_a_clear_error():
+    with pytest.raises(DataError, match=r"passages has \d+ distinct held-out passages, fewer than the 500 asked"):
+        load_examples(DataConfig(source="passages", train_size=10, eval_size=500))

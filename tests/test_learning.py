@@ -91,6 +91,8 @@ def test_resume_continues_where_it_stopped(tmp_path, tiny_model_dir):
 def test_existing_run_is_not_overwritten(tmp_path, tiny_model_dir):
     from thinktune.runs import RunError
 
+    with pytest.raises(RunError, match="holds nothing to resume from"):
+        train(tiny_recipe(tmp_path, tiny_model_dir, "train.steps=1"), resume=True)
     train(tiny_recipe(tmp_path, tiny_model_dir, "train.steps=1"))
     with pytest.raises(RunError, match="already holds a run; pass --resume"):
         train(tiny_recipe(tmp_path, tiny_model_dir, "train.steps=1"))

@@ -58,6 +58,30 @@ def test_reward_model_learns_the_preference_and_the_reward_loads_it(tmp_path, ti
     reward = RewardSet([RewardConfig(name="reward_model", args={"path": str(folder)})])
     scores = reward.score(["say cat dog"] * 2, [" yes cat", " no dog"], [{"answer": ""}] * 2).total
     assert scores[0] > scores[1]
+    if finetune == "lora":
+        assert_eval_reports_the_reward_model_score(tmp_path, tiny_model_dir, folder)
+
+
+def assert_eval_reports_the_reward_model_score(tmp_path, model, reward_model):
+    """`thinktune eval --reward-model` adds the score as a measure (weight 0): the total reward is unchanged."""
+    from typer.testing import CliRunner
+
+    from thinktune.cli import app
+
+    data = write_pairs(tmp_path / "q.jsonl", [{"question": f"say {w}", "answer": "yes"} for w in WORDS[:4]])
+    recipe = tmp_path / "eval.yaml"
+    recipe.write_text(
+        f"data: {{source: file, path: {data}, eval_size: 2}}\n"
+        "rewards: [{name: 'tests.user_rewards:yes_fraction'}]\ngrpo: {max_new_tokens: 4}\n"
+    )
+    metrics = []
+    for extra in ([], ["--reward-model", str(reward_model)]):
+        out = tmp_path / "eval.json"
+        result = CliRunner().invoke(app, ["eval", model, "--recipe", str(recipe), "--out", str(out), *extra])
+        assert result.exit_code == 0, result.output
+        metrics.append(json.loads(out.read_text())["metrics"])
+    assert "reward/reward_model" not in metrics[0] and "reward/reward_model" in metrics[1]
+    assert metrics[1]["reward"] == metrics[0]["reward"]
 
 
 def test_too_few_pairs_for_the_held_out_set(tmp_path, tiny_model_dir):

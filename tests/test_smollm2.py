@@ -58,47 +58,73 @@ def test_two_grpo_steps_on_smollm2(tmp_path):
     PeftModel.from_pretrained(base, adapter)
 
 
-def test_gsm_symbolic_sft_then_grpo_recipe_runs_scaled_down(tmp_path):
-    recipe = load_recipe(
-        "recipes/gsm_symbolic_sft_grpo.yaml",
-        [
-            "data.train_size=12",
-            "data.eval_size=2",
-            "sft.steps=2",
-            "sft.batch_size=2",
-            "grpo.group_size=2",
-            "grpo.prompts_per_step=1",
-            "grpo.max_new_tokens=12",
-            "train.steps=1",
-            "eval.max_new_tokens=12",
-            f"run.output_dir={tmp_path}",
-        ],
-    )
-    summary = train(recipe)
+SCALED_DOWN = [
+    "data.train_size=12",
+    "data.eval_size=2",
+    "sft.steps=2",
+    "sft.batch_size=2",
+    "grpo.group_size=2",
+    "grpo.prompts_per_step=1",
+    "grpo.max_new_tokens=12",
+    "train.steps=1",
+    "eval.max_new_tokens=12",
+]
+
+
+@pytest.mark.parametrize("name", ["tldr_length", "math_format_accuracy", "math_sft_grpo"])
+def test_recipe_runs_scaled_down(tmp_path, name):
+    summary = train(load_recipe(f"recipes/{name}.yaml", [*SCALED_DOWN, f"run.output_dir={tmp_path}"]))
+    run = tmp_path / name
+    assert (run / "final" / "adapter_config.json").is_file() and (run / "comparison.md").is_file()
+    rewards = {r.name for r in load_recipe(f"recipes/{name}.yaml").rewards}
+    assert {f"reward/{r}" for r in rewards} <= summary["after"].keys()
+
+
+def test_sft_then_a_grpo_run_from_the_sft_checkpoint_evaluating_every_step(tmp_path):
+    summary = train(load_recipe("recipes/gsm_symbolic_sft_grpo.yaml", [*SCALED_DOWN, f"run.output_dir={tmp_path}"]))
     run = tmp_path / "gsm_symbolic_sft_grpo"
     for name in ("eval_base.json", "eval_sft.json", "eval_after.json", "sft/config.json", "final/adapter_config.json"):
         assert (run / name).is_file(), name
     assert summary["sft"]["seconds"] > 0 and summary["seconds"] > 0
 
+    overrides = [
+        *SCALED_DOWN,
+        f"model.name={run / 'sft'}",
+        "train.steps=2",
+        "eval.every=1",
+        f"run.output_dir={tmp_path}",
+    ]
+    train(load_recipe("recipes/sft_checkpoint_grpo.yaml", overrides))
+    curve = [
+        json.loads(line) for line in (tmp_path / "sft_checkpoint_grpo" / "eval_curve.jsonl").read_text().splitlines()
+    ]
+    assert [(c["step"], c["label"]) for c in curve] == [(0, "before"), (1, "step1"), (2, "after")]
+    assert all(0 <= c["accuracy"] <= 1 and 0 <= c["format_accuracy"] <= 1 for c in curve)
 
-def test_cot_reward_model_recipe_runs_scaled_down(tmp_path):
-    from thinktune.pairs import build_pairs
-    from thinktune.preference import train_reward_model
 
+def test_cot_reward_model_recipe_runs_its_three_stages_scaled_down(tmp_path):
     overrides = [
         "data.train_size=8",
         "data.eval_size=1",
         "pairs.limit=6",
         "pairs.max_new_tokens=8",
-        f"reward_model.pairs={tmp_path}/cot_reward_model/pairs.jsonl",
         "reward_model.eval_pairs=2",
         "reward_model.steps=1",
         "reward_model.batch_size=2",
         "reward_model.max_length=192",
+        "grpo.group_size=2",
+        "grpo.prompts_per_step=1",
+        "grpo.max_new_tokens=8",
+        "train.steps=1",
         f"run.output_dir={tmp_path}",
     ]
-    recipe = load_recipe("recipes/cot_reward_model.yaml", overrides)
-    assert len(build_pairs(recipe).read_text().splitlines()) == 6
-    summary = train_reward_model(recipe)  # in the same run directory as the pairs
-    assert 0 <= summary["pair_accuracy_after"] <= 1 and summary["pairs"]["held_out"] == 2
-    assert (tmp_path / "cot_reward_model" / "reward_model" / "adapter_config.json").is_file()
+    summary = train(load_recipe("recipes/cot_reward_model.yaml", overrides))
+    run = tmp_path / "cot_reward_model"
+    assert len((run / "pairs.jsonl").read_text().splitlines()) == 6
+    assert 0 <= summary["reward_model"]["pair_accuracy_after"] <= 1
+    assert summary["reward_model"]["pairs"]["held_out"] == 2
+    assert (run / "reward_model" / "adapter_config.json").is_file() and (run / "final").is_dir()
+    # the before/after comparison reports the learned reward model's score
+    assert (
+        "reward/reward_model" in summary["after"] and "| reward/reward_model |" in (run / "comparison.md").read_text()
+    )

@@ -123,14 +123,19 @@ def eval_(
     recipe: Path = typer.Option(None, "--recipe", "-r", help="Recipe giving data, format and rewards."),
     overrides: list[str] = typer.Argument(None, help="key.sub=value overrides"),
     out: Path = typer.Option(None, "--out", help="Write metrics and completions to this JSON file."),
+    reward_model: Path = typer.Option(
+        None, "--reward-model", help="Also score completions with this reward model (reported as reward/reward_model)."
+    ),
 ):
-    """Greedy evaluation on the recipe's held-out set: accuracy, format accuracy, mean reward."""
+    """Greedy evaluation on the recipe's held-out set: accuracy, format accuracy, mean reward (per function)."""
     from thinktune.data import load_examples
-    from thinktune.evaluate import evaluate_recipe, recipe_scoring
+    from thinktune.evaluate import evaluate_recipe, recipe_scoring, with_reward_model
     from thinktune.models import load_for_inference
 
     def run():
         r = load_recipe(recipe, overrides or [])
+        if reward_model:
+            r = with_reward_model(r, str(reward_model))
         _, held_out, task_dataset = load_examples(r.data)
         m, tok = load_for_inference(model, r.model.device, r.model.dtype)
         result = evaluate_recipe(m, tok, r, held_out, *recipe_scoring(r, task_dataset, tok))

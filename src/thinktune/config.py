@@ -14,6 +14,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+STAGE_ORDER = ["sft", "pairs", "reward_model", "grpo"]
+
 
 class ConfigError(ValueError):
     """A recipe that cannot run, with a message naming the offending key."""
@@ -55,10 +57,13 @@ class FewShot(_Section):
 
 
 class DataConfig(_Section):
-    source: Literal["reasoning_gym", "file", "gsm8k", "cooking_cot", "openr1_math", "numina_tir", "smoltldr"] = Field(
+    source: Literal[
+        "reasoning_gym", "file", "gsm8k", "cooking_cot", "openr1_math", "numina_tir", "smoltldr", "passages"
+    ] = Field(
         "reasoning_gym",
-        description="Where examples come from: a reasoning-gym task, a file with a column mapping, or a named "
-        "dataset read from data.path in its own schema (or, online, from the hub).",
+        description="Where examples come from: a reasoning-gym task, a file with a column mapping, a named "
+        "dataset read from data.path in its own schema (or, online, from the hub), or passages of a packaged "
+        "public-domain story to summarise (offline, no reference summary).",
     )
     hub_id: str | None = Field(
         None, description="Hub dataset id of a named source without data.path (default: the dataset's usual id)."
@@ -67,7 +72,7 @@ class DataConfig(_Section):
     task_config: dict[str, Any] = Field(
         default_factory=dict, description="Keyword arguments of the reasoning-gym task's config."
     )
-    train_size: int = Field(1000, gt=0, description="Training examples generated (reasoning_gym).")
+    train_size: int = Field(1000, gt=0, description="Training examples generated (reasoning_gym, passages).")
     eval_size: int = Field(200, ge=0, description="Held-out examples, disjoint from training.")
     seed: int = Field(0, description="Seed of the generated training set; the eval set uses seed + 1_000_003.")
     path: str | None = Field(
@@ -166,7 +171,11 @@ class PairsConfig(_Section):
 
 
 class RewardModelConfig(_Section):
-    pairs: str | None = Field(None, description="Preference pairs: JSONL/CSV/Parquet with prompt, chosen, rejected.")
+    pairs: str | None = Field(
+        None,
+        description="Preference pairs: JSONL/CSV/Parquet with prompt, chosen, rejected; None = the file "
+        "`thinktune pairs` writes (pairs.out, else <run>/pairs.jsonl).",
+    )
     eval_pairs: int = Field(50, ge=1, description="Pairs held out (the file's last rows) for pair accuracy.")
     steps: int = Field(100, gt=0, description="Optimizer steps.")
     batch_size: int = Field(8, gt=0, description="Pairs per optimizer step.")
@@ -196,9 +205,10 @@ class Recipe(_Section):
     rewards: list[RewardConfig] = Field(
         default_factory=lambda: [RewardConfig(name="format"), RewardConfig(name="accuracy")]
     )
-    stages: list[Literal["sft", "grpo"]] = Field(
+    stages: list[Literal["sft", "pairs", "reward_model", "grpo"]] = Field(
         default_factory=lambda: ["grpo"],
-        description="What `thinktune train` runs, in order, in one run directory: e.g. [sft, grpo].",
+        description="What `thinktune train` runs, in this order, in one run directory: e.g. [sft, grpo] or "
+        "[pairs, reward_model, grpo].",
     )
     sft: SFTConfig = Field(default_factory=SFTConfig)
     pairs: PairsConfig = Field(default_factory=PairsConfig)
@@ -218,8 +228,8 @@ class Recipe(_Section):
             raise ValueError("data.task: required when data.source is reasoning_gym")
         if self.data.source == "file" and not self.data.path:
             raise ValueError("data.path: required when data.source is file")
-        if self.stages not in (["sft"], ["grpo"], ["sft", "grpo"]):
-            raise ValueError(f"stages: {self.stages} is not one of [sft], [grpo], [sft, grpo]")
+        if not self.stages or self.stages != sorted(set(self.stages), key=STAGE_ORDER.index):
+            raise ValueError(f"stages: {self.stages} must name each stage at most once, in the order {STAGE_ORDER}")
         if not self.rewards:
             raise ValueError("rewards: at least one reward is needed")
         return self

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
@@ -111,7 +112,8 @@ def recipe_scoring(recipe, task_dataset, tokenizer=None) -> tuple[RewardSet, Gra
     """The recipe's rewards and the task grader, as training and evaluation both use them.
 
     Built-in rewards get what they need from here when a recipe does not set it in ``args``: the answer
-    format, the reasoning-gym dataset (task_score), the tokenizer (token lengths) and the completion limit.
+    format, the reasoning-gym dataset (task_score), the tokenizer (token lengths), the completion limit and
+    the run directory (its reward model).
     """
     fmt = recipe.data.answer_format
     context = {
@@ -119,8 +121,23 @@ def recipe_scoring(recipe, task_dataset, tokenizer=None) -> tuple[RewardSet, Gra
         "task_dataset": task_dataset,
         "tokenizer": tokenizer,
         "max_new_tokens": recipe.grpo.max_new_tokens,
+        "run_dir": str(Path(recipe.run.output_dir) / recipe.run.name),
     }
     return RewardSet(recipe.rewards, context), Grader(fmt, task_dataset)
+
+
+def with_reward_model(recipe, path: str):
+    """The recipe, scoring with the reward model at ``path`` too: it replaces the folder of the recipe's
+    ``reward_model`` reward, or is added with weight 0 (measured, not part of the total reward)."""
+    from thinktune.config import RewardConfig
+
+    rewards = [
+        r.model_copy(update={"args": {**r.args, "path": path}}) if r.name == "reward_model" else r
+        for r in recipe.rewards
+    ]
+    if rewards == recipe.rewards:
+        rewards.append(RewardConfig(name="reward_model", weight=0.0, args={"path": path}))
+    return recipe.model_copy(update={"rewards": rewards})
 
 
 def evaluate_recipe(model, tokenizer, recipe, examples, rewards, grader, label: str = "eval") -> EvalResult:

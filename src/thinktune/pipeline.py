@@ -1,4 +1,5 @@
-"""The ``train`` workflow, in one run directory: [SFT →] evaluate before → GRPO → evaluate after → save."""
+"""The ``train`` workflow, in one run directory: [SFT →] [pairs → reward model →] evaluate before → GRPO →
+evaluate after → save."""
 
 from __future__ import annotations
 
@@ -12,11 +13,18 @@ from thinktune.data import load_examples
 from thinktune.evaluate import evaluate_recipe, paired_sign_test, recipe_scoring, wilson_interval
 from thinktune.grpo.trainer import GRPOTrainer
 from thinktune.models import load_for_inference, load_policy, save_model
+from thinktune.pairs import build_pairs
+from thinktune.preference import train_reward_model
 from thinktune.runs import RunDir
 from thinktune.sft import run_sft, save_sft_model
-from thinktune.tracking import comparison_markdown, comparison_table, console
+from thinktune.tracking import JsonlWriter, comparison_markdown, comparison_table, console
 
 COMPARED = ["accuracy", "format_accuracy", "reward", "completion_length", "truncation_rate"]
+
+
+def compared(metrics: dict) -> list[str]:
+    """The metrics a before/after table shows: the fixed ones, then each reward function's mean."""
+    return COMPARED + sorted(key for key in metrics if key.startswith("reward/"))
 
 
 def seed_everything(seed: int) -> None:
@@ -25,7 +33,11 @@ def seed_everything(seed: int) -> None:
 
 
 def train(recipe: Recipe, resume: bool = False) -> dict:
-    """Run a recipe's stages (``sft``, ``grpo``) end to end in one run directory; return the summary."""
+    """Run a recipe's stages (``sft``, ``pairs``, ``reward_model``, ``grpo``) in order, in one run directory.
+
+    With ``resume``, finished stages are skipped (pairs continue after the last line written, GRPO from its
+    last checkpoint). Returns the summary, also written to ``summary.json``.
+    """
     if recipe.run.threads:
         torch.set_num_threads(recipe.run.threads)
     seed_everything(recipe.train.seed)
@@ -41,6 +53,14 @@ def train(recipe: Recipe, resume: bool = False) -> dict:
         else:
             summary["sft"] = sft_stage(recipe, run, train_set, held_out, task_dataset)
         recipe = recipe.model_copy(update={"model": recipe.model.model_copy(update={"name": str(folder)})})
+    if "pairs" in recipe.stages:
+        summary["pairs"] = {"path": str(build_pairs(recipe))}
+    if "reward_model" in recipe.stages:
+        summary["reward_model"] = run.read_json("reward_model_summary.json") if resume else None
+        if summary["reward_model"]:
+            console.print("reward model: already trained, continuing")
+        else:
+            summary["reward_model"] = train_reward_model(recipe, run)
     if "grpo" in recipe.stages:
         summary.update(grpo_stage(recipe, run, resume, train_set, held_out, task_dataset))
     run.write_json("summary.json", summary)
@@ -52,7 +72,7 @@ def evaluate_and_save(run: RunDir, label: str, model, tokenizer, recipe: Recipe,
     result = evaluate_recipe(model, tokenizer, recipe, held_out, rewards, grader, label=f"eval {label}")
     saved = {"metrics": result.metrics, "samples": result.samples}
     run.write_json(f"eval_{label}.json", saved)
-    console.print(f"eval {label}: " + "  ".join(f"{k} {result.metrics[k]:.3f}" for k in COMPARED))
+    console.print(f"eval {label}: " + "  ".join(f"{k} {result.metrics[k]:.3f}" for k in compared(result.metrics)))
     return saved
 
 
@@ -93,8 +113,12 @@ def grpo_stage(recipe: Recipe, run: RunDir, resume: bool, train_set, held_out, t
             f"{stats.skipped} skipped, {stats.truncated} truncated[/]"
         )
 
-    def run_eval(label: str) -> dict:
-        return evaluate_and_save(run, label, model, tokenizer, recipe, held_out, rewards, grader)
+    curve = JsonlWriter(run.file("eval_curve.jsonl"))  # held-out metrics by GRPO step: before, every N, after
+
+    def run_eval(label: str, step: int) -> dict:
+        result = evaluate_and_save(run, label, model, tokenizer, recipe, held_out, rewards, grader)
+        curve.write({"step": step, "label": label, **result["metrics"]})
+        return result
 
     start = 0
     if resume and (run.checkpoint / "state.pt").is_file():
@@ -102,10 +126,14 @@ def grpo_stage(recipe: Recipe, run: RunDir, resume: bool, train_set, held_out, t
         console.print(f"resumed after step {start}")
     before = None
     if recipe.eval.before and held_out:
-        before = run.read_json("eval_before.json") or run_eval("before")
+        before = run.read_json("eval_before.json")
+        if before is None:
+            before = run_eval("before", 0)
+        elif not curve.path.is_file():  # the SFT stage evaluated the model GRPO starts from
+            curve.write({"step": 0, "label": "before", **before["metrics"]})
 
     began = time.perf_counter()
-    trainer.train(start, on_eval=lambda step: run_eval(f"step{step}"))
+    trainer.train(start, on_eval=lambda step: run_eval(f"step{step}", step))
     seconds = time.perf_counter() - began
     run.save_checkpoint(recipe.train.steps, model, trainer.optimizer, trainer.scheduler, trainer.generator)
     save_model(model, tokenizer, run.file("final"))
@@ -117,7 +145,7 @@ def grpo_stage(recipe: Recipe, run: RunDir, resume: bool, train_set, held_out, t
         "training_prompts": {"used": len(trainer.pool), "skipped": stats.skipped, "truncated": stats.truncated},
     }
     if recipe.eval.after and held_out:
-        after = run_eval("after")
+        after = run_eval("after", recipe.train.steps)
         summary["after"] = after["metrics"]
         if before:
             summary.update(report_comparison(run, before, after))
@@ -147,9 +175,9 @@ def significance_notes(before: dict, after: dict) -> tuple[list[str], dict]:
 def report_comparison(run: RunDir, before: dict, after: dict, name: str = "comparison.md") -> dict:
     """Print and save the before/after table with confidence intervals and sign tests."""
     b, a = before["metrics"], after["metrics"]
-    console.print(comparison_table(b, a, COMPARED))
+    console.print(comparison_table(b, a, compared(a)))
     notes, tests = significance_notes(before, after)
     for note in notes:
         console.print(note)
-    run.file(name).write_text(comparison_markdown(b, a, COMPARED) + "\n" + "\n\n".join(notes) + "\n")
+    run.file(name).write_text(comparison_markdown(b, a, compared(a)) + "\n" + "\n\n".join(notes) + "\n")
     return {"sign_tests": tests, "notes": notes}

@@ -18,8 +18,9 @@ import torch.nn.functional as F
 from thinktune.config import Recipe
 from thinktune.data import DataError
 from thinktune.data.sources import read_table
+from thinktune.pairs import pairs_path
 from thinktune.rewards.reward_model import scoring_tokenizer, sequence_scores
-from thinktune.runs import REWARD_MODEL_OUTPUTS, RunDir
+from thinktune.runs import RunDir
 from thinktune.tracking import JsonlWriter, console, progress
 
 
@@ -112,24 +113,23 @@ def load_reward_model_for_training(recipe: Recipe):
     return model, tokenizer
 
 
-def train_reward_model(recipe: Recipe) -> dict:
+def train_reward_model(recipe: Recipe, run: RunDir | None = None) -> dict:
     """Train on the pairs file, report held-out pair accuracy before and after, save ``<run>/reward_model``."""
     cfg = recipe.reward_model
-    if not cfg.pairs:
-        raise DataError("reward_model.pairs: give the preference-pairs file (JSONL with prompt, chosen, rejected)")
+    pairs_file = cfg.pairs or str(pairs_path(recipe))
     torch.manual_seed(recipe.train.seed)
-    pairs = read_pairs(cfg.pairs)
+    pairs = read_pairs(pairs_file)
     console.print(
         f"pairs: {len(pairs)} usable, {pairs.skipped_empty} with an empty side and "
         f"{pairs.skipped_identical} with chosen == rejected skipped"
     )
     if len(pairs) <= cfg.eval_pairs:
         raise DataError(
-            f"{cfg.pairs}: {len(pairs)} usable pairs cannot hold out reward_model.eval_pairs={cfg.eval_pairs}"
+            f"{pairs_file}: {len(pairs)} usable pairs cannot hold out reward_model.eval_pairs={cfg.eval_pairs}"
         )
     split = len(pairs) - cfg.eval_pairs
     train_pairs, held_out = pairs.take(range(split)), pairs.take(range(split, len(pairs)))
-    run = RunDir(recipe, outputs=REWARD_MODEL_OUTPUTS)
+    run = run or RunDir(recipe, stages=["reward_model"])
     model, tokenizer = load_reward_model_for_training(recipe)
     before = pair_accuracy(model.eval(), tokenizer, held_out, cfg.max_length)
     console.print(f"held-out pair accuracy before: {before:.3f} ({len(held_out)} pairs)")

@@ -2,10 +2,15 @@
 
 runs/<name>/
   recipe.yaml          the resolved recipe
+  sft/                 the fine-tuned model of the sft stage (plain HF folder), GRPO's starting point
+  pairs.jsonl          preference pairs (pairs stage), one per line with provenance
+  reward_model/        the Bradley-Terry reward model (reward_model stage), HF or peft folder
   metrics.jsonl        one line per step
   samples.jsonl        a few completions per step
   eval_before.json     held-out metrics and completions of the starting model
   eval_after.json      the same for the trained model
+  eval_step<N>.json    the same every eval.every steps
+  eval_curve.jsonl     held-out metrics by step: before (0), every eval.every steps, after
   comparison.md        the before/after table
   checkpoint/          trainable weights + optimizer + RNG, for --resume
   final/               the trained adapter (peft) or model (transformers), loadable without thinktune
@@ -26,24 +31,34 @@ class RunError(RuntimeError):
     pass
 
 
-# What each command leaves in a run directory; finding them means the command already ran there. Other
-# files (pairs.jsonl from `thinktune pairs`, a reward model) are inputs the next command may use.
-TRAINING_OUTPUTS = ("metrics.jsonl", "checkpoint", "final", "sft", "sft_metrics.jsonl", "eval_base.json")
-REWARD_MODEL_OUTPUTS = ("reward_model", "reward_model_metrics.jsonl")
+# What each stage leaves in a run directory; finding them means the stage already ran there. Other files (the
+# pairs written by `thinktune pairs`, a reward model) are inputs a later stage may use.
+STAGE_OUTPUTS = {
+    "sft": ("sft", "sft_metrics.jsonl", "eval_base.json"),
+    "pairs": ("pairs.jsonl",),
+    "reward_model": ("reward_model", "reward_model_metrics.jsonl"),
+    "grpo": ("metrics.jsonl", "checkpoint", "final"),
+}
 
 
 class RunDir:
-    def __init__(self, recipe: Recipe, resume: bool = False, outputs: tuple[str, ...] = TRAINING_OUTPUTS):
+    """The run directory of ``recipe``, for the stages about to run (default: the recipe's ``stages``).
+
+    A fresh run refuses a directory that already holds the outputs of those stages; ``resume`` needs at least one.
+    """
+
+    def __init__(self, recipe: Recipe, resume: bool = False, stages: list[str] | None = None):
         self.path = Path(recipe.run.output_dir) / recipe.run.name
         self.checkpoint = self.path / "checkpoint"
-        if any((self.path / name).exists() for name in outputs) and not resume:
+        outputs = [self.path / name for stage in stages or recipe.stages for name in STAGE_OUTPUTS[stage]]
+        done = any(path.exists() for path in outputs)
+        if done and not resume:
             raise RunError(
                 f"run directory {self.path} already holds a run; pass --resume to continue it, or set "
                 f"run.name=<new name>"
             )
-        finished_sft = (self.path / "sft" / "config.json").is_file()
-        if resume and not (self.checkpoint / "state.pt").is_file() and not finished_sft:
-            raise RunError(f"--resume: {self.checkpoint} has no checkpoint to resume from")
+        if resume and not done:
+            raise RunError(f"--resume: {self.path} holds nothing to resume from")
         self.path.mkdir(parents=True, exist_ok=True)
         (self.path / "recipe.yaml").write_text(dump_recipe(recipe))
 

@@ -105,6 +105,10 @@ def load_examples(cfg: DataConfig) -> tuple[list[Example], list[Example], Any]:
     """Return (train, held_out, reasoning-gym dataset or None) as the recipe's data section says."""
     if cfg.source == "reasoning_gym":
         return reasoning_gym_splits(cfg)
+    if cfg.source == "passages":
+        from thinktune.data.passages import passage_splits
+
+        return passage_splits(cfg)
     train = _table_examples(cfg, cfg.path, "train")
     held_out = None
     if cfg.eval_path:

@@ -63,12 +63,16 @@ def reward_model_scores(path: str, texts: list[str], batch_size: int = 8, max_le
 
 
 @register_reward("reward_model")
-def reward_model_reward(prompts, completions, path: str | None = None, batch_size: int = 8, **_) -> list[float]:
+def reward_model_reward(
+    prompts, completions, path: str | None = None, batch_size: int = 8, run_dir: str | None = None, **_
+) -> list[float]:
     """A reward model's score of prompt + completion: ``rm(prompt + completion)``, its single logit.
 
     ``path`` is the reward model's folder (``thinktune reward-model`` output or any HF sequence classifier
-    with ``num_labels = 1``). The score is unbounded; GRPO's group normalisation makes its scale harmless.
+    with ``num_labels = 1``); by default, ``reward_model/`` of the recipe's run directory, where the
+    ``reward_model`` stage saves it. The score is unbounded; GRPO's group normalisation makes its scale harmless.
     """
+    path = path or (run_dir and str(Path(run_dir) / "reward_model"))
     if not path:
         raise ValueError("reward_model needs args: {path: <reward model folder>}")
     return reward_model_scores(path, [p + c for p, c in zip(prompts, completions, strict=True)], batch_size)
