@@ -78,6 +78,8 @@ def test_recipe_runs_scaled_down(tmp_path, name):
     assert (run / "final" / "adapter_config.json").is_file() and (run / "comparison.md").is_file()
     rewards = {r.name for r in load_recipe(f"recipes/{name}.yaml").rewards}
     assert {f"reward/{r}" for r in rewards} <= summary["after"].keys()
+    # summaries have no reference answer: no accuracy is reported rather than a meaningless 0
+    assert ("accuracy" in summary["after"]) == (name != "tldr_length")
 
 
 def test_sft_then_a_grpo_run_from_the_sft_checkpoint_evaluating_every_step(tmp_path):

@@ -24,8 +24,11 @@ class Grader:
         self.answer_format = answer_format
         self.task_dataset = task_dataset
 
-    def accuracy(self, completions: list[str], examples: list[Example]) -> list[float]:
+    def accuracy(self, completions: list[str], examples: list[Example]) -> list[float] | None:
+        """1.0 per correct completion; None when no example has a reference answer (e.g. texts to summarise)."""
         answers = [e.answer for e in examples]
+        if not any(answers):
+            return None
         if self.task_dataset is not None:
             scores = task_score_reward(
                 None,
@@ -93,7 +96,7 @@ def evaluate(
     metrics = {
         "n": len(used),
         "skipped_prompts": len(examples) - len(used),
-        "accuracy": sum(accuracy) / n,
+        **({"accuracy": sum(accuracy) / n} if accuracy is not None else {}),
         "format_accuracy": sum(fmt) / n,
         "reward": scores.total.mean().item() if used else 0.0,
         "completion_length": sum(lengths) / n,
@@ -103,7 +106,7 @@ def evaluate(
         metrics[f"reward/{name}"] = torch.nanmean(row).item() if used else 0.0
     samples = [
         {"question": e.question, "answer": e.answer, "completion": c, "correct": a, "format": f}
-        for e, c, a, f in zip(used, completions, accuracy, fmt, strict=True)
+        for e, c, a, f in zip(used, completions, accuracy or [None] * len(used), fmt, strict=True)
     ]
     return EvalResult(metrics, samples)
 
@@ -168,13 +171,15 @@ def wilson_interval(successes: float, n: int, z: float = 1.96) -> tuple[float, f
 
     >>> [round(v, 3) for v in wilson_interval(20, 200)]
     [0.066, 0.149]
+    >>> wilson_interval(0, 40)[0]  # exactly 0, not a rounding residue printed as -0.000
+    0.0
     """
     if n == 0:
         return 0.0, 1.0
     p = successes / n
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * ((p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5) / (1 + z * z / n)
-    return centre - half, centre + half
+    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def paired_sign_test(before: list[float], after: list[float]) -> dict[str, float]:

@@ -23,8 +23,8 @@ COMPARED = ["accuracy", "format_accuracy", "reward", "completion_length", "trunc
 
 
 def compared(metrics: dict) -> list[str]:
-    """The metrics a before/after table shows: the fixed ones, then each reward function's mean."""
-    return COMPARED + sorted(key for key in metrics if key.startswith("reward/"))
+    """The metrics a before/after table shows: the fixed ones present, then each reward function's mean."""
+    return [key for key in COMPARED if key in metrics] + sorted(key for key in metrics if key.startswith("reward/"))
 
 
 def seed_everything(seed: int) -> None:
@@ -159,6 +159,8 @@ def significance_notes(before: dict, after: dict) -> tuple[list[str], dict]:
     """
     notes, tests = [], {}
     for metric, key in (("accuracy", "correct"), ("format_accuracy", "format")):
+        if metric not in after["metrics"]:
+            continue  # no reference answers to be accurate against
         b, a = before["metrics"][metric], after["metrics"][metric]
         n = int(after["metrics"]["n"])
         test = paired_sign_test([s[key] for s in before["samples"]], [s[key] for s in after["samples"]])

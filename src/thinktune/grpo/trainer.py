@@ -250,7 +250,7 @@ class GRPOTrainer:
             "step": step + 1,
             "reward": scores.total.mean().item(),
             "reward_std": scores.total.std().item(),
-            "accuracy": _mean(self.grader.accuracy(completions, examples)),
+            "accuracy": _mean(self.grader.accuracy(completions, examples) or [math.nan]),
             "format": _mean(self.grader.format_ok(completions)),
             **_per_function(scores),
             "kl": stats["kl"],
