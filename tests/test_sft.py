@@ -92,3 +92,24 @@ def test_resume_after_a_finished_sft_stage_goes_straight_to_grpo(tmp_path, tiny_
     train(sft_recipe(tmp_path, tiny_model_dir, "stages=[sft, grpo]", "sft.steps=3", "eval.before=false"), resume=True)
     assert len((run / "sft_metrics.jsonl").read_text().splitlines()) == 3  # not trained again
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+def test_sft_on_chat_conversations(tmp_path, tiny_model_dir):
+    chats = tmp_path / "chats.jsonl"
+    rows = [
+        {"messages": [{"role": "user", "content": f"say {w}"}, {"role": "assistant", "content": f"yes {w}"}]}
+        for w in "one two three four five six seven".split()
+    ]
+    chats.write_text("\n".join(json.dumps(r) for r in rows))
+    chat = ["data.source=chat", f"data.path={chats}", "sft.completion='{response}'"]
+    train(sft_recipe(tmp_path, tiny_model_dir, "stages=[sft]", *chat))
+    samples = json.loads((tmp_path / "chain" / "eval_sft.json").read_text())["samples"]
+    assert all(s["completion"].startswith("yes") for s in samples), samples
+    assert [s["answer"] for s in samples] == ["yes six", "yes seven"]  # the response is the reference
+
+
+def test_a_chat_row_without_an_assistant_reply_is_named(tmp_path, tiny_model_dir):
+    chats = tmp_path / "chats.jsonl"
+    chats.write_text(json.dumps({"messages": [{"role": "user", "content": "hi"}]}) + "\n")
+    with pytest.raises(DataError, match=r"chats.jsonl: row 0 has no user turn followed by an assistant turn"):
+        train(sft_recipe(tmp_path, tiny_model_dir, "stages=[sft]", "data.source=chat", f"data.path={chats}"))

@@ -58,10 +58,11 @@ class FewShot(_Section):
 
 class DataConfig(_Section):
     source: Literal[
-        "reasoning_gym", "file", "gsm8k", "cooking_cot", "openr1_math", "numina_tir", "smoltldr", "passages"
+        "reasoning_gym", "file", "chat", "gsm8k", "cooking_cot", "openr1_math", "numina_tir", "smoltldr", "passages"
     ] = Field(
         "reasoning_gym",
-        description="Where examples come from: a reasoning-gym task, a file with a column mapping, a named "
+        description="Where examples come from: a reasoning-gym task, a file with a column mapping, a file of chat "
+        "conversations (a 'messages' column of role/content turns), a named "
         "dataset read from data.path in its own schema (or, online, from the hub), or passages of a packaged "
         "public-domain story to summarise (offline, no reference summary).",
     )
@@ -226,8 +227,8 @@ class Recipe(_Section):
             raise ValueError(f"grpo.loss: unknown loss {self.grpo.loss!r}; allowed: {sorted(LOSSES)}")
         if self.data.source == "reasoning_gym" and not self.data.task:
             raise ValueError("data.task: required when data.source is reasoning_gym")
-        if self.data.source == "file" and not self.data.path:
-            raise ValueError("data.path: required when data.source is file")
+        if self.data.source in ("file", "chat") and not self.data.path:
+            raise ValueError(f"data.path: required when data.source is {self.data.source}")
         if not self.stages or self.stages != sorted(set(self.stages), key=STAGE_ORDER.index):
             raise ValueError(f"stages: {self.stages} must name each stage at most once, in the order {STAGE_ORDER}")
         if not self.rewards:

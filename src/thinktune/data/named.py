@@ -83,6 +83,28 @@ def tldr_example(row: dict) -> Example:
     return Example(str(_field(row, "prompt")), str(_field(row, "completion")))
 
 
+def chat_example(row: dict) -> Example:
+    """A conversation in ``messages`` (``role``/``content`` turns, as chat datasets store them): the last user
+    turn is the question and the assistant turn after it the ``response`` (for SFT). The reference answer is the
+    ``answer`` column when there is one, else that response. Earlier turns are not used.
+
+    >>> chat = [{"role": "user", "content": "2 + 2?"}, {"role": "assistant", "content": "It is 4."}]
+    >>> example = chat_example({"messages": chat, "answer": "4"})
+    >>> example.question, example.answer, example.extra["response"]
+    ('2 + 2?', '4', 'It is 4.')
+    """
+    turns = _field(row, "messages")
+    if not isinstance(turns, list) or not all(isinstance(t, dict) and {"role", "content"} <= t.keys() for t in turns):
+        raise RowError("has a 'messages' that is not a list of {role, content} turns")
+    users = [i for i, t in enumerate(turns) if t["role"] == "user"]
+    if not users or users[-1] + 1 >= len(turns) or turns[users[-1] + 1]["role"] != "assistant":
+        raise RowError("has no user turn followed by an assistant turn in 'messages'")
+    question, response = str(turns[users[-1]]["content"]), str(turns[users[-1] + 1]["content"])
+    answer = row.get("answer")
+    answer = response if answer is None or not str(answer).strip() else str(answer).strip()
+    return Example(question, answer, {"response": response})
+
+
 @dataclass(frozen=True)
 class NamedDataset:
     hub_id: str

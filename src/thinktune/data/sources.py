@@ -137,7 +137,10 @@ def _table_examples(cfg: DataConfig, path: str | None, split: str) -> list[Examp
     """Examples of a file (or, for a named dataset without a file, its hub split)."""
     if cfg.source == "file":
         return rows_to_examples(read_table(path), cfg.columns, path)
-    from thinktune.data.named import convert_rows, hub_rows
+    from thinktune.data.named import chat_example, convert_rows, hub_rows
+
+    if cfg.source == "chat":
+        return convert_rows(read_table(path), chat_example, path)
 
     named = named_dataset(cfg.source)
     if path:
