@@ -4,6 +4,7 @@ evaluate after → save."""
 from __future__ import annotations
 
 import random
+import statistics
 import time
 
 import torch
@@ -133,14 +134,23 @@ def grpo_stage(recipe: Recipe, run: RunDir, resume: bool, train_set, held_out, t
             curve.write({"step": 0, "label": "before", **before["metrics"]})
 
     began = time.perf_counter()
-    trainer.train(start, on_eval=lambda step: run_eval(f"step{step}", step))
+    records = trainer.train(start, on_eval=lambda step: run_eval(f"step{step}", step))
     seconds = time.perf_counter() - began
+    step_seconds = None
+    if records:  # none when resuming a finished run
+        step_seconds = statistics.median(
+            r["seconds_rollout"] + r["seconds_score"] + r["seconds_update"] for r in records
+        )
+        console.print(
+            f"grpo: {len(records)} steps in {seconds:.0f} s (evaluations included), median step {step_seconds:.1f} s"
+        )
     run.save_checkpoint(recipe.train.steps, model, trainer.optimizer, trainer.scheduler, trainer.generator)
     save_model(model, tokenizer, run.file("final"))
     console.print(f"saved {run.file('final')}")
 
     summary = {
         "seconds": seconds,
+        "median_step_seconds": step_seconds,
         "before": before and before["metrics"],
         "training_prompts": {"used": len(trainer.pool), "skipped": stats.skipped, "truncated": stats.truncated},
     }
