@@ -7,6 +7,7 @@ completion); the plain-regex ones cost microseconds and run in-process on a boun
 from __future__ import annotations
 
 import functools
+import logging
 import math
 import re
 
@@ -22,6 +23,13 @@ _INTEGER = re.compile(r"-?\d+")
 MAX_GRADED_CHARS = 20_000  # of a whole completion, for the regex graders (the tail, where answers sit)
 
 
+@functools.cache
+def _hush_disabled_timeout_warning() -> None:
+    """math-verify warns that its time-outs are off; they are off on purpose (GRADER bounds every call)."""
+    for name in ("math_verify.grader", "math_verify.parser"):
+        logging.getLogger(name).addFilter(lambda record: "Timeout is disabled" not in record.getMessage())
+
+
 def math_equal(gold: str, answer: str) -> bool:
     """math-verify equivalence of an answer to the gold reference (gold parsed first). In-process, unbounded:
     rewards call it through ``GRADER``.
@@ -31,6 +39,7 @@ def math_equal(gold: str, answer: str) -> bool:
     """
     import math_verify
 
+    _hush_disabled_timeout_warning()
     # math-verify's own signal-based time-outs are off: GRADER's bound is the one that counts.
     parse = functools.partial(math_verify.parse, parsing_timeout=None)
     gold_parsed = parse(gold) or parse(f"${gold}$")
