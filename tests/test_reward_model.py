@@ -88,3 +88,16 @@ def test_too_few_pairs_for_the_held_out_set(tmp_path, tiny_model_dir):
     path = write_pairs(tmp_path / "p.jsonl", [{"prompt": "p", "chosen": "yes", "rejected": "no"}] * 3)
     with pytest.raises(DataError, match=r"3 usable pairs cannot hold out reward_model.eval_pairs=8"):
         train_reward_model(rm_recipe(tmp_path, (path, tiny_model_dir)))
+
+
+def test_with_reward_model_replaces_the_recipes_folder_or_adds_a_weightless_measure():
+    from thinktune.evaluate import with_reward_model
+
+    recipe = load_recipe(None, ["rewards=[{name: reward_model, weight: 2}, {name: format}]"])
+    replaced = with_reward_model(recipe, "rm")
+    assert [(r.name, r.weight, r.args) for r in replaced.rewards] == [
+        ("reward_model", 2.0, {"path": "rm"}),
+        ("format", 1.0, {}),
+    ]
+    added = with_reward_model(load_recipe(None), "rm").rewards
+    assert [r.name for r in added] == ["format", "accuracy", "reward_model"] and added[-1].weight == 0.0
