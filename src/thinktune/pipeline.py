@@ -142,7 +142,8 @@ def grpo_stage(recipe: Recipe, run: RunDir, resume: bool, train_set, held_out, t
             r["seconds_rollout"] + r["seconds_score"] + r["seconds_update"] for r in records
         )
         console.print(
-            f"grpo: {len(records)} steps in {seconds:.0f} s (with any eval.every evaluations), median step {step_seconds:.1f} s"
+            f"grpo: {len(records)} steps in {seconds:.0f} s (eval.every evaluations included), "
+            f"median step {step_seconds:.1f} s"
         )
     run.save_checkpoint(recipe.train.steps, model, trainer.optimizer, trainer.scheduler, trainer.generator)
     save_model(model, tokenizer, run.file("final"))
