@@ -44,3 +44,23 @@ def test_pairs_are_written_with_provenance_and_a_rerun_continues(tmp_path, tiny_
     assert [row["example_index"] for row in lines] == list(range(8))
     pairs = read_pairs(str(out))  # what `thinktune reward-model` reads
     assert len(pairs) + pairs.skipped_empty + pairs.skipped_identical == 8
+
+
+def test_pairs_then_reward_model_as_stages_refuse_a_rerun_and_resume_past_finished_work(tmp_path, tiny_model_dir):
+    import pytest
+
+    from thinktune.pipeline import train
+    from thinktune.runs import RunError
+
+    stages = ["stages=[pairs, reward_model]", "reward_model.eval_pairs=2", "reward_model.steps=2"]
+    summary = train(pairs_recipe(tmp_path, tiny_model_dir, *stages))
+    run = tmp_path / "pairs"
+    assert len((run / "pairs.jsonl").read_text().splitlines()) == 8  # read by the reward model by default
+    assert summary["reward_model"]["pairs"]["held_out"] == 2 and (run / "reward_model").is_dir()
+    with pytest.raises(RunError, match="already holds a run; pass --resume"):
+        train(pairs_recipe(tmp_path, tiny_model_dir, *stages))
+    trained = (run / "reward_model_metrics.jsonl").read_text()
+    resumed = train(pairs_recipe(tmp_path, tiny_model_dir, *stages), resume=True)
+    assert resumed["reward_model"] == summary["reward_model"]  # not trained again
+    assert (run / "reward_model_metrics.jsonl").read_text() == trained
+    assert len((run / "pairs.jsonl").read_text().splitlines()) == 8
