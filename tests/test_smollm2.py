@@ -76,6 +76,7 @@ def test_recipe_runs_scaled_down(tmp_path, name):
     summary = train(load_recipe(f"recipes/{name}.yaml", [*SCALED_DOWN, f"run.output_dir={tmp_path}"]))
     run = tmp_path / name
     assert (run / "final" / "adapter_config.json").is_file() and (run / "comparison.md").is_file()
+    assert summary["median_step_seconds"] > 0 and summary["peak_rss_gb"] > 0.5  # a 135M model's weights alone
     rewards = {r.name for r in load_recipe(f"recipes/{name}.yaml").rewards}
     assert {f"reward/{r}" for r in rewards} <= summary["after"].keys()
     # summaries have no reference answer: no accuracy is reported rather than a meaningless 0

@@ -18,7 +18,7 @@ from thinktune.pairs import build_pairs
 from thinktune.preference import train_reward_model
 from thinktune.runs import RunDir
 from thinktune.sft import run_sft, save_sft_model
-from thinktune.tracking import JsonlWriter, comparison_markdown, comparison_table, console
+from thinktune.tracking import JsonlWriter, comparison_markdown, comparison_table, console, peak_rss_gb
 
 COMPARED = ["accuracy", "format_accuracy", "reward", "completion_length", "truncation_rate"]
 
@@ -143,7 +143,7 @@ def grpo_stage(recipe: Recipe, run: RunDir, resume: bool, train_set, held_out, t
         )
         console.print(
             f"grpo: {len(records)} steps in {seconds:.0f} s (eval.every evaluations included), "
-            f"median step {step_seconds:.1f} s"
+            f"median step {step_seconds:.1f} s; peak memory so far {peak_rss_gb():.1f} GB"
         )
     run.save_checkpoint(recipe.train.steps, model, trainer.optimizer, trainer.scheduler, trainer.generator)
     save_model(model, tokenizer, run.file("final"))
@@ -152,6 +152,7 @@ def grpo_stage(recipe: Recipe, run: RunDir, resume: bool, train_set, held_out, t
     summary = {
         "seconds": seconds,
         "median_step_seconds": step_seconds,
+        "peak_rss_gb": peak_rss_gb(),
         "before": before and before["metrics"],
         "training_prompts": {"used": len(trainer.pool), "skipped": stats.skipped, "truncated": stats.truncated},
     }

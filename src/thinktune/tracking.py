@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import resource
+import sys
 from pathlib import Path
 
 from rich.console import Console
@@ -12,6 +14,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 console = Console(stderr=True)
+
+
+def peak_rss_gb() -> float:
+    """This process's peak resident memory so far, in GB (10^9 bytes)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 1e9 if sys.platform == "darwin" else peak * 1024 / 1e9  # macOS reports bytes, Linux KiB
 
 
 @contextlib.contextmanager
