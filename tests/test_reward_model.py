@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 
 from thinktune.config import RewardConfig, load_recipe
 from thinktune.data import DataError
@@ -101,3 +102,22 @@ def test_with_reward_model_replaces_the_recipes_folder_or_adds_a_weightless_meas
     ]
     added = with_reward_model(load_recipe(None), "rm").rewards
     assert [r.name for r in added] == ["format", "accuracy", "reward_model"] and added[-1].weight == 0.0
+
+
+def test_micro_batches_give_the_full_batch_gradient(tmp_path, tiny_model_dir):
+    from thinktune.preference import Pairs, accumulate_gradients, load_reward_model_for_training
+
+    recipe = rm_recipe(tmp_path, ("unused", tiny_model_dir), "model.finetune=full")
+    model, tokenizer = load_reward_model_for_training(recipe)
+    words = [" ".join(WORDS[: n + 1]) for n in range(6)]  # pairs of different lengths: padding differs by batch
+    pairs = Pairs(["say"] * 6, [f" yes {w}" for w in words], [f" no {w[:5]}" for w in words])
+    grads = []
+    for micro in (6, 4, 1):
+        model.zero_grad()
+        loss, _ = accumulate_gradients(
+            model, tokenizer, pairs, recipe.reward_model.model_copy(update={"micro_batch_size": micro})
+        )
+        grads.append((loss, torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])))
+    for loss, grad in grads[1:]:
+        assert loss == pytest.approx(grads[0][0], abs=1e-6)
+        torch.testing.assert_close(grad, grads[0][1], atol=1e-5, rtol=1e-4)

@@ -180,6 +180,9 @@ class RewardModelConfig(_Section):
     eval_pairs: int = Field(50, ge=1, description="Pairs held out (the file's last rows) for pair accuracy.")
     steps: int = Field(100, gt=0, description="Optimizer steps.")
     batch_size: int = Field(8, gt=0, description="Pairs per optimizer step.")
+    micro_batch_size: int = Field(
+        2, gt=0, description="Pairs per forward/backward pass; lower it if memory runs short (same gradient)."
+    )
     learning_rate: float = Field(1e-4, gt=0)
     max_length: int = Field(512, gt=0, description="Tokens of prompt + response; longer ones are cut from the left.")
 

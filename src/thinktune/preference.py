@@ -88,6 +88,21 @@ def _pair_scores(model, tokenizer, pairs: Pairs, max_length: int) -> tuple[torch
     return scores[: len(pairs)], scores[len(pairs) :]
 
 
+def accumulate_gradients(model, tokenizer, pairs: Pairs, cfg) -> tuple[float, float]:
+    """Backpropagate the mean Bradley-Terry loss of ``pairs``, ``cfg.micro_batch_size`` pairs at a time (long
+    pairs' activations are what fills memory; the gradient is the full batch's). Returns (loss, mean margin)."""
+    loss = margin = 0.0
+    for first in range(0, len(pairs), cfg.micro_batch_size):
+        part = pairs.take(range(first, min(first + cfg.micro_batch_size, len(pairs))))
+        chosen, rejected = _pair_scores(model, tokenizer, part, cfg.max_length)
+        share = len(part) / len(pairs)
+        part_loss = bradley_terry_loss(chosen, rejected)
+        (part_loss * share).backward()
+        loss += part_loss.item() * share
+        margin += (chosen - rejected).mean().item() * share
+    return loss, margin
+
+
 def load_reward_model_for_training(recipe: Recipe):
     """A one-label sequence classifier on the recipe's model, LoRA-wrapped (score head trained in full) or full."""
     from transformers import AutoModelForSequenceClassification
@@ -147,13 +162,11 @@ def train_reward_model(recipe: Recipe, run: RunDir | None = None) -> dict:
                 rng.shuffle(epoch)
                 order += epoch
             rows, order = order[: cfg.batch_size], order[cfg.batch_size :]
-            chosen, rejected = _pair_scores(model, tokenizer, train_pairs.take(rows), cfg.max_length)
-            loss = bradley_terry_loss(chosen, rejected)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            loss, margin = accumulate_gradients(model, tokenizer, train_pairs.take(rows), cfg)
             torch.nn.utils.clip_grad_norm_(params, recipe.train.max_grad_norm)
             optimizer.step()
-            record = {"step": step + 1, "loss": loss.item(), "margin": (chosen - rejected).mean().item()}
+            record = {"step": step + 1, "loss": loss, "margin": margin}
             metrics.write(record)
             bar.advance()
             bar.show(f"loss {record['loss']:.3f}")
