@@ -57,11 +57,10 @@ def train(recipe: Recipe, resume: bool = False) -> dict:
     if "pairs" in recipe.stages:
         summary["pairs"] = {"path": str(build_pairs(recipe))}
     if "reward_model" in recipe.stages:
-        summary["reward_model"] = run.read_json("reward_model_summary.json") if resume else None
-        if summary["reward_model"]:
+        trained = run.read_json("reward_model_summary.json") if resume else None
+        if trained:
             console.print("reward model: already trained, continuing")
-        else:
-            summary["reward_model"] = train_reward_model(recipe, run)
+        summary["reward_model"] = trained or train_reward_model(recipe, run)
     if "grpo" in recipe.stages:
         summary.update(grpo_stage(recipe, run, resume, train_set, held_out, task_dataset))
     run.write_json("summary.json", summary)
@@ -136,14 +135,14 @@ def grpo_stage(recipe: Recipe, run: RunDir, resume: bool, train_set, held_out, t
     began = time.perf_counter()
     records = trainer.train(start, on_eval=lambda step: run_eval(f"step{step}", step))
     seconds = time.perf_counter() - began
-    step_seconds = None
+    step_seconds, peak = None, peak_rss_gb()
     if records:  # none when resuming a finished run
         step_seconds = statistics.median(
             r["seconds_rollout"] + r["seconds_score"] + r["seconds_update"] for r in records
         )
         console.print(
             f"grpo: {len(records)} steps in {seconds:.0f} s (eval.every evaluations included), "
-            f"median step {step_seconds:.1f} s; peak memory so far {peak_rss_gb():.1f} GB"
+            f"median step {step_seconds:.1f} s; peak memory so far {peak:.1f} GB"
         )
     run.save_checkpoint(recipe.train.steps, model, trainer.optimizer, trainer.scheduler, trainer.generator)
     save_model(model, tokenizer, run.file("final"))
@@ -152,7 +151,7 @@ def grpo_stage(recipe: Recipe, run: RunDir, resume: bool, train_set, held_out, t
     summary = {
         "seconds": seconds,
         "median_step_seconds": step_seconds,
-        "peak_rss_gb": peak_rss_gb(),
+        "peak_rss_gb": peak,
         "before": before and before["metrics"],
         "training_prompts": {"used": len(trainer.pool), "skipped": stats.skipped, "truncated": stats.truncated},
     }

@@ -21,7 +21,7 @@ from thinktune.data.sources import read_table
 from thinktune.pairs import pairs_path
 from thinktune.rewards.reward_model import scoring_tokenizer, sequence_scores
 from thinktune.runs import RunDir
-from thinktune.tracking import JsonlWriter, console, progress
+from thinktune.tracking import JsonlWriter, console, peak_rss_gb, progress
 
 
 @dataclass
@@ -187,6 +187,8 @@ def train_reward_model(recipe: Recipe, run: RunDir | None = None) -> dict:
         "pair_accuracy_before": before,
         "pair_accuracy_after": after,
         "seconds": seconds,
+        "peak_rss_gb": peak_rss_gb(),
     }
+    console.print(f"reward model: {cfg.steps} steps in {seconds:.0f} s; peak memory {summary['peak_rss_gb']:.1f} GB")
     run.write_json("reward_model_summary.json", summary)
     return summary
