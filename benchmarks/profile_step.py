@@ -25,7 +25,7 @@ def main(case_name: str = "smollm2-lora", rows: int = 12) -> None:
         trainer = build_trainer(CASES[case_name], Path(tmp), Path(tmp) / "runs")
         r = trainer.recipe
         trainer.step(0)  # warm-up
-        batch = trainer.sample_prompts(1)
+        batch = trainer.sample_prompts(r.grpo.prompts_per_step)
         for stage in ("rollout", "update"):
             with torch.profiler.profile(record_shapes=True) as prof:
                 start = time.perf_counter()

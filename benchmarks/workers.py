@@ -35,23 +35,23 @@ def run_thinktune(case_name: str, scratch: Path) -> dict:
     model = trainer.model
     steps, prompts = [], []
     for step in range(case.steps):
-        batch = trainer.sample_prompts(step)
-        prompts.append(
-            [{"text": t, "columns": json.dumps(e.columns())} for t, e in zip(batch.texts, batch.examples, strict=True)]
-        )
         start = time.perf_counter()
         record = trainer.step(step)
         seconds = time.perf_counter() - start
-        prompt_tokens = sum(len(ids) for ids in batch.ids)
+        batch = trainer.last_drawn
+        prompts.append(
+            [{"text": t, "columns": json.dumps(e.columns())} for t, e in zip(batch.texts, batch.examples, strict=True)]
+        )
+        prompt_tokens = sum(len(trainer.pool[i][1]) for i in batch.indices)
         steps.append(
             {
                 "seconds": seconds,
                 "seconds_rollout": record["seconds_rollout"],
                 "seconds_update": record["seconds_update"],
-                "completions": len(batch.ids) * GROUP,
-                "generated_tokens": record["completion_length"] * len(batch.ids) * GROUP,
+                "completions": batch.size * GROUP,
+                "generated_tokens": record["completion_length"] * batch.size * GROUP,
                 "unique_prompt_tokens": prompt_tokens,
-                "trained_tokens": prompt_tokens * GROUP + record["completion_length"] * len(batch.ids) * GROUP,
+                "trained_tokens": prompt_tokens * GROUP + record["completion_length"] * batch.size * GROUP,
                 "rows_with_signal": 1 - record["zero_std_groups"],
                 "reward": record["reward"],
             }

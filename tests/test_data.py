@@ -14,6 +14,33 @@ def test_reasoning_gym_splits_are_disjoint():
     assert scorer.score_answer(held_out[0].answer, held_out[0].columns()) == 1.0
 
 
+def test_validation_split_is_its_own_and_evaluation_sets_hold_distinct_questions():
+    # One-digit sums repeat often: 2 x 10 x 10 questions at most.
+    one_digit = {"max_digits": 1, "min_terms": 2, "max_terms": 2, "operators": ["+", "-"]}
+    cfg = DataConfig(task="basic_arithmetic", train_size=300, eval_size=60, validation_size=60, task_config=one_digit)
+    train, held_out, _ = load_examples(cfg)
+    train_again, validation, _ = load_examples(cfg, "validation")
+    assert [e.question for e in train] == [e.question for e in train_again]  # the same training set either way
+    held, valid, trained = ({e.question for e in s} for s in (held_out, validation, train))
+    assert len(held) == len(held_out) == 60 and len(valid) == len(validation) == 60
+    assert not held & valid and not trained & (held | valid)
+    without, _, _ = load_examples(cfg.model_copy(update={"validation_size": 0}))
+    assert {e.question for e in without} >= trained  # validation only takes questions out of training
+
+
+def test_files_carve_validation_from_training(tmp_path):
+    path = tmp_path / "d.jsonl"
+    path.write_text("\n".join(json.dumps({"question": f"q{i}", "answer": str(i)}) for i in range(10)))
+    cfg = DataConfig(source="file", path=str(path), eval_size=2, validation_size=3)
+    train, held_out, _ = load_examples(cfg)
+    _, validation, _ = load_examples(cfg, "validation")
+    assert [e.question for e in train] == [f"q{i}" for i in range(5)]
+    assert [e.question for e in validation] == ["q5", "q6", "q7"]
+    assert [e.question for e in held_out] == ["q8", "q9"]
+    with pytest.raises(DataError, match="cannot give data.validation_size=8"):
+        load_examples(cfg.model_copy(update={"validation_size": 8}))
+
+
 def test_unknown_task_and_bad_task_config():
     with pytest.raises(DataError, match="unknown reasoning-gym task 'basic_arithmetics'"):
         load_examples(DataConfig(task="basic_arithmetics"))

@@ -44,3 +44,8 @@ def accuracy_with_one_power_tower(prompts, completions, answer, **_):
     from thinktune.rewards.answers import accuracy_reward
 
     return accuracy_reward(prompts, ["<answer>9^9^9^9</answer>", *completions[1:]], answer)
+
+
+def flat_unless_mixed(prompts, completions, question, **_):
+    """0.5 for every completion of a question without 'mixed' (a flat group); alternating 0/1 otherwise."""
+    return [float(i % 2) if "mixed" in q else 0.5 for i, q in enumerate(question)]

@@ -1,4 +1,4 @@
-"""Command line: ``thinktune train|sft|pairs|reward-model|eval|demo|generate``."""
+"""Command line: ``thinktune train|sft|pairs|reward-model|sweep|eval|demo|generate``."""
 
 from __future__ import annotations
 
@@ -101,6 +101,28 @@ def reward_model(
 
 
 @app.command()
+def sweep(
+    recipe: Path = typer.Argument(..., help="YAML recipe with data.validation_size > 0."),
+    grid: list[str] = typer.Argument(None, help="key=a,b,... values to compare, e.g. grpo.temperature=0.7,1.0"),
+    seeds: str = typer.Option("0", "--seeds", help="Training seeds, comma-separated, e.g. 0,1,2."),
+    name: str = typer.Option("sweep", "--name", help="Folder under run.output_dir for the runs and the table."),
+    set_: list[str] = typer.Option(None, "--set", help="key=value applied to every variant, e.g. train.steps=20."),
+):
+    """Train every combination of values on the validation split (never the held-out set) and tabulate the
+    validation gains with per-seed sign tests; finished runs are reused, so a stopped sweep continues."""
+    from thinktune.sweep import sweep as run_sweep
+
+    def run():
+        try:
+            seed_list = [int(s) for s in seeds.split(",")]
+        except ValueError:
+            raise ConfigError(f"--seeds: expected comma-separated integers, got {seeds!r}") from None
+        run_sweep(str(recipe), grid or [], seed_list, name, set_ or [])
+
+    _fail_cleanly(run)
+
+
+@app.command()
 def demo(overrides: list[str] = typer.Argument(None, help="key.sub=value overrides")):
     """The offline demo: SmolLM2-135M-Instruct (packaged) learns a reasoning-gym task with LoRA."""
     from thinktune.pipeline import train as run_train
@@ -126,6 +148,9 @@ def eval_(
     reward_model: Path = typer.Option(
         None, "--reward-model", help="Also score completions with this reward model (reported as reward/reward_model)."
     ),
+    samples: int = typer.Option(
+        None, "--samples", help="Also k samples per problem at the recipe's temperature: pass@k, mean@k, maj@k."
+    ),
 ):
     """Greedy evaluation on the recipe's held-out set: accuracy, format accuracy, mean reward (per function)."""
     from thinktune.data import load_examples
@@ -133,10 +158,10 @@ def eval_(
     from thinktune.models import load_for_inference
 
     def run():
-        r = load_recipe(recipe, overrides or [])
+        r = load_recipe(recipe, [*(overrides or []), *([f"eval.samples={samples}"] if samples is not None else [])])
         if reward_model:
             r = with_reward_model(r, str(reward_model))
-        _, held_out, task_dataset = load_examples(r.data)
+        _, held_out, task_dataset = load_examples(r.data, r.eval.split)
         m, tok = load_for_inference(model, r.model.device, r.model.dtype)
         result = evaluate_recipe(m, tok, r, held_out, *recipe_scoring(r, task_dataset, tok))
         json.dump(result.metrics, sys.stdout, indent=1)

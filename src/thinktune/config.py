@@ -75,6 +75,13 @@ class DataConfig(_Section):
     )
     train_size: int = Field(1000, gt=0, description="Training examples generated (reasoning_gym, passages).")
     eval_size: int = Field(200, ge=0, description="Held-out examples, disjoint from training.")
+    validation_size: int = Field(
+        0,
+        ge=0,
+        description="Validation examples, disjoint from training and held-out: the split settings are chosen on "
+        "(eval.split=validation, `thinktune sweep`), so the held-out set is used once, by the final recipe. "
+        "reasoning-gym draws them from seed + 2_000_006; files take the last rows before the held-out ones.",
+    )
     seed: int = Field(0, description="Seed of the generated training set; the eval set uses seed + 1_000_003.")
     path: str | None = Field(
         None, description="Training file: .jsonl, .json, .csv or .parquet (source=file or a named dataset)."
@@ -130,6 +137,26 @@ class GRPOConfig(_Section):
     micro_batch_size: int = Field(8, gt=0, description="Sequences per forward/backward pass.")
     mask_truncated: bool = Field(
         False, description="Exclude truncated completions from the loss (they still count in metrics)."
+    )
+    dynamic_sampling: bool = Field(
+        False,
+        description="DAPO's dynamic sampling: drop groups whose rewards are all equal (they carry no gradient) and "
+        "draw more prompts until the step has prompts_per_step groups with spread, or max_sampling_rounds is hit.",
+    )
+    max_sampling_rounds: int = Field(
+        4,
+        ge=1,
+        description="Rollout rounds per step at most under dynamic_sampling; a step still short trains "
+        "on the groups it has (counted as sampling_shortfall).",
+    )
+    curriculum: Literal["none", "pass_rate"] = Field(
+        "none",
+        description="Prompt choice. pass_rate: remember each prompt's last pass rate p (share of its group "
+        "that was right) and draw a seen prompt with weight max(4p(1-p), curriculum_floor), so prompts "
+        "the model sometimes but not always solves come first; unseen prompts have weight 1.",
+    )
+    curriculum_floor: float = Field(
+        0.1, gt=0, le=1, description="Least draw weight of a prompt last seen all right or all wrong."
     )
 
 
@@ -191,6 +218,18 @@ class EvalConfig(_Section):
     before: bool = Field(True, description="Evaluate the starting model before training.")
     after: bool = Field(True, description="Evaluate the trained model after training.")
     every: int = Field(0, ge=0, description="Also evaluate every N steps; 0 = off.")
+    split: Literal["held_out", "validation"] = Field(
+        "held_out",
+        description="What evaluations grade: the held-out set (the final, once-only measure) or the validation "
+        "set (data.validation_size) for choosing settings.",
+    )
+    samples: int = Field(
+        0,
+        ge=0,
+        description="Also draw k completions per problem at grpo.temperature and report mean@k, pass@j, maj@k "
+        "and the share of problems all wrong / all right in k samples; 0 = greedy only.",
+    )
+    seed: int = Field(0, description="Seed of the sampled evaluation (the same for before and after).")
     max_new_tokens: int | None = Field(None, gt=0, description="Completion budget; None = grpo.max_new_tokens.")
     batch_size: int = Field(32, gt=0, description="Prompts per greedy generation batch.")
 
@@ -236,6 +275,8 @@ class Recipe(_Section):
             raise ValueError(f"stages: {self.stages} must name each stage at most once, in the order {STAGE_ORDER}")
         if not self.rewards:
             raise ValueError("rewards: at least one reward is needed")
+        if self.eval.split == "validation" and not self.data.validation_size:
+            raise ValueError("eval.split: validation needs data.validation_size > 0")
         return self
 
     @property

@@ -1,4 +1,4 @@
-"""Held-out evaluation (greedy) and the before/after comparison."""
+"""Held-out evaluation: greedy completions, and optionally k samples per problem (pass@k, mean@k, maj@k)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,11 @@ import torch
 from thinktune.data import Example, PromptBuilder
 from thinktune.rewards import RewardSet
 from thinktune.rewards.answers import accuracy_reward
+from thinktune.rewards.extract import extract_answer
 from thinktune.rewards.formatting import is_strict_format
 from thinktune.rewards.gym import task_score_reward
 from thinktune.rollout import generate
+from thinktune.stats import majority_correct, sampled_metrics
 from thinktune.tracking import progress
 
 
@@ -56,6 +58,48 @@ def decode(tokenizer, ids: torch.Tensor, mask: torch.Tensor) -> list[str]:
     return [tokenizer.decode(row[m.bool()], skip_special_tokens=True) for row, m in zip(ids, mask, strict=True)]
 
 
+@dataclass
+class Sampling:
+    """How sampled evaluation draws: ``k`` completions per problem at the training temperature.
+
+    The generator is seeded the same way for every evaluation, so before and after draw from the same
+    uniform numbers: their difference comes from the model, less from the luck of the draw.
+    """
+
+    k: int
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    seed: int = 0
+
+
+def _generate_all(model, tokenizer, prompt_ids, *, max_new_tokens, batch_size, bar, sampling=None):
+    """Completions (texts), lengths and truncation flags for every prompt; ``sampling.k`` per prompt if sampled."""
+    completions, lengths, truncated = [], [], []
+    if sampling:
+        generator = torch.Generator().manual_seed(sampling.seed)
+        settings = {"group_size": sampling.k, "temperature": sampling.temperature, "generator": generator}
+        settings |= {"top_k": sampling.top_k, "top_p": sampling.top_p}
+        per_chunk = max(1, batch_size // sampling.k)  # batch_size rows, as greedy
+    else:
+        settings, per_chunk = {"greedy": True}, batch_size
+    for start in range(0, len(prompt_ids), per_chunk):
+        chunk = prompt_ids[start : start + per_chunk]
+        out = generate(
+            model,
+            chunk,
+            eos_ids=eos_token_ids(tokenizer),
+            pad_id=tokenizer.pad_token_id,
+            max_new_tokens=max_new_tokens,
+            **settings,
+        )
+        completions += decode(tokenizer, out.completion_ids, out.completion_mask)
+        lengths += out.completion_lengths.tolist()
+        truncated += out.truncated.tolist()
+        bar.advance(len(chunk))
+    return completions, lengths, truncated
+
+
 def evaluate(
     model,
     tokenizer,
@@ -67,26 +111,19 @@ def evaluate(
     max_new_tokens: int,
     batch_size: int = 32,
     label: str = "eval",
+    sampling: Sampling | None = None,
 ) -> EvalResult:
-    """Greedy completions for every held-out example; accuracy, format accuracy, mean reward."""
+    """Greedy completions for every held-out example; accuracy, format accuracy, mean reward.
+
+    With ``sampling``, also ``k`` sampled completions per example, summarised as mean@k, pass@j, maj@k and the
+    share of examples whose samples are all wrong / all right (see :func:`thinktune.stats.sampled_metrics`).
+    """
     kept = [(e, ids) for e in examples if (ids := prompts.ids(e.question)) is not None]
-    completions, lengths, truncated = [], [], []
-    eos = eos_token_ids(tokenizer)
+    ids = [i for _, i in kept]
     with progress(label, total=len(kept)) as bar:
-        for start in range(0, len(kept), batch_size):
-            chunk = kept[start : start + batch_size]
-            out = generate(
-                model,
-                [ids for _, ids in chunk],
-                eos_ids=eos,
-                pad_id=tokenizer.pad_token_id,
-                max_new_tokens=max_new_tokens,
-                greedy=True,
-            )
-            completions += decode(tokenizer, out.completion_ids, out.completion_mask)
-            lengths += out.completion_lengths.tolist()
-            truncated += out.truncated.tolist()
-            bar.advance(len(chunk))
+        completions, lengths, truncated = _generate_all(
+            model, tokenizer, ids, max_new_tokens=max_new_tokens, batch_size=batch_size, bar=bar
+        )
     used = [e for e, _ in kept]
     prompt_texts = [prompts.text(e.question) for e in used]
     scores = rewards.score(prompt_texts, completions, [e.columns() for e in used])
@@ -108,7 +145,28 @@ def evaluate(
         {"question": e.question, "answer": e.answer, "completion": c, "correct": a, "format": f}
         for e, c, a, f in zip(used, completions, accuracy or [None] * len(used), fmt, strict=True)
     ]
+    if sampling and accuracy is not None and used:
+        with progress(f"{label}, {sampling.k} samples each", total=len(kept)) as bar:
+            sampled, _, _ = _generate_all(
+                model, tokenizer, ids, max_new_tokens=max_new_tokens, batch_size=batch_size, bar=bar, sampling=sampling
+            )
+        metrics.update(_summarise_samples(sampled, used, grader, sampling.k, samples))
     return EvalResult(metrics, samples)
+
+
+def _summarise_samples(completions: list[str], examples: list[Example], grader, k: int, samples: list[dict]) -> dict:
+    """Grade ``k`` completions per example (in order); record each example's count right; the sampled metrics."""
+    repeated = [e for e in examples for _ in range(k)]
+    correct = grader.accuracy(completions, repeated)
+    answers = [extract_answer(c, grader.answer_format) for c in completions]
+    counts, majority = [], []
+    for i, sample in enumerate(samples):
+        part = slice(i * k, (i + 1) * k)
+        counts.append(int(sum(correct[part])))
+        majority.append(majority_correct(answers[part], correct[part]))
+        sample[f"correct_of_{k}"] = counts[-1]
+    fmt = grader.format_ok(completions)
+    return {**sampled_metrics(counts, majority, k), f"format@{k}": sum(fmt) / len(fmt)}
 
 
 def recipe_scoring(recipe, task_dataset, tokenizer=None) -> tuple[RewardSet, Grader]:
@@ -144,7 +202,10 @@ def with_reward_model(recipe, path: str):
 
 
 def evaluate_recipe(model, tokenizer, recipe, examples, rewards, grader, label: str = "eval") -> EvalResult:
-    """:func:`evaluate` with the recipe's prompts, completion budget and batch size."""
+    """:func:`evaluate` with the recipe's prompts, completion budget, batch size and ``eval.samples``."""
+    g = recipe.grpo
+    k = recipe.eval.samples
+    sampling = Sampling(k, g.temperature, g.top_k, g.top_p, recipe.eval.seed) if k else None
     return evaluate(
         model,
         tokenizer,
@@ -155,6 +216,7 @@ def evaluate_recipe(model, tokenizer, recipe, examples, rewards, grader, label: 
         max_new_tokens=recipe.eval.max_new_tokens or recipe.grpo.max_new_tokens,
         batch_size=recipe.eval.batch_size,
         label=label,
+        sampling=sampling,
     )
 
 
@@ -164,36 +226,3 @@ def eos_token_ids(tokenizer) -> list[int]:
     if isinstance(im_end, int) and im_end != tokenizer.unk_token_id:
         ids.add(im_end)
     return sorted(i for i in ids if i is not None)
-
-
-def wilson_interval(successes: float, n: int, z: float = 1.96) -> tuple[float, float]:
-    """95% Wilson score interval of a proportion.
-
-    >>> [round(v, 3) for v in wilson_interval(20, 200)]
-    [0.066, 0.149]
-    >>> wilson_interval(0, 40)[0]  # exactly 0, not a rounding residue printed as -0.000
-    0.0
-    """
-    if n == 0:
-        return 0.0, 1.0
-    p = successes / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * ((p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
-
-
-def paired_sign_test(before: list[float], after: list[float]) -> dict[str, float]:
-    """Exact two-sided sign test on paired 0/1 outcomes: how likely a gap this large is under no change.
-
-    Counts problems fixed (0 → 1) and broken (1 → 0); ties carry no information.
-
-    >>> paired_sign_test([0, 0, 0, 1], [1, 1, 1, 1])
-    {'fixed': 3, 'broken': 0, 'p_value': 0.25}
-    """
-    from math import comb
-
-    fixed = sum(1 for b, a in zip(before, after, strict=True) if a > b)
-    broken = sum(1 for b, a in zip(before, after, strict=True) if a < b)
-    n, k = fixed + broken, min(fixed, broken)
-    p = min(1.0, 2 * sum(comb(n, i) for i in range(k + 1)) / 2**n) if n else 1.0
-    return {"fixed": fixed, "broken": broken, "p_value": p}

@@ -11,21 +11,24 @@ import torch
 
 from thinktune.config import Recipe
 from thinktune.data import load_examples
-from thinktune.evaluate import evaluate_recipe, paired_sign_test, recipe_scoring, wilson_interval
+from thinktune.evaluate import evaluate_recipe, recipe_scoring
 from thinktune.grpo.trainer import GRPOTrainer
 from thinktune.models import load_for_inference, load_policy, save_model
 from thinktune.pairs import build_pairs
 from thinktune.preference import train_reward_model
 from thinktune.runs import RunDir
 from thinktune.sft import run_sft, save_sft_model
+from thinktune.stats import paired_sign_test, wilson_interval
 from thinktune.tracking import JsonlWriter, comparison_markdown, comparison_table, console, peak_rss_gb
 
 COMPARED = ["accuracy", "format_accuracy", "reward", "completion_length", "truncation_rate"]
 
 
 def compared(metrics: dict) -> list[str]:
-    """The metrics a before/after table shows: the fixed ones present, then each reward function's mean."""
-    return [key for key in COMPARED if key in metrics] + sorted(key for key in metrics if key.startswith("reward/"))
+    """The metrics a before/after table shows: the fixed ones present, the sampled ones (pass@k …), then each
+    reward function's mean."""
+    sampled = [key for key in metrics if "@" in key]
+    return [key for key in COMPARED if key in metrics] + sampled + sorted(k for k in metrics if k.startswith("reward/"))
 
 
 def seed_everything(seed: int) -> None:
@@ -44,8 +47,8 @@ def train(recipe: Recipe, resume: bool = False) -> dict:
     seed_everything(recipe.train.seed)
     run = RunDir(recipe, resume=resume)
     console.print(f"[bold]run[/] {run.path}")
-    train_set, held_out, task_dataset = load_examples(recipe.data)
-    console.print(f"data: {len(train_set)} training, {len(held_out)} held-out examples")
+    train_set, held_out, task_dataset = load_examples(recipe.data, recipe.eval.split)
+    console.print(f"data: {len(train_set)} training, {len(held_out)} {recipe.eval.split.replace('_', '-')} examples")
     summary: dict = {}
     if "sft" in recipe.stages:
         folder = run.file("sft")
@@ -122,7 +125,7 @@ def grpo_stage(recipe: Recipe, run: RunDir, resume: bool, train_set, held_out, t
 
     start = 0
     if resume and (run.checkpoint / "state.pt").is_file():
-        start = run.load_checkpoint(model, trainer.optimizer, trainer.scheduler, trainer.generator)
+        start = run.load_checkpoint(model, trainer.optimizer, trainer.scheduler, trainer.generator, trainer.sampler)
         console.print(f"resumed after step {start}")
     before = None
     if recipe.eval.before and held_out:
@@ -144,7 +147,9 @@ def grpo_stage(recipe: Recipe, run: RunDir, resume: bool, train_set, held_out, t
             f"grpo: {len(records)} steps in {seconds:.0f} s (eval.every evaluations included), "
             f"median step {step_seconds:.1f} s; peak memory so far {peak:.1f} GB"
         )
-    run.save_checkpoint(recipe.train.steps, model, trainer.optimizer, trainer.scheduler, trainer.generator)
+    run.save_checkpoint(
+        recipe.train.steps, model, trainer.optimizer, trainer.scheduler, trainer.generator, trainer.sampler
+    )
     save_model(model, tokenizer, run.file("final"))
     console.print(f"saved {run.file('final')}")
 

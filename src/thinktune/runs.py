@@ -72,8 +72,9 @@ class RunDir:
         path = self.file(name)
         return json.loads(path.read_text()) if path.is_file() else None
 
-    def save_checkpoint(self, step: int, model, optimizer, scheduler, generator: torch.Generator) -> None:
-        """Trainable weights (LoRA or full), optimizer and scheduler state, and every RNG; written atomically."""
+    def save_checkpoint(self, step: int, model, optimizer, scheduler, generator: torch.Generator, sampler=None) -> None:
+        """Trainable weights (LoRA or full), optimizer and scheduler state, every RNG and the prompt sampler's
+        position and pass rates; written atomically."""
         trainable = {n: p.detach().cpu() for n, p in model.named_parameters() if p.requires_grad}
         state = {
             "step": step,
@@ -85,13 +86,14 @@ class RunDir:
                 "torch": torch.get_rng_state(),
                 "sampler": generator.get_state(),
             },
+            "prompt_sampler": sampler.state_dict() if sampler is not None else None,
         }
         self.checkpoint.mkdir(parents=True, exist_ok=True)
         partial = self.checkpoint / "state.pt.partial"
         torch.save(state, partial)
         partial.replace(self.checkpoint / "state.pt")
 
-    def load_checkpoint(self, model, optimizer, scheduler, generator: torch.Generator) -> int:
+    def load_checkpoint(self, model, optimizer, scheduler, generator: torch.Generator, sampler=None) -> int:
         """Restore a checkpoint in place; return the number of steps already done."""
         state = torch.load(self.checkpoint / "state.pt", weights_only=False)
         missing = [n for n, p in model.named_parameters() if p.requires_grad and n not in state["trainable"]]
@@ -105,4 +107,6 @@ class RunDir:
         random.setstate(state["rng"]["python"])
         torch.set_rng_state(state["rng"]["torch"])
         generator.set_state(state["rng"]["sampler"])
+        if sampler is not None and state.get("prompt_sampler"):
+            sampler.load_state_dict(state["prompt_sampler"])
         return state["step"]

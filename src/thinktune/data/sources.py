@@ -47,13 +47,36 @@ def _gym_examples(task: str, size: int, seed: int, task_config: dict) -> tuple[l
     return rows, dataset
 
 
-def reasoning_gym_splits(cfg: DataConfig) -> tuple[list[Example], list[Example], Any]:
-    """Train and held-out sets from two seeds; training drops any question that is also held out."""
-    held_out, _ = _gym_examples(cfg.task, cfg.eval_size, cfg.seed + EVAL_SEED_OFFSET, cfg.task_config)
-    train, scorer = _gym_examples(cfg.task, cfg.train_size, cfg.seed, cfg.task_config)
+def _distinct(examples: list[Example], size: int, exclude: set[str]) -> list[Example]:
+    """The first ``size`` examples whose question is new (not in ``exclude``, not seen before in the list)."""
+    seen, out = set(exclude), []
+    for e in examples:
+        if e.question not in seen and len(out) < size:
+            seen.add(e.question)
+            out.append(e)
+    return out
+
+
+def reasoning_gym_splits(cfg: DataConfig) -> tuple[list[Example], list[Example], list[Example], Any]:
+    """Train, held-out and validation sets from three seeds, with no question in two splits.
+
+    Evaluation sets hold distinct questions (a small task repeats some: counted once, more are drawn); validation
+    drops held-out questions, and training drops questions of either.
+    """
+
+    def distinct_set(size: int, seed: int, exclude: set[str]) -> list[Example]:
+        drawn, _ = _gym_examples(cfg.task, 2 * size + 100, seed, cfg.task_config)
+        return _distinct(drawn, size, exclude)
+
+    held_out = distinct_set(cfg.eval_size, cfg.seed + EVAL_SEED_OFFSET, set()) if cfg.eval_size else []
     held_questions = {e.question for e in held_out}
-    train = [e for e in train if e.question not in held_questions]
-    return train, held_out, scorer
+    validation = []
+    if cfg.validation_size:
+        validation = distinct_set(cfg.validation_size, cfg.seed + 2 * EVAL_SEED_OFFSET, held_questions)
+    train, scorer = _gym_examples(cfg.task, cfg.train_size, cfg.seed, cfg.task_config)
+    seen = held_questions | {e.question for e in validation}
+    train = [e for e in train if e.question not in seen]
+    return train, held_out, validation, scorer
 
 
 def read_table(path: str | Path) -> list[dict[str, Any]]:
@@ -101,10 +124,28 @@ def rows_to_examples(rows: list[dict], columns: dict[str, str], source: str) -> 
     return examples
 
 
-def load_examples(cfg: DataConfig) -> tuple[list[Example], list[Example], Any]:
-    """Return (train, held_out, reasoning-gym dataset or None) as the recipe's data section says."""
+def load_examples(cfg: DataConfig, split: str = "held_out") -> tuple[list[Example], list[Example], Any]:
+    """Return (train, evaluation set, reasoning-gym dataset or None) as the recipe's data section says.
+
+    The evaluation set is the held-out one, or with ``split="validation"`` the validation one. Either way the
+    training set excludes both, so choosing settings on validation trains on exactly what the final run trains on.
+    """
     if cfg.source == "reasoning_gym":
-        return reasoning_gym_splits(cfg)
+        train, held_out, validation, scorer = reasoning_gym_splits(cfg)
+    else:
+        train, held_out, scorer = _other_splits(cfg)
+        train, validation = _carve(train, cfg.validation_size, cfg.path or cfg.source)
+    return train, validation if split == "validation" else held_out, scorer
+
+
+def _carve(train: list[Example], size: int, source: str) -> tuple[list[Example], list[Example]]:
+    """The last ``size`` training examples as a validation set."""
+    if size and size >= len(train):
+        raise DataError(f"{source}: {len(train)} training examples cannot give data.validation_size={size}")
+    return train[: len(train) - size], train[len(train) - size :]
+
+
+def _other_splits(cfg: DataConfig) -> tuple[list[Example], list[Example], Any]:
     if cfg.source == "passages":
         from thinktune.data.passages import passage_splits
 

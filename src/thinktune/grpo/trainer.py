@@ -2,10 +2,11 @@
 
 One step, as stages:
 
-    prompts   = sample_prompts(step)                    # P prompts from the training set
+    prompts   = sample_prompts(P)                       # P prompts from the training set (curriculum: by pass rate)
     rollout   = rollout(prompts)                        # G completions each, with token log-probs
     rewards   = score(prompts, rollout)                 # weighted sum of the reward functions
     adv       = group_advantages(rewards, G)            # relative to each prompt's group
+      (dynamic sampling: drop groups whose rewards are all equal, draw again until P groups have spread)
     stats     = update(rollout, adv)                    # μ optimizer steps over micro-batches
     log(step); maybe evaluate(); maybe save()
 """
@@ -13,9 +14,7 @@ One step, as stages:
 from __future__ import annotations
 
 import contextlib
-import functools
 import math
-import random
 import time
 from dataclasses import dataclass
 
@@ -28,6 +27,7 @@ from thinktune.evaluate import Grader, decode, eos_token_ids
 from thinktune.grpo.advantages import group_advantages
 from thinktune.grpo.logprobs import SharedPrompts, completion_logprobs, supports_shared_prompts
 from thinktune.grpo.losses import LOSSES, LossInputs
+from thinktune.grpo.sampling import Groups, PromptSampler
 from thinktune.models import reference_policy
 from thinktune.rewards import RewardSet
 from thinktune.rewards.guard import GRADER
@@ -39,6 +39,7 @@ from thinktune.tracking import JsonlWriter, progress
 
 @dataclass
 class PromptBatch:
+    indices: list[int]  # into the training pool
     examples: list[Example]
     ids: list[list[int]]
     texts: list[str]
@@ -91,26 +92,21 @@ class GRPOTrainer:
         self.optimizer = torch.optim.AdamW(params, lr=t.learning_rate, betas=t.adam_betas, weight_decay=t.weight_decay)
         self.scheduler = make_scheduler(self.optimizer, t.lr_schedule, t.warmup_steps, t.steps * self.cfg.iterations)
         self.generator = torch.Generator().manual_seed(t.seed)
+        self.sampler = PromptSampler(len(self.pool), t.seed, self.cfg.curriculum, self.cfg.curriculum_floor)
+        self.last_drawn: Groups | None = None  # the last step's groups, for callers that inspect a step
+        self.seconds_scoring = 0.0
         self.loss_fn = LOSSES[self.cfg.loss]
         self.metrics = JsonlWriter(run.file("metrics.jsonl"))
         self.samples = JsonlWriter(run.file("samples.jsonl"))
 
     # ----------------------------------------------------------------- stages
-    def sample_prompts(self, step: int) -> PromptBatch:
-        """The step's prompts: consecutive slices of a per-epoch shuffle (deterministic, so resume needs no state)."""
-        per_step = self.cfg.prompts_per_step
-        chosen = []
-        for i in range(step * per_step, (step + 1) * per_step):
-            epoch, index = divmod(i, len(self.pool))
-            chosen.append(self.pool[self._epoch_order(epoch)[index]])
-        examples = [e for e, _ in chosen]
-        return PromptBatch(examples, [ids for _, ids in chosen], [self.prompts.text(e.question) for e in examples])
-
-    @functools.lru_cache(maxsize=2)  # noqa: B019 - one trainer per run; the cache dies with it
-    def _epoch_order(self, epoch: int) -> list[int]:
-        order = list(range(len(self.pool)))
-        random.Random(self.recipe.train.seed * 1_000_003 + epoch).shuffle(order)
-        return order
+    def sample_prompts(self, count: int) -> PromptBatch:
+        """``count`` prompts from the sampler (a per-epoch shuffle; its state goes into checkpoints)."""
+        indices = self.sampler.draw(count)
+        examples = [self.pool[i][0] for i in indices]
+        return PromptBatch(
+            indices, examples, [self.pool[i][1] for i in indices], [self.prompts.text(e.question) for e in examples]
+        )
 
     def rollout(self, batch: PromptBatch) -> Rollout:
         return generate(
@@ -143,6 +139,13 @@ class GRPOTrainer:
         if cfg.mask_truncated:
             mask = mask * (~rollout.truncated)[:, None].float()
         n = mask.shape[0]
+        sums = {"loss": 0.0, "clip": 0.0, "kl": 0.0, "entropy": 0.0, "grad_norm": 0.0, "trained_rows": 0.0}
+        if n == 0:  # dynamic sampling found no group with spread: nothing to learn, the schedule moves on
+            for _ in range(cfg.iterations):
+                self.optimizer.zero_grad(set_to_none=True)
+                self.optimizer.step()  # no gradients: changes nothing
+                self.scheduler.step()
+            return sums
         tokens = mask.sum().clamp(min=1).item()
         totals = {"total_tokens": tokens, "total_rows": n, "max_tokens": mask.shape[1]}
         lengths = rollout.completion_mask.sum(-1)
@@ -160,7 +163,6 @@ class GRPOTrainer:
         needed_prompts = rollout.prompt_ids[first_rows], rollout.prompt_mask[first_rows]
         shared = supports_shared_prompts(self.model) and trained.numel() > 0
 
-        sums = {"loss": 0.0, "clip": 0.0, "kl": 0.0, "entropy": 0.0, "grad_norm": 0.0}
         sums["trained_rows"] = trained.numel() / n
         self.model.train()
         for iteration in range(cfg.iterations):
@@ -229,30 +231,81 @@ class GRPOTrainer:
                 )
         return out * rollout.completion_mask
 
+    def rollout_round(self, count: int) -> Groups:
+        """Draw ``count`` prompts, sample G completions each, score them and take group advantages."""
+        batch = self.sample_prompts(count)
+        rollout = self.rollout(batch)
+        completions = decode(self.tokenizer, rollout.completion_ids, rollout.completion_mask)
+        scoring_began = time.perf_counter()
+        scores = self.score(batch, completions)
+        advantages, flat = group_advantages(scores.total, self.cfg.group_size, self.cfg.scale_rewards)
+        examples = [e for e in batch.examples for _ in range(self.cfg.group_size)]
+        correct = self.grader.accuracy(completions, examples)
+        groups = Groups(
+            self.cfg.group_size, batch.indices, batch.examples, batch.texts, rollout, completions, scores,
+            advantages, flat, correct,
+        )  # fmt: skip
+        for group, index in enumerate(batch.indices):
+            self.sampler.observe(index, _pass_rate(groups, group))
+        self.seconds_scoring += time.perf_counter() - scoring_began
+        return groups
+
+    def collect(self) -> tuple[Groups, Groups, dict[str, float]]:
+        """The step's groups: every group drawn, the groups trained on, and how sampling went.
+
+        Without dynamic sampling one round of ``prompts_per_step`` prompts is drawn and all of it is trained
+        on (flat groups then have zero advantage and are skipped by the update). With it, flat groups are
+        dropped and further rounds draw the shortfall, scaled up by the share of groups kept so far, until
+        ``prompts_per_step`` groups have spread or ``max_sampling_rounds`` rounds are spent.
+        """
+        cfg = self.cfg
+        rejected_before = self.sampler.rejected
+        drawn, kept = [], []
+        kept_count = drawn_count = 0
+        for _ in range(cfg.max_sampling_rounds if cfg.dynamic_sampling else 1):
+            missing = cfg.prompts_per_step - kept_count
+            kept_share = kept_count / drawn_count if drawn_count else 1.0
+            groups = self.rollout_round(math.ceil(missing / max(kept_share, 0.25)))
+            drawn.append(groups)
+            drawn_count += groups.size
+            signal = [i for i in range(groups.size) if not groups.flat[i]] if cfg.dynamic_sampling else None
+            part = groups.take(signal[:missing]) if signal is not None else groups
+            kept.append(part)
+            kept_count += part.size
+            if kept_count >= cfg.prompts_per_step:
+                break
+        pad = self.tokenizer.pad_token_id
+        info = {
+            "sampling_rounds": len(drawn),
+            "sampled_prompts": drawn_count,
+            "kept_groups": kept_count,
+            "kept_fraction": kept_count / drawn_count,
+            "sampling_shortfall": max(0, cfg.prompts_per_step - kept_count),
+            "curriculum_passed_over": self.sampler.rejected - rejected_before,
+            "pool_seen": len(self.sampler.pass_rate) / len(self.pool),
+        }
+        return Groups.cat(drawn, pad), Groups.cat(kept, pad), info
+
     # ----------------------------------------------------------------- the loop
     def step(self, step: int) -> dict[str, float]:
         t0 = time.perf_counter()
-        batch = self.sample_prompts(step)
-        rollout = self.rollout(batch)
-        completions = decode(self.tokenizer, rollout.completion_ids, rollout.completion_mask)
-        t1 = time.perf_counter()
         timeouts_before, errors_before = GRADER.counts()
-        scores = self.score(batch, completions)
-        advantages, zero_std = group_advantages(scores.total, self.cfg.group_size, self.cfg.scale_rewards)
+        self.seconds_scoring = 0.0
+        drawn, kept, sampling = self.collect()
+        t1 = time.perf_counter()
+        stats = self.update(kept.rollout, kept.advantages)
         t2 = time.perf_counter()
-        stats = self.update(rollout, advantages)
-        t3 = time.perf_counter()
 
-        examples = [e for e in batch.examples for _ in range(self.cfg.group_size)]
-        lengths = rollout.completion_lengths.float()
+        lengths = drawn.rollout.completion_lengths.float()
         generated = lengths.sum().item()
         record = {
             "step": step + 1,
-            "reward": scores.total.mean().item(),
-            "reward_std": scores.total.std().item(),
-            "accuracy": _mean(self.grader.accuracy(completions, examples) or [math.nan]),
-            "format": _mean(self.grader.format_ok(completions)),
-            **_per_function(scores),
+            # The policy as sampled: every drawn completion, kept or not.
+            "reward": drawn.scores.total.mean().item(),
+            "reward_std": drawn.scores.total.std().item(),
+            "accuracy": _mean(drawn.correct or [math.nan]),
+            "format": _mean(self.grader.format_ok(drawn.completions)),
+            **_per_function(drawn.scores),
             "kl": stats["kl"],
             "entropy": stats["entropy"],
             "clip_fraction": stats["clip"],
@@ -262,29 +315,30 @@ class GRPOTrainer:
             "lr": self.scheduler.get_last_lr()[0],
             "completion_length": lengths.mean().item(),
             "completion_length_max": lengths.max().item(),
-            "truncation_rate": rollout.truncated.float().mean().item(),
-            "zero_std_groups": zero_std.float().mean().item(),
+            "truncation_rate": drawn.rollout.truncated.float().mean().item(),
+            "zero_std_groups": drawn.flat.float().mean().item(),  # of every group drawn
+            **sampling,
             # completions whose grading hit the time bound or failed (scored 0), this step
             "grader_timeouts": GRADER.timeouts - timeouts_before,
             "grader_errors": GRADER.errors - errors_before,
-            "seconds_rollout": t1 - t0,
-            "seconds_score": t2 - t1,
-            "seconds_update": t3 - t2,
-            "generated_tokens_per_s": generated / max(t1 - t0, 1e-9),
-            "tokens_per_s": generated / max(t3 - t0, 1e-9),
+            "seconds_rollout": t1 - t0 - self.seconds_scoring,  # every round's
+            "seconds_score": self.seconds_scoring,
+            "seconds_update": t2 - t1,
+            "generated_tokens_per_s": generated / max(t1 - t0 - self.seconds_scoring, 1e-9),
+            "tokens_per_s": generated / max(t2 - t0, 1e-9),
         }
         self.metrics.write(record)
-        for i in range(min(self.recipe.run.samples_per_step, len(completions))):
-            row = i * self.cfg.group_size  # the first completion of different prompts
-            if row >= len(completions):
-                break
+        self.last_drawn = drawn
+        for group in range(min(self.recipe.run.samples_per_step, drawn.size)):
+            row = group * self.cfg.group_size  # the first completion of different prompts
+            example = drawn.examples[group]
             self.samples.write(
                 {
                     "step": step + 1,
-                    "question": examples[row].question,
-                    "answer": examples[row].answer,
-                    "completion": completions[row],
-                    "reward": scores.total[row].item(),
+                    "question": example.question,
+                    "answer": example.answer,
+                    "completion": drawn.completions[row],
+                    "reward": drawn.scores.total[row].item(),
                 }
             )
         return record
@@ -307,7 +361,9 @@ class GRPOTrainer:
                 if self.recipe.eval.every and done % self.recipe.eval.every == 0 and done < t.steps and on_eval:
                     on_eval(done)
                 if self.recipe.run.save_every and done % self.recipe.run.save_every == 0:
-                    self.run.save_checkpoint(done, self.model, self.optimizer, self.scheduler, self.generator)
+                    self.run.save_checkpoint(
+                        done, self.model, self.optimizer, self.scheduler, self.generator, self.sampler
+                    )
         return records
 
 
@@ -328,6 +384,14 @@ def micro_batches(
         rows = rows[advantages != 0]
     rows = rows[torch.argsort(lengths[rows], stable=True)]
     return list(rows.split(size)) if rows.numel() else []
+
+
+def _pass_rate(groups: Groups, group: int) -> float:
+    """Share of the group that was right; without reference answers, 0.5 if its rewards differ, else 0."""
+    g = groups.group_size
+    if groups.correct is None:
+        return 0.0 if groups.flat[group] else 0.5
+    return _mean(groups.correct[group * g : (group + 1) * g])
 
 
 def _mean(values: list[float]) -> float:

@@ -9,7 +9,7 @@ are the "old" log-probs and no extra forward pass is needed.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 
@@ -31,6 +31,36 @@ class Rollout:
     @property
     def completion_lengths(self) -> torch.Tensor:
         return self.completion_mask.sum(-1)
+
+    def take(self, rows: torch.Tensor) -> Rollout:
+        """Only the given rows."""
+        return Rollout(*(getattr(self, f.name)[rows] for f in fields(self)))
+
+    @staticmethod
+    def cat(parts: list[Rollout], pad_id: int) -> Rollout:
+        """Rows of every part in order: prompts padded on the left, completions on the right, to the widest.
+
+        >>> a = Rollout(*[torch.ones(1, 2, dtype=torch.long)] * 4, torch.zeros(1, 2), torch.tensor([False]))
+        >>> b = Rollout(*[torch.ones(1, 1, dtype=torch.long)] * 4, torch.zeros(1, 1), torch.tensor([True]))
+        >>> both = Rollout.cat([a, b], pad_id=0)
+        >>> both.prompt_mask.tolist(), both.completion_mask.tolist()
+        ([[1, 1], [0, 1]], [[1, 1], [1, 0]])
+        """
+        prompt_width = max(p.prompt_ids.shape[1] for p in parts)
+        completion_width = max(p.completion_ids.shape[1] for p in parts)
+
+        def pad(tensor, width, value, left):
+            missing = width - tensor.shape[1]
+            return torch.nn.functional.pad(tensor, (missing, 0) if left else (0, missing), value=value)
+
+        return Rollout(
+            torch.cat([pad(p.prompt_ids, prompt_width, pad_id, True) for p in parts]),
+            torch.cat([pad(p.prompt_mask, prompt_width, 0, True) for p in parts]),
+            torch.cat([pad(p.completion_ids, completion_width, pad_id, False) for p in parts]),
+            torch.cat([pad(p.completion_mask, completion_width, 0, False) for p in parts]),
+            torch.cat([pad(p.logprobs, completion_width, 0.0, False) for p in parts]),
+            torch.cat([p.truncated for p in parts]),
+        )
 
 
 def left_pad(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:

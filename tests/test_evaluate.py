@@ -1,0 +1,52 @@
+"""Sampled evaluation: k completions per problem, graded and summarised consistently with the counts."""
+
+import pytest
+
+from thinktune.config import RewardConfig
+from thinktune.data import Example, PromptBuilder
+from thinktune.evaluate import Grader, Sampling, evaluate
+from thinktune.rewards import RewardSet
+
+
+class EvenLength(Grader):
+    """Right when the completion has an even number of characters: about half of the tiny model's samples."""
+
+    def accuracy(self, completions, examples):
+        return [float(len(c) % 2 == 0) for c in completions]
+
+
+def run(tiny, sampling):
+    model, tokenizer = tiny
+    examples = [Example(f"say {w}", "yes") for w in "one two three four five six".split()]
+    return evaluate(
+        model,
+        tokenizer,
+        examples,
+        PromptBuilder(tokenizer, system_prompt=""),
+        RewardSet([RewardConfig(name="tests.user_rewards:yes_fraction")]),
+        EvenLength("xml"),
+        max_new_tokens=6,
+        batch_size=8,
+        sampling=sampling,
+    )
+
+
+def test_sampled_metrics_agree_with_the_per_problem_counts(tiny):
+    result = run(tiny, Sampling(k=4, temperature=1.5, seed=0))
+    counts = [s["correct_of_4"] for s in result.samples]
+    m = result.metrics
+    assert len(counts) == 6 and all(0 <= c <= 4 for c in counts)
+    assert 0 < sum(counts) < 24
+    assert m["mean@4"] == pytest.approx(sum(counts) / 24)
+    assert m["pass@4"] == pytest.approx(sum(c > 0 for c in counts) / 6)
+    assert m["all_wrong@4"] == pytest.approx(sum(c == 0 for c in counts) / 6)
+    assert m["mean@4"] <= m["pass@2"] <= m["pass@4"]
+    assert {"maj@4", "format@4", "accuracy"} <= m.keys()
+    # Seeded: the same model draws the same samples again.
+    assert run(tiny, Sampling(k=4, temperature=1.5, seed=0)).metrics == m
+
+
+def test_greedy_only_without_sampling(tiny):
+    result = run(tiny, None)
+    assert not any("@" in key for key in result.metrics)
+    assert "correct_of_4" not in result.samples[0]

@@ -1,0 +1,59 @@
+"""thinktune sweep: variants trained on the validation split, tabulated, resumable."""
+
+import json
+
+import pytest
+import yaml
+
+from thinktune.config import ConfigError
+from thinktune.sweep import sweep
+
+
+def tiny_recipe_file(tmp_path, tiny_model_dir, validation_size=2):
+    data = tmp_path / "prompts.jsonl"
+    words = "one two three four five six seven eight nine zero cat dog".split()
+    data.write_text("\n".join(json.dumps({"question": f"say {w}", "answer": "yes"}) for w in words))
+    recipe = {
+        "model": {"name": tiny_model_dir, "finetune": "full"},
+        "data": {"source": "file", "path": str(data), "eval_size": 2, "validation_size": validation_size,
+                 "system_prompt": ""},
+        "rewards": [{"name": "tests.user_rewards:yes_fraction"}],
+        "grpo": {"group_size": 4, "prompts_per_step": 2, "max_new_tokens": 6},
+        "train": {"steps": 2, "learning_rate": 0.003},
+        "run": {"output_dir": str(tmp_path / "runs")},
+    }  # fmt: skip
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+def test_sweep_trains_each_variant_and_seed_on_validation_and_resumes(tmp_path, tiny_model_dir, monkeypatch):
+    path = tiny_recipe_file(tmp_path, tiny_model_dir)
+    rows = sweep(str(path), ["train.learning_rate=0.003,0.001"], [0, 1], "s")
+    assert [r["variant"] for r in rows] == ["train.learning_rate=0.001", "train.learning_rate=0.003"]
+    root = tmp_path / "runs" / "s"
+    for row in rows:
+        assert row["seeds"] == [0, 1] and len(row["gains"]) == 2 and row["metric"] == "accuracy"
+        assert row["gain"] == pytest.approx(sum(row["gains"]) / 2)
+    runs = sorted(root.glob("*/seed*"))
+    assert len(runs) == 4
+    for run in runs:
+        recipe = yaml.safe_load((run / "recipe.yaml").read_text())
+        assert recipe["eval"]["split"] == "validation"
+        assert json.loads((run / "summary.json").read_text())["before"]["n"] == 2  # the 2 validation questions
+    # Same starting model and evaluation: the evaluation before training is done once and reused.
+    befores = {(run / "eval_before.json").read_text() for run in runs}
+    assert len(befores) == 1
+    assert "train.learning_rate=0.001" in (root / "sweep.md").read_text()
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a finished run was trained again")
+
+    monkeypatch.setattr("thinktune.pipeline.train", no_training)
+    assert sweep(str(path), ["train.learning_rate=0.003,0.001"], [0, 1], "s") == rows
+
+
+def test_sweep_needs_a_validation_split(tmp_path, tiny_model_dir):
+    path = tiny_recipe_file(tmp_path, tiny_model_dir, validation_size=0)
+    with pytest.raises(ConfigError, match="data.validation_size"):
+        sweep(str(path), ["train.steps=1,2"], [0], "s")
