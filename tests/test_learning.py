@@ -76,14 +76,22 @@ def test_lora_with_kl_learns_and_saves_a_peft_adapter(tmp_path, tiny_model_dir):
     PeftModel.from_pretrained(base, tmp_path / "tiny" / "final")  # plain peft loads it
 
 
-def test_resume_continues_where_it_stopped(tmp_path, tiny_model_dir):
-    recipe = tiny_recipe(tmp_path, tiny_model_dir, "train.steps=4", "run.save_every=2")
+@pytest.mark.parametrize(
+    "sampling",
+    [[], ["grpo.dynamic_sampling=true", "grpo.curriculum=pass_rate"]],
+    ids=["plain", "dynamic-sampling-and-curriculum"],
+)
+def test_resume_continues_where_it_stopped(tmp_path, tiny_model_dir, sampling):
+    recipe = tiny_recipe(tmp_path, tiny_model_dir, "train.steps=4", "run.save_every=2", *sampling)
     train(recipe)
     full = rewards(tmp_path / "tiny")
-    # a second run stopped after step 2, then resumed, must give the same curve
-    interrupted = tiny_recipe(tmp_path, tiny_model_dir, "train.steps=2", "run.save_every=2", "run.name=tiny2")
+    # a second run stopped after step 2, then resumed, must give the same curve (the prompt sampler's position
+    # and pass rates come back with the checkpoint)
+    interrupted = tiny_recipe(
+        tmp_path, tiny_model_dir, "train.steps=2", "run.save_every=2", "run.name=tiny2", *sampling
+    )
     train(interrupted)
-    resumed = tiny_recipe(tmp_path, tiny_model_dir, "train.steps=4", "run.save_every=2", "run.name=tiny2")
+    resumed = tiny_recipe(tmp_path, tiny_model_dir, "train.steps=4", "run.save_every=2", "run.name=tiny2", *sampling)
     train(resumed, resume=True)
     assert rewards(tmp_path / "tiny2") == pytest.approx(full, abs=1e-5)
 
