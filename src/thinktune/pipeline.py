@@ -73,7 +73,7 @@ def train(recipe: Recipe, resume: bool = False) -> dict:
 def evaluate_and_save(run: RunDir, label: str, model, tokenizer, recipe: Recipe, held_out, rewards, grader) -> dict:
     """Greedy held-out evaluation, printed and written to ``eval_<label>.json``; returns metrics and samples."""
     result = evaluate_recipe(model, tokenizer, recipe, held_out, rewards, grader, label=f"eval {label}")
-    saved = {"metrics": result.metrics, "samples": result.samples}
+    saved = {"split": recipe.eval.split, "metrics": result.metrics, "samples": result.samples}
     run.write_json(f"eval_{label}.json", saved)
     console.print(f"eval {label}: " + "  ".join(f"{k} {result.metrics[k]:.3f}" for k in compared(result.metrics)))
     return saved
@@ -168,12 +168,18 @@ def grpo_stage(recipe: Recipe, run: RunDir, resume: bool, train_set, held_out, t
     return summary
 
 
+def split_name(evaluation: dict) -> str:
+    """'held-out' or 'validation': what an evaluation graded (files written before splits existed: held-out)."""
+    return evaluation.get("split", "held_out").replace("_", "-")
+
+
 def significance_notes(before: dict, after: dict) -> tuple[list[str], dict]:
     """One line per 0/1 metric (accuracy, format): 95% Wilson intervals and an exact paired sign test.
 
-    Both evaluations grade the same held-out problems in the same order, so outcomes pair up per problem.
+    Both evaluations grade the same problems (held-out or validation) in the same order, so outcomes pair up.
     """
     notes, tests = [], {}
+    split = split_name(after)
     for metric, key in (("accuracy", "correct"), ("format_accuracy", "format")):
         if metric not in after["metrics"]:
             continue  # no reference answers to be accurate against
@@ -182,7 +188,7 @@ def significance_notes(before: dict, after: dict) -> tuple[list[str], dict]:
         test = paired_sign_test([s[key] for s in before["samples"]], [s[key] for s in after["samples"]])
         (lo_b, hi_b), (lo_a, hi_a) = wilson_interval(b * n, n), wilson_interval(a * n, n)
         notes.append(
-            f"{metric} on {n} held-out problems: {b:.3f} [95% CI {lo_b:.3f}-{hi_b:.3f}] -> {a:.3f} "
+            f"{metric} on {n} {split} problems: {b:.3f} [95% CI {lo_b:.3f}-{hi_b:.3f}] -> {a:.3f} "
             f"[{lo_a:.3f}-{hi_a:.3f}]; paired sign test: {test['fixed']} fixed, {test['broken']} broken, "
             f"p = {test['p_value']:.2g}"
         )
@@ -193,7 +199,7 @@ def significance_notes(before: dict, after: dict) -> tuple[list[str], dict]:
 def report_comparison(run: RunDir, before: dict, after: dict, name: str = "comparison.md") -> dict:
     """Print and save the before/after table with confidence intervals and sign tests."""
     b, a = before["metrics"], after["metrics"]
-    console.print(comparison_table(b, a, compared(a)))
+    console.print(comparison_table(b, a, compared(a), f"{split_name(after)} evaluation"))
     notes, tests = significance_notes(before, after)
     for note in notes:
         console.print(note)

@@ -69,8 +69,8 @@ def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def comparison_table(before: dict, after: dict, keys: list[str]) -> Table:
-    table = Table(title="held-out evaluation, greedy")
+def comparison_table(before: dict, after: dict, keys: list[str], title: str = "held-out evaluation") -> Table:
+    table = Table(title=title)
     for column in ("metric", "before", "after", "change"):
         table.add_column(column, justify="right" if column != "metric" else "left")
     for key in keys:
