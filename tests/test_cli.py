@@ -46,6 +46,11 @@ def test_eval_and_generate_on_a_saved_model(tmp_path, tiny_model_dir):
     assert {"accuracy", "format_accuracy", "reward", "reward/tests.user_rewards:yes_fraction"} <= saved[
         "metrics"
     ].keys()
+    result = runner.invoke(app, ["eval", tiny_model_dir, "--recipe", str(recipe), "--samples", "4", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    sampled = json.loads(out.read_text())
+    assert {"mean@4", "pass@2", "pass@4", "maj@4", "all_wrong@4", "all_right@4"} <= sampled["metrics"].keys()
+    assert all("correct_of_4" in s for s in sampled["samples"])
     result = runner.invoke(
         app, ["generate", tiny_model_dir, "say yes", "--recipe", str(recipe), "--max-new-tokens", "3"]
     )
