@@ -57,3 +57,16 @@ def test_sweep_needs_a_validation_split(tmp_path, tiny_model_dir):
     path = tiny_recipe_file(tmp_path, tiny_model_dir, validation_size=0)
     with pytest.raises(ConfigError, match="data.validation_size"):
         sweep(str(path), ["train.steps=1,2"], [0], "s")
+
+
+def test_held_out_runs_the_recipe_as_it_is_once_per_seed(tmp_path, tiny_model_dir):
+    path = tiny_recipe_file(tmp_path, tiny_model_dir)
+    with pytest.raises(ConfigError, match="choose settings on validation"):
+        sweep(str(path), ["train.steps=1,2"], [0], "final", split="held_out")
+    rows = sweep(str(path), [], [0, 1], "final", split="held_out")
+    assert len(rows) == 1 and rows[0]["split"] == "held_out" and rows[0]["seeds"] == [0, 1]
+    for seed in (0, 1):
+        run = tmp_path / "runs" / "final" / "recipe" / f"seed{seed}"
+        assert yaml.safe_load((run / "recipe.yaml").read_text())["eval"]["split"] == "held_out"
+        assert json.loads((run / "eval_after.json").read_text())["split"] == "held_out"
+    assert "| held-out |" in (tmp_path / "runs" / "final" / "sweep.md").read_text()

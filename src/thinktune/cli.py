@@ -107,9 +107,13 @@ def sweep(
     seeds: str = typer.Option("0", "--seeds", help="Training seeds, comma-separated, e.g. 0,1,2."),
     name: str = typer.Option("sweep", "--name", help="Folder under run.output_dir for the runs and the table."),
     set_: list[str] = typer.Option(None, "--set", help="key=value applied to every variant, e.g. train.steps=20."),
+    held_out: bool = typer.Option(
+        False, "--held-out", help="The final measurement: the recipe as it is (no variants), on the held-out set."
+    ),
 ):
     """Train every combination of values on the validation split (never the held-out set) and tabulate the
-    validation gains with per-seed sign tests; finished runs are reused, so a stopped sweep continues."""
+    gains with per-seed sign tests; finished runs are reused, so a stopped sweep continues. With --held-out,
+    the chosen recipe once per seed on the held-out set."""
     from thinktune.sweep import sweep as run_sweep
 
     def run():
@@ -117,7 +121,7 @@ def sweep(
             seed_list = [int(s) for s in seeds.split(",")]
         except ValueError:
             raise ConfigError(f"--seeds: expected comma-separated integers, got {seeds!r}") from None
-        run_sweep(str(recipe), grid or [], seed_list, name, set_ or [])
+        run_sweep(str(recipe), grid or [], seed_list, name, set_ or [], "held_out" if held_out else "validation")
 
     _fail_cleanly(run)
 

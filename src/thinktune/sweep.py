@@ -79,29 +79,41 @@ def mean_interval(values: list[float]) -> tuple[float, float]:
     return mean, T95.get(len(values) - 1, 1.96) * statistics.stdev(values) / len(values) ** 0.5
 
 
-def sweep(recipe_path: str, grid: list[str], seeds: list[int], name: str, base_overrides: list[str] = ()) -> list:
-    """Train every variant for every seed on the validation split; return and write the comparison table."""
+def sweep(
+    recipe_path: str,
+    grid: list[str],
+    seeds: list[int],
+    name: str,
+    base_overrides: list[str] = (),
+    split: str = "validation",
+) -> list:
+    """Train every variant for every seed and grade it on ``split``; return and write the comparison table.
+
+    ``split="held_out"`` is the final measurement: the recipe as it is (no grid: settings are chosen on
+    validation), once per seed.
+    """
     from thinktune.pipeline import train
 
-    base = load_recipe(recipe_path, [*base_overrides, "eval.split=validation", "eval.before=true"])
-    if not base.data.validation_size:
+    if split == "held_out" and grid:
+        raise ConfigError("sweep --held-out runs the recipe as it is: choose settings on validation, then write them")
+    fixed = [*base_overrides, f"eval.split={split}", "eval.before=true"]
+    base = load_recipe(recipe_path, fixed)
+    if split == "validation" and not base.data.validation_size:
         raise ConfigError("sweep: set data.validation_size (settings are chosen on a validation split)")
     root = Path(base.run.output_dir) / name
     befores = earlier_befores(root)
     for overrides in variants(grid):
-        slug = "_".join(o.replace("/", "-") for o in [*base_overrides, *overrides]) or "base"
+        chosen = [o for o in [*base_overrides, *overrides] if not o.startswith("run.")]  # not settings
+        slug = "_".join(o.replace("/", "-") for o in chosen) or "recipe"
         (root / slug).mkdir(parents=True, exist_ok=True)
-        (root / slug / "variant.json").write_text(json.dumps({"label": " ".join([*base_overrides, *overrides])}))
+        (root / slug / "variant.json").write_text(json.dumps({"label": " ".join(chosen), "split": split}))
         for seed in seeds:
             run_name = f"{name}/{slug}/seed{seed}"
-            recipe = load_recipe(
-                recipe_path,
-                [*base_overrides, *overrides, f"train.seed={seed}", f"run.name={run_name}", "eval.split=validation"],
-            )
+            recipe = load_recipe(recipe_path, [*fixed, *overrides, f"train.seed={seed}", f"run.name={run_name}"])
             folder = Path(recipe.run.output_dir) / run_name
             if (folder / "summary.json").is_file():
                 continue  # finished earlier: read back below
-            console.print(f"[bold]sweep[/] {' '.join(overrides) or '(recipe as is)'}, seed {seed}")
+            console.print(f"[bold]sweep[/] {' '.join(chosen) or '(recipe as is)'}, seed {seed}, {split}")
             key = before_key(recipe)
             if key in befores and not (folder / "eval_before.json").exists():
                 folder.mkdir(parents=True, exist_ok=True)  # same start, same evaluation: reuse it
@@ -133,7 +145,9 @@ def collect(root: Path) -> list[dict]:
         if finished:
             seeds = [int(path.parent.name.removeprefix("seed")) for path in finished]
             runs = [json.loads(path.read_text()) for path in finished]
-            rows.append(summarise(json.loads(variant.read_text())["label"] or "(recipe as is)", seeds, runs))
+            about = json.loads(variant.read_text())
+            row = summarise(about["label"] or "(recipe as is)", seeds, runs)
+            rows.append({**row, "split": about.get("split", "validation")})
     return rows
 
 
@@ -168,7 +182,16 @@ def sweep_markdown(rows: list[dict]) -> str:
         return "" if value is None else fmt.format(value)
 
     sampled = sorted({k for row in rows for k in row if k.startswith("mean@")})
-    header = ["variant", "metric", "before", "after", "gain (95% CI over seeds)", "per seed (p)", "format after"]
+    header = [
+        "variant",
+        "split",
+        "metric",
+        "before",
+        "after",
+        "gain (95% CI over seeds)",
+        "per seed (p)",
+        "format after",
+    ]
     lines = ["| " + " | ".join(header + sampled + ["min/run"]) + " |", "|" + "---|" * (len(header) + len(sampled) + 1)]
     for row in rows:
         per_seed = ", ".join(
@@ -176,6 +199,7 @@ def sweep_markdown(rows: list[dict]) -> str:
         )
         cells = [
             row["variant"],
+            row["split"].replace("_", "-"),
             row["metric"],
             number(row["before"]),
             number(row["after"]),
