@@ -242,9 +242,17 @@ class GRPOTrainer:
         examples = [e for e in batch.examples for _ in range(self.cfg.group_size)]
         correct = self.grader.accuracy(completions, examples)
         groups = Groups(
-            self.cfg.group_size, batch.indices, batch.examples, batch.texts, rollout, completions, scores,
-            advantages, flat, correct,
-        )  # fmt: skip
+            group_size=self.cfg.group_size,
+            indices=batch.indices,
+            examples=batch.examples,
+            texts=batch.texts,
+            rollout=rollout,
+            completions=completions,
+            scores=scores,
+            advantages=advantages,
+            flat=flat,
+            correct=correct,
+        )
         for group, index in enumerate(batch.indices):
             self.sampler.observe(index, _pass_rate(groups, group))
         self.seconds_scoring += time.perf_counter() - scoring_began
