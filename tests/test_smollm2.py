@@ -71,7 +71,7 @@ SCALED_DOWN = [
 ]
 
 
-@pytest.mark.parametrize("name", ["tldr_length", "math_format_accuracy", "math_sft_grpo"])
+@pytest.mark.parametrize("name", ["tldr_length", "math_format_accuracy", "math_sft_grpo", "arithmetic_chain"])
 def test_recipe_runs_scaled_down(tmp_path, name):
     summary = train(load_recipe(f"recipes/{name}.yaml", [*SCALED_DOWN, f"run.output_dir={tmp_path}"]))
     run = tmp_path / name
