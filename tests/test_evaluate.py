@@ -50,3 +50,19 @@ def test_greedy_only_without_sampling(tiny):
     result = run(tiny, None)
     assert not any("@" in key for key in result.metrics)
     assert "correct_of_4" not in result.samples[0]
+
+
+def test_significance_notes_pair_greedy_outcomes_and_sample_counts():
+    from thinktune.pipeline import significance_notes
+
+    def evaluation(correct, counts):
+        samples = [{"correct": c, "format": 1.0, "correct_of_4": k} for c, k in zip(correct, counts, strict=True)]
+        return {"split": "validation", "metrics": {"n": 4, "accuracy": sum(correct) / 4, "format_accuracy": 1.0},
+                "samples": samples}  # fmt: skip
+
+    before = evaluation([0, 0, 1, 1], [0, 1, 4, 2])
+    after = evaluation([1, 1, 1, 0], [2, 3, 4, 1])
+    notes, tests = significance_notes(before, after)
+    assert tests["accuracy"] == {"fixed": 2, "broken": 1, "p_value": 1.0}
+    assert tests["mean@4"]["fixed"] == 2 and tests["mean@4"]["broken"] == 1  # 0->2, 1->3 up; 2->1 down; 4 tie
+    assert notes[0].startswith("accuracy on 4 validation problems: 0.500")

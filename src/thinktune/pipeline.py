@@ -193,6 +193,15 @@ def significance_notes(before: dict, after: dict) -> tuple[list[str], dict]:
             f"p = {test['p_value']:.2g}"
         )
         tests[metric] = test
+    counts = next((k for k in after["samples"][0] if k.startswith("correct_of_")), None) if after["samples"] else None
+    if counts and all(counts in s for s in before["samples"]):
+        k = int(counts.removeprefix("correct_of_"))
+        test = paired_sign_test([s[counts] for s in before["samples"]], [s[counts] for s in after["samples"]])
+        notes.append(
+            f"mean@{k} on the same problems: {test['fixed']} got more of their {k} samples right, "
+            f"{test['broken']} fewer; paired sign test p = {test['p_value']:.2g}"
+        )
+        tests[f"mean@{k}"] = test
     return notes, tests
 
 
