@@ -78,6 +78,10 @@ def test_dynamic_sampling_fills_the_step_with_groups_that_have_spread(tmp_path, 
         assert m["zero_std_groups"] == pytest.approx(1 - m["kept_groups"] / m["sampled_prompts"], abs=0.35)
     assert sum(m["kept_groups"] for m in metrics(tmp_path / "tiny")) >= 6  # most steps were filled
     assert sum(m["sampled_prompts"] for m in metrics(tmp_path / "tiny")) > 8  # it drew more than 2 a step
+    summary = json.loads((tmp_path / "tiny" / "summary.json").read_text())
+    steps = metrics(tmp_path / "tiny")
+    assert summary["prompts_drawn_per_step"] == pytest.approx(sum(m["sampled_prompts"] for m in steps) / len(steps))
+    assert summary["flat_group_rate"] == pytest.approx(sum(m["zero_std_groups"] for m in steps) / len(steps))
 
 
 def test_dynamic_sampling_stops_at_the_round_bound_and_reports_the_shortfall(tmp_path, tiny_model_dir):

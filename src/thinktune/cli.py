@@ -162,7 +162,8 @@ def eval_(
     from thinktune.models import load_for_inference
 
     def run():
-        r = load_recipe(recipe, [*(overrides or []), *([f"eval.samples={samples}"] if samples is not None else [])])
+        sampled = [f"eval.samples={samples}"] if samples is not None else []
+        r = load_recipe(recipe, [*(overrides or []), *sampled])
         if reward_model:
             r = with_reward_model(r, str(reward_model))
         _, held_out, task_dataset = load_examples(r.data, r.eval.split)

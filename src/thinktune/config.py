@@ -151,8 +151,9 @@ class GRPOConfig(_Section):
     )
     curriculum: Literal["none", "pass_rate"] = Field(
         "none",
-        description="Prompt choice. pass_rate: remember each prompt's last pass rate p (share of its group "
-        "that was right) and draw a seen prompt with weight max(4p(1-p), curriculum_floor), so prompts "
+        description="Prompt choice. pass_rate: keep each prompt's running pass rate p (share of its group "
+        "that was right, averaged with earlier visits) and draw a seen prompt with weight "
+        "max(4p(1-p), curriculum_floor), so prompts "
         "the model sometimes but not always solves come first; unseen prompts have weight 1.",
     )
     curriculum_floor: float = Field(

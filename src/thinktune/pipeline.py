@@ -138,14 +138,19 @@ def grpo_stage(recipe: Recipe, run: RunDir, resume: bool, train_set, held_out, t
     began = time.perf_counter()
     records = trainer.train(start, on_eval=lambda step: run_eval(f"step{step}", step))
     seconds = time.perf_counter() - began
-    step_seconds, peak = None, peak_rss_gb()
+    step_seconds, signal, peak = None, {}, peak_rss_gb()
     if records:  # none when resuming a finished run
         step_seconds = statistics.median(
             r["seconds_rollout"] + r["seconds_score"] + r["seconds_update"] for r in records
         )
+        signal = {  # how much of the sampling carried a gradient, over the steps of this process
+            "flat_group_rate": statistics.fmean(r["zero_std_groups"] for r in records),
+            "prompts_drawn_per_step": statistics.fmean(r["sampled_prompts"] for r in records),
+        }
         console.print(
             f"grpo: {len(records)} steps in {seconds:.0f} s (eval.every evaluations included), "
-            f"median step {step_seconds:.1f} s; peak memory so far {peak:.1f} GB"
+            f"median step {step_seconds:.1f} s; {signal['prompts_drawn_per_step']:.1f} prompts drawn a step, "
+            f"{signal['flat_group_rate']:.0%} of their groups flat; peak memory so far {peak:.1f} GB"
         )
     run.save_checkpoint(
         recipe.train.steps, model, trainer.optimizer, trainer.scheduler, trainer.generator, trainer.sampler
@@ -156,6 +161,7 @@ def grpo_stage(recipe: Recipe, run: RunDir, resume: bool, train_set, held_out, t
     summary = {
         "seconds": seconds,
         "median_step_seconds": step_seconds,
+        **signal,
         "peak_rss_gb": peak,
         "before": before and before["metrics"],
         "training_prompts": {"used": len(trainer.pool), "skipped": stats.skipped, "truncated": stats.truncated},
