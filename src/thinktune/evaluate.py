@@ -83,12 +83,13 @@ def _generate_all(model, tokenizer, prompt_ids, *, max_new_tokens, batch_size, b
         per_chunk = max(1, batch_size // sampling.k)  # batch_size rows, as greedy
     else:
         settings, per_chunk = {"greedy": True}, batch_size
+    eos = eos_token_ids(tokenizer)
     for start in range(0, len(prompt_ids), per_chunk):
         chunk = prompt_ids[start : start + per_chunk]
         out = generate(
             model,
             chunk,
-            eos_ids=eos_token_ids(tokenizer),
+            eos_ids=eos,
             pad_id=tokenizer.pad_token_id,
             max_new_tokens=max_new_tokens,
             **settings,
