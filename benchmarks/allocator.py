@@ -34,7 +34,7 @@ def worker(repeats: int) -> dict:
         runs = []
         for _ in range(repeats + 1):
             before, start = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
-            trainer.update(rollout, advantages)
+            trainer.learn(rollout, advantages)
             after = resource.getrusage(resource.RUSAGE_SELF)
             runs.append(
                 {

@@ -34,7 +34,7 @@ def main(case_name: str = "smollm2-lora", rows: int = 12) -> None:
                 else:
                     texts = trainer.tokenizer.batch_decode(rollout.completion_ids, skip_special_tokens=True)
                     advantages, _ = group_advantages(trainer.score(batch, texts).total, r.grpo.group_size)
-                    trainer.update(rollout, advantages)
+                    trainer.learn(rollout, advantages)
                 seconds = time.perf_counter() - start
             tokens = int(rollout.completion_mask.sum())
             print(f"\n== {stage}: {seconds:.1f} s under the profiler, {tokens} completion tokens")

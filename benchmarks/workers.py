@@ -68,8 +68,8 @@ def run_trl(case_name: str, scratch: Path, dtype: str) -> dict:
     from trl import GRPOConfig, GRPOTrainer
 
     from thinktune.data import load_examples
-    from thinktune.evaluate import recipe_scoring
     from thinktune.models import load_tokenizer
+    from thinktune.scoring import recipe_scoring
 
     case = CASES[case_name]
     path = model_path(case, scratch)
@@ -150,10 +150,10 @@ def run_trl(case_name: str, scratch: Path, dtype: str) -> dict:
 def run_generate(system: str, scratch: Path) -> dict:
     """Sampling only, LoRA SmolLM2, 4 prompts x 8 samples x up to 128 tokens: thinktune's engine or HF generate."""
     from thinktune.config import ModelConfig
-    from thinktune.evaluate import eos_token_ids
     from thinktune.models import load_policy
     from thinktune.rollout import generate
     from thinktune.rollout.engine import left_pad
+    from thinktune.tokens import eos_token_ids
 
     model, tokenizer = load_policy(ModelConfig(name="smollm2-135m-instruct", finetune="lora"))
     model.eval()

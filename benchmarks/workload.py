@@ -107,16 +107,14 @@ def recipe(case: Case, path: str, run_dir: Path, micro_batch: int = 8):
 def build_trainer(case: Case, scratch: Path, run_dir: Path):
     """thinktune's real trainer on the case, as `thinktune train` would build it."""
     from thinktune.data import load_examples
-    from thinktune.evaluate import recipe_scoring
     from thinktune.grpo.trainer import GRPOTrainer
-    from thinktune.models import load_policy
     from thinktune.runs import RunDir
+    from thinktune.tracking import make_tracker
 
     r = recipe(case, model_path(case, scratch), run_dir)
     train_set, _, task_dataset = load_examples(r.data)
-    model, tokenizer = load_policy(r.model)
-    rewards, grader = recipe_scoring(r, task_dataset, tokenizer)
-    return GRPOTrainer(r, model, tokenizer, train_set, rewards, grader, RunDir(r))
+    run = RunDir(r)
+    return GRPOTrainer.from_recipe(r, train_set, task_dataset, run, make_tracker(r.run.report_to, run))
 
 
 def parameter_count(model) -> dict[str, int]:

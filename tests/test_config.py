@@ -1,3 +1,5 @@
+"""Recipe loading: defaults, overrides, and every kind of bad recipe stopped at load with the key named."""
+
 import re
 
 import pytest
@@ -18,11 +20,9 @@ def test_defaults_and_overrides(tmp_path):
     assert parse_override("data.task_config={min_terms: 2}") == ("data.task_config", {"min_terms": 2})
 
 
-def test_the_shipped_recipes_validate():
-    from pathlib import Path
-
-    for path in Path("recipes").glob("*.yaml"):
-        load_recipe(path)
+def test_a_generated_task_defaults_to_basic_arithmetic_and_a_file_has_no_task():
+    assert load_recipe(None).data.task == "basic_arithmetic"
+    assert load_recipe(None, ["data.source=file", "data.path=x.jsonl"]).data.task is None
 
 
 @pytest.mark.parametrize(
@@ -33,6 +33,13 @@ def test_the_shipped_recipes_validate():
         ("", ["grpo.group_size=many"], "grpo.group_size: Input should be a valid integer"),
         ("", ["grpo.loss=nope"], "grpo.loss: unknown loss 'nope'; allowed"),
         ("", ["data.source=file"], "data.path: required when data.source is file"),
+        ("", ["data.source=file", "data.path=x", "data.task=chain_sum"], "data.task: not used by data.source file"),
+        ("", ["data.source=passages", "data.hub_id=x"], "data.hub_id: not used by data.source passages"),
+        ("", ["data.source=gsm8k", "data.columns={q: a}"], "data.columns: not used by data.source gsm8k"),
+        ("", ["data.source=csv"], "data.source: unknown source 'csv'; known: reasoning_gym, file, chat"),
+        ("", ["rewards=[{name: acuracy}]"], "rewards[0].name: unknown reward 'acuracy'; registered: ['accuracy'"),
+        ("", ["rewards=[{name: format}, {name: 'no_such_pkg:f'}]"], "rewards[1].name: cannot import module"),
+        ("", ["rewards=[{name: 'tests.user_rewards:nope'}]"], "rewards[0].name: 'tests.user_rewards' has no function"),
         ("", ["train.learning_rate=-1"], "train.learning_rate: Input should be greater than 0"),
         ("", ["model.finetune=half"], "model.finetune: Input should be 'lora' or 'full'"),
         ("", ["grpo"], "expected key.sub=value"),

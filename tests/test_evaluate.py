@@ -4,11 +4,13 @@ import pytest
 
 from thinktune.config import RewardConfig
 from thinktune.data import Example, PromptBuilder
-from thinktune.evaluate import Grader, Sampling, evaluate
+from thinktune.evaluate import Sampling, evaluate
 from thinktune.rewards import RewardSet
+from thinktune.rollout import NativeBackend, SamplingParams
+from thinktune.scoring import TaskMetrics
 
 
-class EvenLength(Grader):
+class EvenLength(TaskMetrics):
     """Right when the completion has an even number of characters: about half of the tiny model's samples."""
 
     def accuracy(self, completions, examples):
@@ -19,8 +21,7 @@ def run(tiny, sampling):
     model, tokenizer = tiny
     examples = [Example(f"say {w}", "yes") for w in "one two three four five six".split()]
     return evaluate(
-        model,
-        tokenizer,
+        NativeBackend(model, tokenizer),
         examples,
         PromptBuilder(tokenizer, system_prompt=""),
         RewardSet([RewardConfig(name="tests.user_rewards:yes_fraction")]),
@@ -32,7 +33,7 @@ def run(tiny, sampling):
 
 
 def test_sampled_metrics_agree_with_the_per_problem_counts(tiny):
-    result = run(tiny, Sampling(k=4, temperature=1.5, seed=0))
+    result = run(tiny, Sampling(SamplingParams(6, group_size=4, temperature=1.5), seed=0))
     counts = [s["correct_of_4"] for s in result.samples]
     m = result.metrics
     assert len(counts) == 6 and all(0 <= c <= 4 for c in counts)
@@ -43,7 +44,7 @@ def test_sampled_metrics_agree_with_the_per_problem_counts(tiny):
     assert m["mean@4"] <= m["pass@2"] <= m["pass@4"]
     assert {"maj@4", "format@4", "accuracy"} <= m.keys()
     # Seeded: the same model draws the same samples again.
-    assert run(tiny, Sampling(k=4, temperature=1.5, seed=0)).metrics == m
+    assert run(tiny, Sampling(SamplingParams(6, group_size=4, temperature=1.5), seed=0)).metrics == m
 
 
 def test_greedy_only_without_sampling(tiny):
@@ -53,7 +54,7 @@ def test_greedy_only_without_sampling(tiny):
 
 
 def test_significance_notes_pair_greedy_outcomes_and_sample_counts():
-    from thinktune.pipeline import significance_notes
+    from thinktune.comparison import significance_notes
 
     def evaluation(correct, counts):
         samples = [{"correct": c, "format": 1.0, "correct_of_4": k} for c, k in zip(correct, counts, strict=True)]

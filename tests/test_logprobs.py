@@ -4,8 +4,8 @@ import torch
 
 import thinktune.logits as logits_module
 from thinktune.config import ModelConfig
-from thinktune.grpo.logprobs import SharedPrompts, completion_logprobs
 from thinktune.logits import head_token_logprobs
+from thinktune.logprobs import SharedPrompts, completion_logprobs
 from thinktune.models import load_policy
 from thinktune.rollout.engine import positions
 

@@ -71,7 +71,7 @@ def test_micro_batches_add_up_to_full_batch():
 
 @pytest.mark.parametrize("name", sorted(LOSSES))
 def test_a_row_of_zero_advantage_has_zero_gradient_without_kl(name):
-    # The update leaves such rows out (trainer.micro_batches); that is exact only while this holds.
+    # The update leaves such rows out (grpo.batching.micro_batches); that is exact only while this holds.
     logprobs = torch.tensor([[-0.5, -1.0], [-0.2, -3.0]], requires_grad=True)
     x = LossInputs(logprobs, torch.tensor([[-0.7, -0.4], [-0.1, -2.0]]), torch.tensor([0.0, 1.0]), torch.ones(2, 2))
     LOSSES[name](x).loss.backward()

@@ -3,7 +3,7 @@
 import json
 
 from thinktune.config import load_recipe
-from thinktune.pairs import build_pairs
+from thinktune.pipeline import train
 from thinktune.preference import read_pairs
 
 
@@ -14,6 +14,7 @@ def pairs_recipe(tmp_path, tiny_model_dir, *overrides):
     return load_recipe(
         None,
         [
+            "stages=[pairs]",
             f"model.name={tiny_model_dir}",
             "data.source=file",
             f"data.path={data}",
@@ -29,7 +30,9 @@ def pairs_recipe(tmp_path, tiny_model_dir, *overrides):
 
 
 def test_pairs_are_written_with_provenance_and_a_rerun_continues(tmp_path, tiny_model_dir):
-    out = build_pairs(pairs_recipe(tmp_path, tiny_model_dir, "pairs.limit=4"))
+    summary = train(pairs_recipe(tmp_path, tiny_model_dir, "pairs.limit=4"))
+    out = tmp_path / "pairs" / "pairs.jsonl"
+    assert summary["pairs"]["path"] == str(out) and (tmp_path / "pairs" / "recipe.yaml").is_file()
     first = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(first) == 4
     assert first[1]["chosen"] == "<reasoning> yes yes </reasoning> <answer> two </answer>"
@@ -38,7 +41,7 @@ def test_pairs_are_written_with_provenance_and_a_rerun_continues(tmp_path, tiny_
     assert first[1]["example_index"] == 1 and first[1]["reference"] == "two"
     assert first[1]["rejected_by"]["greedy"] and first[1]["source"] == "file"
 
-    build_pairs(pairs_recipe(tmp_path, tiny_model_dir))  # all 8 training examples now: continues after 4
+    train(pairs_recipe(tmp_path, tiny_model_dir), resume=True)  # all 8 training examples now: continues after 4
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(lines) == 8 and lines[:4] == first
     assert [row["example_index"] for row in lines] == list(range(8))
@@ -49,7 +52,6 @@ def test_pairs_are_written_with_provenance_and_a_rerun_continues(tmp_path, tiny_
 def test_pairs_then_reward_model_as_stages_refuse_a_rerun_and_resume_past_finished_work(tmp_path, tiny_model_dir):
     import pytest
 
-    from thinktune.pipeline import train
     from thinktune.runs import RunError
 
     stages = ["stages=[pairs, reward_model]", "reward_model.eval_pairs=2", "reward_model.steps=2"]

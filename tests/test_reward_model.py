@@ -7,7 +7,8 @@ import torch
 
 from thinktune.config import RewardConfig, load_recipe
 from thinktune.data import DataError
-from thinktune.preference import read_pairs, train_reward_model
+from thinktune.pipeline import train
+from thinktune.preference import read_pairs
 from thinktune.rewards import RewardSet
 
 WORDS = "one two three four five six seven eight nine zero cat dog".split()
@@ -22,6 +23,7 @@ def rm_recipe(tmp_path, pairs, *overrides):
     return load_recipe(
         None,
         [
+            "stages=[reward_model]",
             f"model.name={pairs[1]}",
             "model.lora.r=8",
             f"reward_model.pairs={pairs[0]}",
@@ -52,7 +54,7 @@ def test_unusable_pairs_are_counted_and_a_missing_column_is_named(tmp_path):
 def test_reward_model_learns_the_preference_and_the_reward_loads_it(tmp_path, tiny_model_dir, finetune):
     rows = [{"prompt": f"say {a} {b}", "chosen": f" yes {a}", "rejected": f" no {b}"} for a in WORDS for b in WORDS[:3]]
     path = write_pairs(tmp_path / "pairs.jsonl", rows)
-    summary = train_reward_model(rm_recipe(tmp_path, (path, tiny_model_dir), f"model.finetune={finetune}"))
+    summary = train(rm_recipe(tmp_path, (path, tiny_model_dir), f"model.finetune={finetune}"))["reward_model"]
     assert summary["pair_accuracy_after"] == 1.0 > summary["pair_accuracy_before"], summary
     folder = tmp_path / "rm" / "reward_model"
     assert (folder / ("adapter_config.json" if finetune == "lora" else "config.json")).is_file()
@@ -88,11 +90,11 @@ def assert_eval_reports_the_reward_model_score(tmp_path, model, reward_model):
 def test_too_few_pairs_for_the_held_out_set(tmp_path, tiny_model_dir):
     path = write_pairs(tmp_path / "p.jsonl", [{"prompt": "p", "chosen": "yes", "rejected": "no"}] * 3)
     with pytest.raises(DataError, match=r"3 usable pairs cannot hold out reward_model.eval_pairs=8"):
-        train_reward_model(rm_recipe(tmp_path, (path, tiny_model_dir)))
+        train(rm_recipe(tmp_path, (path, tiny_model_dir)))
 
 
 def test_with_reward_model_replaces_the_recipes_folder_or_adds_a_weightless_measure():
-    from thinktune.evaluate import with_reward_model
+    from thinktune.scoring import with_reward_model
 
     recipe = load_recipe(None, ["rewards=[{name: reward_model, weight: 2}, {name: format}]"])
     replaced = with_reward_model(recipe, "rm")

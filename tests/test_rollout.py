@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from thinktune.grpo.logprobs import completion_logprobs
+from thinktune.logprobs import completion_logprobs
 from thinktune.rollout import generate
 from thinktune.rollout.decoders import LlamaDecoder, supports_fast_decode
 from thinktune.rollout.engine import filter_logits, left_pad, pick_tokens, sample_categorical

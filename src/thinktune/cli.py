@@ -81,11 +81,13 @@ def pairs(
     recipe: Path = typer.Argument(..., help="YAML recipe (its data, sft.completion and pairs sections)."),
     overrides: list[str] = typer.Argument(None, help="key.sub=value overrides, e.g. pairs.limit=200"),
 ):
-    """Preference pairs: chosen = the dataset's reasoning + answer, rejected = the model's direct answer."""
-    from thinktune.pairs import build_pairs
+    """Preference pairs: chosen = the dataset's reasoning + answer, rejected = the model's direct answer.
+    A rerun continues after the last pair written."""
+    from thinktune.pipeline import train as run_train
 
-    r = _fail_cleanly(load_recipe, recipe, overrides or [])
-    _fail_cleanly(build_pairs, r)
+    r = _fail_cleanly(load_recipe, recipe, [*(overrides or []), "stages=[pairs]"])
+    written = (Path(r.run.output_dir) / r.run.name / "pairs.jsonl").is_file()
+    _fail_cleanly(run_train, r, resume=written)
 
 
 @app.command("reward-model")
@@ -94,10 +96,10 @@ def reward_model(
     overrides: list[str] = typer.Argument(None, help="key.sub=value overrides, e.g. reward_model.steps=50"),
 ):
     """Train a Bradley-Terry reward model on preference pairs; held-out pair accuracy before and after."""
-    from thinktune.preference import train_reward_model
+    from thinktune.pipeline import train as run_train
 
-    r = _fail_cleanly(load_recipe, recipe, overrides or [])
-    _fail_cleanly(train_reward_model, r)
+    r = _fail_cleanly(load_recipe, recipe, [*(overrides or []), "stages=[reward_model]"])
+    _fail_cleanly(run_train, r)
 
 
 @app.command()
@@ -158,8 +160,10 @@ def eval_(
 ):
     """Greedy evaluation on the recipe's held-out set: accuracy, format accuracy, mean reward (per function)."""
     from thinktune.data import load_examples
-    from thinktune.evaluate import evaluate_recipe, recipe_scoring, with_reward_model
+    from thinktune.evaluate import evaluate_recipe
     from thinktune.models import load_for_inference
+    from thinktune.rollout import make_backend
+    from thinktune.scoring import recipe_scoring, with_reward_model
 
     def run():
         sampled = [f"eval.samples={samples}"] if samples is not None else []
@@ -168,7 +172,8 @@ def eval_(
             r = with_reward_model(r, str(reward_model))
         _, held_out, task_dataset = load_examples(r.data, r.eval.split)
         m, tok = load_for_inference(model, r.model.device, r.model.dtype)
-        result = evaluate_recipe(m, tok, r, held_out, *recipe_scoring(r, task_dataset, tok))
+        backend = make_backend(r.rollout.backend, m, tok)
+        result = evaluate_recipe(backend, r, held_out, *recipe_scoring(r, task_dataset, tok))
         json.dump(result.metrics, sys.stdout, indent=1)
         print()
         if out:
@@ -186,22 +191,15 @@ def generate(
 ):
     """Answer one question greedily, prompted as the recipe prompts (default recipe if none)."""
     from thinktune.data import PromptBuilder
-    from thinktune.evaluate import decode, eos_token_ids
     from thinktune.models import load_for_inference
-    from thinktune.rollout import generate as gen
+    from thinktune.rollout import SamplingParams, make_backend
+    from thinktune.tokens import decode
 
     def run():
-        data = load_recipe(recipe).data
+        r = load_recipe(recipe)
         m, tok = load_for_inference(model)
-        ids = PromptBuilder.from_config(tok, data.model_copy(update={"max_prompt_tokens": 10**6})).ids(question)
-        out = gen(
-            m,
-            [ids],
-            eos_ids=eos_token_ids(tok),
-            pad_id=tok.pad_token_id,
-            max_new_tokens=max_new_tokens,
-            greedy=True,
-        )
+        ids = PromptBuilder.from_config(tok, r.data.model_copy(update={"max_prompt_tokens": 10**6})).ids(question)
+        out = make_backend(r.rollout.backend, m, tok).generate([ids], SamplingParams(max_new_tokens, greedy=True))
         print(decode(tok, out.completion_ids, out.completion_mask)[0])
 
     _fail_cleanly(run)

@@ -57,19 +57,19 @@ class FewShot(_Section):
 
 
 class DataConfig(_Section):
-    source: Literal[
-        "reasoning_gym", "file", "chat", "gsm8k", "cooking_cot", "openr1_math", "numina_tir", "smoltldr", "passages"
-    ] = Field(
+    source: str = Field(
         "reasoning_gym",
-        description="Where examples come from: a reasoning-gym task, a file with a column mapping, a file of chat "
-        "conversations (a 'messages' column of role/content turns), a named "
-        "dataset read from data.path in its own schema (or, online, from the hub), or passages of a packaged "
-        "public-domain story to summarise (offline, no reference summary).",
+        description="Where examples come from: reasoning_gym (a generated task), file (a table with a column mapping), "
+        "chat (a file of conversations: a 'messages' column of role/content turns), a named dataset read from "
+        "data.path in its own schema or, online, from the hub (gsm8k, cooking_cot, openr1_math, numina_tir, "
+        "smoltldr), or passages of a packaged public-domain story to summarise (offline, no reference summary).",
     )
     hub_id: str | None = Field(
         None, description="Hub dataset id of a named source without data.path (default: the dataset's usual id)."
     )
-    task: str | None = Field("basic_arithmetic", description="reasoning-gym task name (source=reasoning_gym).")
+    task: str | None = Field(
+        None, description="reasoning-gym task name (source=reasoning_gym; basic_arithmetic when not given)."
+    )
     task_config: dict[str, Any] = Field(
         default_factory=dict, description="Keyword arguments of the reasoning-gym task's config."
     )
@@ -109,6 +109,17 @@ class DataConfig(_Section):
         "skip",
         description="What to do with a prompt over the budget: cut from the left, or drop it. Counted.",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_task(cls, values: Any) -> Any:
+        if (
+            isinstance(values, dict)
+            and values.get("source", "reasoning_gym") == "reasoning_gym"
+            and "task" not in values
+        ):
+            values = {**values, "task": "basic_arithmetic"}
+        return values
 
 
 class RewardConfig(_Section):
@@ -158,6 +169,14 @@ class GRPOConfig(_Section):
     )
     curriculum_floor: float = Field(
         0.1, gt=0, le=1, description="Least draw weight of a prompt last seen all right or all wrong."
+    )
+
+
+class RolloutConfig(_Section):
+    backend: Literal["native"] = Field(
+        "native",
+        description="What samples completions in training, evaluation and pairs: native = thinktune's in-process "
+        "KV-cached decoder on the policy's own weights.",
     )
 
 
@@ -241,6 +260,11 @@ class RunConfig(_Section):
     samples_per_step: int = Field(2, ge=0, description="Completions written to samples.jsonl each step.")
     save_every: int = Field(0, ge=0, description="Checkpoint every N steps for resume; 0 = only at the end.")
     threads: int | None = Field(None, gt=0, description="torch CPU threads; None = torch's default.")
+    report_to: list[Literal["jsonl"]] = Field(
+        default_factory=lambda: ["jsonl"],
+        description="Where metrics go while training: jsonl = metrics.jsonl, samples.jsonl, eval_curve.jsonl "
+        "and the SFT / reward-model metrics files in the run directory.",
+    )
 
 
 class Recipe(_Section):
@@ -258,6 +282,7 @@ class Recipe(_Section):
     pairs: PairsConfig = Field(default_factory=PairsConfig)
     reward_model: RewardModelConfig = Field(default_factory=RewardModelConfig)
     grpo: GRPOConfig = Field(default_factory=GRPOConfig)
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     run: RunConfig = Field(default_factory=RunConfig)
@@ -268,10 +293,17 @@ class Recipe(_Section):
 
         if self.grpo.loss not in LOSSES:
             raise ValueError(f"grpo.loss: unknown loss {self.grpo.loss!r}; allowed: {sorted(LOSSES)}")
-        if self.data.source == "reasoning_gym" and not self.data.task:
-            raise ValueError("data.task: required when data.source is reasoning_gym")
-        if self.data.source in ("file", "chat") and not self.data.path:
-            raise ValueError(f"data.path: required when data.source is {self.data.source}")
+        from thinktune.data.sources import source_errors
+        from thinktune.rewards.registry import RewardError, resolve_reward
+
+        errors = source_errors(self.data)
+        for index, reward in enumerate(self.rewards):
+            try:
+                resolve_reward(reward.name)
+            except RewardError as err:
+                errors.append(f"rewards[{index}].name: {str(err).removeprefix('rewards: ')}")
+        if errors:
+            raise ValueError("\n  ".join(errors))
         if not self.stages or self.stages != sorted(set(self.stages), key=STAGE_ORDER.index):
             raise ValueError(f"stages: {self.stages} must name each stage at most once, in the order {STAGE_ORDER}")
         if not self.rewards:
@@ -308,8 +340,11 @@ def parse_override(text: str) -> tuple[str, Any]:
 def _format_errors(err: ValidationError) -> str:
     lines = []
     for e in err.errors():
-        key = ".".join(str(p) for p in e["loc"]) or "recipe"
         msg = e["msg"].removeprefix("Value error, ")
+        if not e["loc"]:  # a check across sections: its message starts with the key at fault
+            lines.append(f"  {msg}")
+            continue
+        key = ".".join(str(p) for p in e["loc"])
         if e["type"] == "extra_forbidden":
             msg = "unknown key"
         lines.append(f"  {key}: {msg}" + (f" (got {e['input']!r})" if e["type"] != "extra_forbidden" else ""))

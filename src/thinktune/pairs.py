@@ -16,22 +16,22 @@ from __future__ import annotations
 from pathlib import Path
 
 from thinktune.config import Recipe
-from thinktune.data import PromptBuilder, load_examples
-from thinktune.evaluate import decode, eos_token_ids
+from thinktune.console import console, progress
+from thinktune.data import Example, PromptBuilder
+from thinktune.jsonl import JsonlWriter, read_jsonl
 from thinktune.models import load_for_inference
-from thinktune.rollout import generate
+from thinktune.rollout import SamplingParams, make_backend
 from thinktune.sft import render_target
-from thinktune.tracking import JsonlWriter, console, progress, read_jsonl
+from thinktune.tokens import decode
 
 
 def pairs_path(recipe: Recipe) -> Path:
     return Path(recipe.pairs.out) if recipe.pairs.out else Path(recipe.run.output_dir) / recipe.run.name / "pairs.jsonl"
 
 
-def build_pairs(recipe: Recipe) -> Path:
-    """Write (or continue) the pairs file; return its path."""
+def build_pairs(recipe: Recipe, train_set: list[Example]) -> Path:
+    """Write (or continue) the pairs file for the training examples; return its path."""
     cfg, data = recipe.pairs, recipe.data
-    train_set, _, _ = load_examples(data)
     examples = train_set[: cfg.limit] if cfg.limit else train_set
     out = pairs_path(recipe)
     done = len(read_jsonl(out))
@@ -41,6 +41,8 @@ def build_pairs(recipe: Recipe) -> Path:
     if done:
         console.print(f"{out}: {done} pairs already written, continuing")
     model, tokenizer = load_for_inference(recipe.model.name, recipe.model.device, recipe.model.dtype)
+    backend = make_backend(recipe.rollout.backend, model, tokenizer)
+    greedy = SamplingParams(cfg.max_new_tokens, greedy=True)
     prompt = PromptBuilder.from_config(tokenizer, data)
     direct = PromptBuilder(
         tokenizer, system_prompt=cfg.rejected_system_prompt, max_tokens=data.max_prompt_tokens, overlong="truncate"
@@ -61,14 +63,7 @@ def build_pairs(recipe: Recipe) -> Path:
         bar.advance(done)
         for start in range(done, len(examples), cfg.batch_size):
             chunk = examples[start : start + cfg.batch_size]
-            rollout = generate(
-                model,
-                [direct.ids(e.question) for e in chunk],
-                eos_ids=eos_token_ids(tokenizer),
-                pad_id=tokenizer.pad_token_id,
-                max_new_tokens=cfg.max_new_tokens,
-                greedy=True,
-            )
+            rollout = backend.generate([direct.ids(e.question) for e in chunk], greedy)
             rejected = decode(tokenizer, rollout.completion_ids, rollout.completion_mask)
             for offset, (example, answer) in enumerate(zip(chunk, rejected, strict=True)):
                 writer.write(

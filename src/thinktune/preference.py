@@ -8,7 +8,6 @@ a full model), and the `reward_model` reward and `thinktune eval` load it.
 
 from __future__ import annotations
 
-import random
 import time
 from dataclasses import dataclass, field
 
@@ -16,12 +15,14 @@ import torch
 import torch.nn.functional as F
 
 from thinktune.config import Recipe
+from thinktune.console import console, peak_rss_gb, progress
 from thinktune.data import DataError
-from thinktune.data.sources import read_table
+from thinktune.data.tables import read_table
 from thinktune.pairs import pairs_path
 from thinktune.rewards.reward_model import scoring_tokenizer, sequence_scores
 from thinktune.runs import RunDir
-from thinktune.tracking import JsonlWriter, console, peak_rss_gb, progress
+from thinktune.tracking import Tracker
+from thinktune.training import EpochBatches, gradient_step, make_optimizer, make_scheduler
 
 
 @dataclass
@@ -128,7 +129,7 @@ def load_reward_model_for_training(recipe: Recipe):
     return model, tokenizer
 
 
-def train_reward_model(recipe: Recipe, run: RunDir | None = None) -> dict:
+def train_reward_model(recipe: Recipe, run: RunDir, tracker: Tracker) -> dict:
     """Train on the pairs file, report held-out pair accuracy before and after, save ``<run>/reward_model``."""
     cfg = recipe.reward_model
     pairs_file = cfg.pairs or str(pairs_path(recipe))
@@ -144,32 +145,24 @@ def train_reward_model(recipe: Recipe, run: RunDir | None = None) -> dict:
         )
     split = len(pairs) - cfg.eval_pairs
     train_pairs, held_out = pairs.take(range(split)), pairs.take(range(split, len(pairs)))
-    run = run or RunDir(recipe, stages=["reward_model"])
     model, tokenizer = load_reward_model_for_training(recipe)
     before = pair_accuracy(model.eval(), tokenizer, held_out, cfg.max_length)
     console.print(f"held-out pair accuracy before: {before:.3f} ({len(held_out)} pairs)")
 
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=recipe.train.weight_decay)
-    metrics = JsonlWriter(run.file("reward_model_metrics.jsonl"))
-    rng, order = random.Random(recipe.train.seed), []
+    optimizer = make_optimizer(params, cfg.learning_rate, recipe.train)
+    scheduler = make_scheduler(optimizer, "constant", 0, cfg.steps)
+    batches = EpochBatches(len(train_pairs), recipe.train.seed)
     start = time.perf_counter()
     model.train()
     with progress("reward model", total=cfg.steps) as bar:
         for step in range(cfg.steps):
-            while len(order) < cfg.batch_size:
-                epoch = list(range(len(train_pairs)))
-                rng.shuffle(epoch)
-                order += epoch
-            rows, order = order[: cfg.batch_size], order[cfg.batch_size :]
-            optimizer.zero_grad(set_to_none=True)
+            rows = batches.next(cfg.batch_size)
             loss, margin = accumulate_gradients(model, tokenizer, train_pairs.take(rows), cfg)
-            torch.nn.utils.clip_grad_norm_(params, recipe.train.max_grad_norm)
-            optimizer.step()
-            record = {"step": step + 1, "loss": loss, "margin": margin}
-            metrics.write(record)
+            grad_norm = gradient_step(optimizer, scheduler, params, recipe.train.max_grad_norm)
+            tracker.log(step + 1, {"loss": loss, "margin": margin, "grad_norm": grad_norm}, stage="reward_model")
             bar.advance()
-            bar.show(f"loss {record['loss']:.3f}")
+            bar.show(f"loss {loss:.3f}")
     seconds = time.perf_counter() - start
     after = pair_accuracy(model.eval(), tokenizer, held_out, cfg.max_length)
     console.print(f"held-out pair accuracy after: {after:.3f}")

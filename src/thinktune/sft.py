@@ -8,20 +8,19 @@ Hugging Face model that ``train`` starts from (and whose fresh adapters then sta
 
 from __future__ import annotations
 
-import random
 import time
 from dataclasses import dataclass
 
 import torch
 
 from thinktune.config import ConfigError, Recipe
+from thinktune.console import console, progress
 from thinktune.data import DataError, Example, PromptBuilder
-from thinktune.grpo.logprobs import completion_logprobs
-from thinktune.grpo.trainer import make_scheduler
+from thinktune.logprobs import completion_logprobs
 from thinktune.models import save_model
 from thinktune.rollout.engine import left_pad
-from thinktune.runs import RunDir
-from thinktune.tracking import JsonlWriter, console, progress
+from thinktune.tracking import Tracker
+from thinktune.training import EpochBatches, gradient_step, make_optimizer, make_scheduler
 
 
 @dataclass
@@ -94,49 +93,38 @@ def completion_loss(model, prompts: list[list[int]], targets: list[list[int]], p
     return -(logprobs * mask).sum() / mask.sum()
 
 
-def run_sft(recipe: Recipe, model, tokenizer, examples: list[Example], run: RunDir) -> list[dict]:
-    """Train ``model`` in place for ``sft.steps`` steps; log to ``sft_metrics.jsonl``; return the records."""
-    cfg, seed = recipe.sft, recipe.train.seed
+def run_sft(recipe: Recipe, model, tokenizer, examples: list[Example], tracker: Tracker) -> list[dict]:
+    """Train ``model`` in place for ``sft.steps`` steps; log each step (stage ``sft``); return the records."""
+    cfg = recipe.sft
     data = sft_data(recipe, examples, tokenizer)
     console.print(
         f"sft: {len(data.targets)} examples ({data.too_long} over sft.max_completion_tokens, "
         f"{data.prompts_skipped} prompts over budget, {data.empty} empty targets skipped)"
     )
     params = [p for p in model.parameters() if p.requires_grad]
-    t = recipe.train
-    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, betas=t.adam_betas, weight_decay=t.weight_decay)
+    optimizer = make_optimizer(params, cfg.learning_rate, recipe.train)
     scheduler = make_scheduler(optimizer, "constant", cfg.warmup_steps, cfg.steps)
-    order: list[int] = []
-    rng = random.Random(seed)
-    metrics = JsonlWriter(run.file("sft_metrics.jsonl"))
+    batches = EpochBatches(len(data.targets), recipe.train.seed)
     records = []
     model.train()
     with progress("sft", total=cfg.steps) as bar:
         for step in range(cfg.steps):
-            while len(order) < cfg.batch_size:  # epochs of fresh shuffles, as many as the steps need
-                epoch = list(range(len(data.targets)))
-                rng.shuffle(epoch)
-                order += epoch
-            batch, order = order[: cfg.batch_size], order[cfg.batch_size :]
+            batch = batches.next(cfg.batch_size)
             start = time.perf_counter()
-            optimizer.zero_grad(set_to_none=True)
             loss = completion_loss(
                 model, [data.prompts[i] for i in batch], [data.targets[i] for i in batch], tokenizer.pad_token_id
             )
             loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, t.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
+            grad_norm = gradient_step(optimizer, scheduler, params, recipe.train.max_grad_norm)
             record = {
-                "step": step + 1,
                 "loss": loss.item(),
-                "grad_norm": grad_norm.item(),
+                "grad_norm": grad_norm,
                 "lr": scheduler.get_last_lr()[0],
                 "target_tokens": sum(len(data.targets[i]) for i in batch),
                 "seconds": time.perf_counter() - start,
             }
-            metrics.write(record)
-            records.append(record)
+            tracker.log(step + 1, record, stage="sft")
+            records.append({"step": step + 1, **record})
             bar.advance()
             bar.show(f"loss {record['loss']:.3f}")
     model.eval()

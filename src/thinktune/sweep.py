@@ -18,7 +18,7 @@ import statistics
 from pathlib import Path
 
 from thinktune.config import ConfigError, Recipe, load_recipe, parse_override
-from thinktune.tracking import console
+from thinktune.console import console
 
 # What decides the "before" evaluation (with the rewards): equal parts, equal starting model and evaluation.
 BEFORE_SECTIONS = ("model", "data", "eval")

@@ -1,90 +1,82 @@
-"""Metric sinks (metrics.jsonl, samples.jsonl) and console progress."""
+"""Trackers: where a run's numbers go while it trains.
+
+Every stage logs through one interface, so a new sink (TensorBoard, W&B, …) is one class here and a name in
+``run.report_to``:
+
+    tracker = make_tracker(["jsonl"], run)
+    tracker.log(3, {"reward": 0.5, "loss": 0.1})            # GRPO step 3 -> metrics.jsonl
+    tracker.log(3, {"loss": 1.2}, stage="sft")              # -> sft_metrics.jsonl
+    tracker.log(25, {"label": "step25", "accuracy": 0.4}, stage="eval")   # -> eval_curve.jsonl
+    tracker.log_samples(3, [{"question": "…", "completion": "…", "reward": 1.0}])
+    tracker.close()
+"""
 
 from __future__ import annotations
 
-import contextlib
-import json
-import math
-import resource
-import sys
-from pathlib import Path
+from typing import Protocol
 
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-from rich.table import Table
-
-console = Console(stderr=True)
+from thinktune.jsonl import JsonlWriter
+from thinktune.runs import RunDir
 
 
-def peak_rss_gb() -> float:
-    """This process's peak resident memory so far, in GB (10^9 bytes)."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 1e9 if sys.platform == "darwin" else peak * 1024 / 1e9  # macOS reports bytes, Linux KiB
+class Tracker(Protocol):
+    def log(self, step: int, metrics: dict, stage: str = "grpo") -> None:
+        """One record of ``stage`` (grpo, sft, reward_model, or eval: an evaluation during training)."""
+
+    def log_samples(self, step: int, rows: list[dict]) -> None:
+        """Completions of a GRPO step, one dict per completion."""
+
+    def close(self) -> None:
+        """Flush and release whatever the sink holds."""
 
 
-@contextlib.contextmanager
-def progress(label: str, total: int):
-    """A rich progress bar; ``bar.advance(n)`` and ``bar.show(text)`` update it."""
-    bar = Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        TextColumn("{task.fields[info]}"),
-        console=console,
-        transient=False,
-    )
+class JsonlTracker:
+    """One JSON line per record, in the run directory: the files the rest of thinktune reads back."""
 
-    class Handle:
-        def advance(self, n: int = 1) -> None:
-            bar.advance(task, n)
+    FILES = {
+        "grpo": "metrics.jsonl",
+        "sft": "sft_metrics.jsonl",
+        "reward_model": "reward_model_metrics.jsonl",
+        "eval": "eval_curve.jsonl",
+    }
 
-        def show(self, info: str) -> None:
-            bar.update(task, info=info)
+    def __init__(self, run: RunDir):
+        self.writers = {stage: JsonlWriter(run.file(name)) for stage, name in self.FILES.items()}
+        self.samples = JsonlWriter(run.file("samples.jsonl"))
 
-    with bar:
-        task = bar.add_task(label, total=total, info="")
-        yield Handle()
+    def log(self, step: int, metrics: dict, stage: str = "grpo") -> None:
+        self.writers[stage].write({"step": step, **metrics})
 
+    def log_samples(self, step: int, rows: list[dict]) -> None:
+        for row in rows:
+            self.samples.write({"step": step, **row})
 
-def _clean(value):
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
+    def close(self) -> None:
+        pass  # every line is written when it is logged
 
 
-class JsonlWriter:
-    def __init__(self, path: Path):
-        self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
+class Trackers:
+    """Several trackers as one: each record goes to all of them."""
 
-    def write(self, record: dict) -> None:
-        with self.path.open("a") as f:
-            f.write(json.dumps({k: _clean(v) for k, v in record.items()}) + "\n")
+    def __init__(self, trackers: list[Tracker]):
+        self.trackers = trackers
 
+    def log(self, step: int, metrics: dict, stage: str = "grpo") -> None:
+        for tracker in self.trackers:
+            tracker.log(step, metrics, stage)
 
-def read_jsonl(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    def log_samples(self, step: int, rows: list[dict]) -> None:
+        for tracker in self.trackers:
+            tracker.log_samples(step, rows)
 
-
-def comparison_table(before: dict, after: dict, keys: list[str], title: str = "held-out evaluation") -> Table:
-    table = Table(title=title)
-    for column in ("metric", "before", "after", "change"):
-        table.add_column(column, justify="right" if column != "metric" else "left")
-    for key in keys:
-        b, a = before.get(key), after.get(key)
-        if b is None or a is None:
-            continue
-        table.add_row(key, f"{b:.3f}", f"{a:.3f}", f"{a - b:+.3f}")
-    return table
+    def close(self) -> None:
+        for tracker in self.trackers:
+            tracker.close()
 
 
-def comparison_markdown(before: dict, after: dict, keys: list[str]) -> str:
-    lines = ["| metric | before | after | change |", "|---|---:|---:|---:|"]
-    for key in keys:
-        b, a = before.get(key), after.get(key)
-        if b is not None and a is not None:
-            lines.append(f"| {key} | {b:.3f} | {a:.3f} | {a - b:+.3f} |")
-    return "\n".join(lines) + "\n"
+TRACKERS = {"jsonl": JsonlTracker}
+
+
+def make_tracker(names: list[str], run: RunDir) -> Trackers:
+    """The trackers ``run.report_to`` names, writing for ``run``."""
+    return Trackers([TRACKERS[name](run) for name in names])

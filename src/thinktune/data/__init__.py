@@ -1,6 +1,7 @@
 """Task sources and prompt formatting."""
 
 from thinktune.data.prompts import FORMATS, PromptBuilder
-from thinktune.data.sources import DataError, Example, load_examples
+from thinktune.data.sources import SOURCES, load_examples
+from thinktune.data.types import DataError, Example
 
-__all__ = ["FORMATS", "DataError", "Example", "PromptBuilder", "load_examples"]
+__all__ = ["FORMATS", "SOURCES", "DataError", "Example", "PromptBuilder", "load_examples"]

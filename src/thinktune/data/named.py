@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from thinktune.data.sources import DataError, Example
+from thinktune.data.types import DataError, Example
 from thinktune.rewards.extract import last_boxed
 
 

@@ -13,8 +13,7 @@ from __future__ import annotations
 
 import random
 
-from thinktune.config import DataConfig
-from thinktune.data.sources import EVAL_SEED_OFFSET, DataError, Example
+from thinktune.data.types import EVAL_SEED_OFFSET, DataError, Example
 
 STORY = "in_the_year_2889.txt"
 MAX_PARAGRAPHS = 4
@@ -51,7 +50,7 @@ def _sample(candidates: list[str], size: int, seed: int, split: str) -> list[Exa
     return [Example(question=text, answer="", extra={"words": len(text.split())}) for text in chosen]
 
 
-def passage_splits(cfg: DataConfig) -> tuple[list[Example], list[Example], None]:
+def passage_splits(cfg) -> tuple[list[Example], list[Example], None]:
     """``train_size`` and ``eval_size`` distinct passages, from disjoint parts of the story."""
     paragraphs = story_paragraphs()
     cut = int(len(paragraphs) * TRAIN_SHARE)

@@ -1,14 +1,14 @@
-"""The reward library on hand-made cases, and every grader on hostile completions."""
+"""Each built-in reward function on hand-made cases."""
 
 import math
-import threading
-import time
 
 import pytest
 
 from thinktune.config import RewardConfig
 from thinktune.rewards import REWARDS, RewardError, RewardSet
-from thinktune.rewards.guard import GRADER, BoundedCalls
+from thinktune.rewards.answers import accuracy_reward, math_equal
+from thinktune.rewards.extract import extract_answer
+from thinktune.rewards.formatting import format_reward, format_soft_reward
 
 XML = "<reasoning>\n{r}\n</reasoning>\n<answer>\n{a}\n</answer>"
 
@@ -67,70 +67,7 @@ def test_length_tokens_without_a_tokenizer_is_a_clear_error():
         RewardSet([RewardConfig(name="length_tokens")]).score(["p"], ["c"], [{"answer": "a"}])
 
 
-def test_recipe_scoring_gives_length_rewards_the_tokenizer_and_the_limit(tiny):
-    from thinktune.config import load_recipe
-    from thinktune.evaluate import recipe_scoring
-
-    _, tokenizer = tiny
-    recipe = load_recipe("recipes/demo.yaml", ["grpo.max_new_tokens=8"])
-    recipe = recipe.model_copy(update={"rewards": [RewardConfig(name="overlong", args={"buffer": 4})]})
-    rewards, _ = recipe_scoring(recipe, None, tokenizer)
-    assert rewards.score(["p"] * 2, ["yes " * 4, "yes " * 8], [{"answer": "a"}] * 2).total.tolist() == [0.0, -1.0]
-
-
 # ----------------------------------------------------------------------------- hostile completions
-HOSTILE = {
-    "power tower": "<answer>9^9^9^9</answer>",
-    "latex power tower": "<answer>$9^{9^{9^{9}}}$</answer>",
-    "100k characters": "<answer>" + "1" * 100_000 + "</answer>",
-    "100k of prose": "blah " * 20_000,
-    "10k nested braces": "<answer>\\boxed{" + "{" * 10_000 + "1" + "}" * 10_000 + "}</answer>",
-    "division by zero": "<answer>\\frac{1}{0}</answer>",
-    "nan": "<answer>nan</answer>",
-    "inf": "<answer>-inf</answer>",
-    "huge float": "<answer>1e999</answer>",
-    "non-UTF-8 junk": "<answer>\udcff\udcfe\x00\ufffd" + bytes(range(256)).decode("latin-1") + "</answer>",
-    "empty": "",
-}
-GRADED = [
-    "accuracy",
-    "numeric_closeness",
-    "gsm8k_strict",
-    "gsm8k_flexible",
-    "integer",
-    "format",
-    "format_soft",
-    "tag_count",
-    "length_chars",
-]
-
-
-@pytest.mark.parametrize("case", sorted(HOSTILE))
-def test_hostile_completion_gets_a_finite_score_in_bounded_time(case):
-    completion = HOSTILE[case]
-    start = time.perf_counter()
-    for name in GRADED:
-        (value,) = score(name, [completion], answer=["1"])
-        assert value is None or math.isfinite(value), (name, value)
-    assert time.perf_counter() - start < 3 * GRADER.seconds  # at most one time-out per case
-
-
-def test_power_tower_is_wrong_not_a_hang_even_off_the_main_thread():
-    # math-verify's own time-out relies on signals, which only the main thread receives.
-    result = []
-    worker = threading.Thread(target=lambda: result.append(score("accuracy", [HOSTILE["power tower"]], answer=["1"])))
-    worker.start()
-    worker.join(timeout=3 * GRADER.seconds)
-    assert not worker.is_alive() and result == [[0.0]]
-
-
-def test_a_grader_over_its_bound_is_killed_counted_and_replaced():
-    bounded = BoundedCalls(seconds=0.5, preload=())
-    assert bounded.call(time.sleep, 30, default="timed out") == "timed out"
-    assert bounded.counts() == (1, 0)
-    assert bounded.call(divmod, 7, 2) == (3, 1)  # a fresh process answers the next call
-    assert bounded.call(divmod, 1, 0, default=-1) == -1  # an exception scores the default, counted as an error
-    assert bounded.counts() == (1, 1) and "ZeroDivisionError" in bounded.last_error
 
 
 def test_reward_model_scores_are_its_single_logit_and_two_labels_are_refused(tiny_model_dir, tmp_path):
@@ -157,3 +94,45 @@ def test_reward_model_scores_are_its_single_logit_and_two_labels_are_refused(tin
     two = RewardSet([RewardConfig(name="reward_model", args={"path": str(tmp_path / "rm2")})])
     with pytest.raises(RewardError, match=r"needs a sequence-classification head with 1 label, it has 2"):
         two.score(["p"], ["c"], [{"answer": ""}])
+
+
+GOOD = "<reasoning>\n12 + 5 = 17\n</reasoning>\n<answer>\n17\n</answer>"
+
+
+def test_strict_and_soft_format():
+    sloppy = "Sure. <reasoning>12+5</reasoning><answer>17</answer> done"
+    assert format_reward(None, [GOOD, sloppy, "17"]) == [1.0, 0.0, 0.0]
+    assert format_soft_reward(None, [GOOD, sloppy, "17"]) == [1.0, 1.0, 0.0]
+    think = "<think>12 + 5 is 17</think> 17"
+    assert format_reward(None, [think, "<think>x</think>"], answer_format="think") == [1.0, 0.0]
+
+
+def test_extract_answer():
+    assert extract_answer(GOOD) == "17"
+    assert extract_answer("<answer> 3 </answer> then <answer>4</answer>") == "4"  # the last one counts
+    assert extract_answer("<answer>\n5") == "5"  # cut off before the closing tag
+    assert extract_answer("no tags") is None
+    assert extract_answer("<think>a</think> 42", "think") == "42"
+
+
+def test_math_equivalence():
+    assert math_equal("0.5", "\\frac{1}{2}")
+    assert math_equal("-4", "-4.0")
+    assert not math_equal("3", "4")
+    assert accuracy_reward(None, [GOOD, GOOD.replace("17", "18"), "17"], answer=["17"] * 3) == [1.0, 0.0, 0.0]
+
+
+def test_accuracy_survives_hostile_answer():
+    nasty = "<answer>" + "{" * 5000 + "</answer>"
+    assert accuracy_reward(None, [nasty, "<answer>\\frac{1}{0}</answer>"], answer=["1", "1"]) == [0.0, 0.0]
+
+
+def test_task_score_uses_reasoning_gym_scorer():
+    import reasoning_gym
+
+    ds = reasoning_gym.create_dataset("basic_arithmetic", size=1, seed=3)
+    entry = ds[0]
+    rs = RewardSet([RewardConfig(name="task_score")], {"task_dataset": ds})
+    right = f"<answer>{entry['answer']}</answer>"
+    scores = rs.score(["p", "p"], [right, "<answer>nonsense</answer>"], [entry, entry])
+    assert scores.per_function[0].tolist() == [1.0, 0.0]

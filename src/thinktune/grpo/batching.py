@@ -1,0 +1,89 @@
+"""How one GRPO update walks a rollout: which rows train, in which micro-batches, normalised by what."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from thinktune.rollout import Rollout
+
+
+def micro_batches(
+    lengths: torch.Tensor, advantages: torch.Tensor, size: int, skip_zero_advantage: bool
+) -> list[torch.Tensor]:
+    """Row indices per micro-batch: rows that can move the policy, sorted by completion length.
+
+    With no KL term a row of advantage 0 has loss and gradient exactly 0 (``min(r·0, clip(r)·0)``), so
+    leaving it out changes nothing but the time; every row of a group whose rewards are all equal is such a
+    row. Similar lengths side by side waste little compute on padding.
+
+    >>> micro_batches(torch.tensor([9, 2, 5, 7]), torch.tensor([1.0, 0.0, -1.0, 0.5]), 2, skip_zero_advantage=True)
+    [tensor([2, 3]), tensor([0])]
+    """
+    rows = torch.arange(advantages.numel())
+    if skip_zero_advantage:
+        rows = rows[advantages != 0]
+    rows = rows[torch.argsort(lengths[rows], stable=True)]
+    return list(rows.split(size)) if rows.numel() else []
+
+
+def loss_mask(rollout: Rollout, mask_truncated: bool) -> torch.Tensor:
+    """1.0 on the completion tokens that enter the loss; with ``mask_truncated``, none of a truncated row's.
+
+    >>> r = Rollout(*[torch.zeros(2, 1)] * 2, torch.zeros(2, 3), torch.tensor([[1, 1, 0], [1, 1, 1]]),
+    ...             torch.zeros(2, 3), torch.tensor([False, True]))
+    >>> loss_mask(r, mask_truncated=True).tolist()
+    [[1.0, 1.0, 0.0], [0.0, 0.0, 0.0]]
+    """
+    mask = rollout.completion_mask.float()
+    if mask_truncated:
+        mask = mask * (~rollout.truncated)[:, None].float()
+    return mask
+
+
+@dataclass
+class MicroBatchPlan:
+    """The micro-batches of one update and the totals the loss normalises by.
+
+    ``slot[row]`` is the place of the row's prompt among ``prompt_ids``/``prompt_mask``, the prompts of the
+    trained rows, each once: they are encoded once per update and shared by their rows (``SharedPrompts``).
+    """
+
+    mask: torch.Tensor  # [N, C] loss mask
+    batches: list[torch.Tensor]  # row indices per micro-batch (rows with a gradient only)
+    totals: dict[str, float]  # total_tokens, total_rows, max_tokens: the losses' normalisers
+    trained_tokens: float  # loss tokens of the trained rows
+    prompt_ids: torch.Tensor
+    prompt_mask: torch.Tensor
+    slot: torch.Tensor  # [N]
+
+    @classmethod
+    def build(cls, rollout: Rollout, advantages: torch.Tensor, cfg) -> MicroBatchPlan:
+        """The plan for ``rollout`` under the ``grpo`` settings ``cfg``; a row of advantage 0 trains only under
+        a KL term."""
+        mask = loss_mask(rollout, cfg.mask_truncated)
+        n = mask.shape[0]
+        lengths = rollout.completion_mask.sum(-1)
+        batches = micro_batches(lengths, advantages, cfg.micro_batch_size, skip_zero_advantage=cfg.beta == 0)
+        trained = torch.cat(batches) if batches else torch.zeros(0, dtype=torch.long)
+        prompt_of_row = torch.arange(n) // cfg.group_size
+        needed = prompt_of_row[trained].unique()
+        first_rows = needed * cfg.group_size
+        return cls(
+            mask=mask,
+            batches=batches,
+            totals={"total_tokens": mask.sum().clamp(min=1).item(), "total_rows": n, "max_tokens": mask.shape[1]},
+            trained_tokens=mask[trained].sum().clamp(min=1).item(),
+            prompt_ids=rollout.prompt_ids[first_rows],
+            prompt_mask=rollout.prompt_mask[first_rows],
+            slot=torch.searchsorted(needed, prompt_of_row),
+        )
+
+    @property
+    def rows(self) -> int:
+        return self.mask.shape[0]
+
+    @property
+    def trained_rows(self) -> int:
+        return sum(b.numel() for b in self.batches)

@@ -1,0 +1,90 @@
+"""The rollout backend protocol: prompt ids and sampling settings in, a :class:`Rollout` out.
+
+Training, evaluation, preference pairs and ``thinktune generate`` all sample through a backend, so an engine
+that lives outside the policy (vLLM, a server) plugs in at one place. Such an engine holds its own copy of the
+weights; the trainer calls ``weights_changed()`` after every optimizer step so it can refresh that copy.
+
+    backend = make_backend("native", model, tokenizer)
+    rollout = backend.generate(prompt_ids, SamplingParams(max_new_tokens=64, group_size=8, temperature=0.7))
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+
+from thinktune.rollout.engine import Rollout, generate
+from thinktune.tokens import eos_token_ids
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How completions are drawn: ``group_size`` per prompt, greedy or at ``temperature`` with top-k/top-p."""
+
+    max_new_tokens: int
+    group_size: int = 1
+    greedy: bool = False
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+
+    @classmethod
+    def of_recipe(cls, grpo, group_size: int | None = None, max_new_tokens: int | None = None) -> SamplingParams:
+        """The recipe's rollout sampling (``grpo`` section), optionally with another group size or budget."""
+        return cls(
+            max_new_tokens=max_new_tokens or grpo.max_new_tokens,
+            group_size=group_size or grpo.group_size,
+            temperature=grpo.temperature,
+            top_k=grpo.top_k,
+            top_p=grpo.top_p,
+        )
+
+
+class RolloutBackend(Protocol):
+    tokenizer: object
+
+    def generate(
+        self, prompts: list[list[int]], params: SamplingParams, generator: torch.Generator | None = None
+    ) -> Rollout:
+        """``params.group_size`` completions per prompt; row ``i`` belongs to prompt ``i // group_size``."""
+
+    def weights_changed(self) -> None:
+        """The policy's weights were updated: sample from the new ones from now on."""
+
+
+class NativeBackend:
+    """The in-process KV-cached decoder (:mod:`thinktune.rollout.engine`), reading the policy's live weights."""
+
+    def __init__(self, model, tokenizer):
+        self.model, self.tokenizer = model, tokenizer
+        self.eos_ids = eos_token_ids(tokenizer)
+
+    def generate(
+        self, prompts: list[list[int]], params: SamplingParams, generator: torch.Generator | None = None
+    ) -> Rollout:
+        return generate(
+            self.model,
+            prompts,
+            eos_ids=self.eos_ids,
+            pad_id=self.tokenizer.pad_token_id,
+            max_new_tokens=params.max_new_tokens,
+            group_size=params.group_size,
+            greedy=params.greedy,
+            temperature=params.temperature,
+            top_k=params.top_k,
+            top_p=params.top_p,
+            generator=generator,
+        )
+
+    def weights_changed(self) -> None:
+        pass  # the decoder reads the model's parameters at every call
+
+
+BACKENDS = {"native": NativeBackend}
+
+
+def make_backend(name: str, model, tokenizer) -> RolloutBackend:
+    """The backend ``rollout.backend`` names, sampling from ``model``."""
+    return BACKENDS[name](model, tokenizer)

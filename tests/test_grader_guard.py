@@ -1,0 +1,67 @@
+"""Every grader on hostile completions: a finite score in bounded time, never a hang (the grader process)."""
+
+import math
+import threading
+import time
+
+import pytest
+
+from thinktune.rewards import REWARDS
+from thinktune.rewards.guard import GRADER, BoundedCalls
+
+HOSTILE = {
+    "power tower": "<answer>9^9^9^9</answer>",
+    "latex power tower": "<answer>$9^{9^{9^{9}}}$</answer>",
+    "100k characters": "<answer>" + "1" * 100_000 + "</answer>",
+    "100k of prose": "blah " * 20_000,
+    "10k nested braces": "<answer>\\boxed{" + "{" * 10_000 + "1" + "}" * 10_000 + "}</answer>",
+    "division by zero": "<answer>\\frac{1}{0}</answer>",
+    "nan": "<answer>nan</answer>",
+    "inf": "<answer>-inf</answer>",
+    "huge float": "<answer>1e999</answer>",
+    "non-UTF-8 junk": "<answer>\udcff\udcfe\x00\ufffd" + bytes(range(256)).decode("latin-1") + "</answer>",
+    "empty": "",
+}
+
+
+GRADED = [
+    "accuracy",
+    "numeric_closeness",
+    "gsm8k_strict",
+    "gsm8k_flexible",
+    "integer",
+    "format",
+    "format_soft",
+    "tag_count",
+    "length_chars",
+]
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE))
+def test_hostile_completion_gets_a_finite_score_in_bounded_time(case):
+    completion = HOSTILE[case]
+    start = time.perf_counter()
+    for name in GRADED:
+        (value,) = REWARDS[name](["p"], [completion], answer=["1"])
+        assert value is None or math.isfinite(value), (name, value)
+    assert time.perf_counter() - start < 3 * GRADER.seconds  # at most one time-out per case
+
+
+def test_power_tower_is_wrong_not_a_hang_even_off_the_main_thread():
+    # math-verify's own time-out relies on signals, which only the main thread receives.
+    result = []
+    worker = threading.Thread(
+        target=lambda: result.append(REWARDS["accuracy"](["p"], [HOSTILE["power tower"]], answer=["1"]))
+    )
+    worker.start()
+    worker.join(timeout=3 * GRADER.seconds)
+    assert not worker.is_alive() and result == [[0.0]]
+
+
+def test_a_grader_over_its_bound_is_killed_counted_and_replaced():
+    bounded = BoundedCalls(seconds=0.5, preload=())
+    assert bounded.call(time.sleep, 30, default="timed out") == "timed out"
+    assert bounded.counts() == (1, 0)
+    assert bounded.call(divmod, 7, 2) == (3, 1)  # a fresh process answers the next call
+    assert bounded.call(divmod, 1, 0, default=-1) == -1  # an exception scores the default, counted as an error
+    assert bounded.counts() == (1, 1) and "ZeroDivisionError" in bounded.last_error

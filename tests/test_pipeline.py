@@ -1,0 +1,73 @@
+"""The train workflow: resume, refusing to overwrite a run, and every stage logging through the trackers."""
+
+import pytest
+
+from tests.helpers import read_lines, rewards, tiny_recipe
+from thinktune.pipeline import train
+
+
+@pytest.mark.parametrize(
+    "sampling",
+    [[], ["grpo.dynamic_sampling=true", "grpo.curriculum=pass_rate"]],
+    ids=["plain", "dynamic-sampling-and-curriculum"],
+)
+def test_resume_continues_where_it_stopped(tmp_path, tiny_model_dir, sampling):
+    recipe = tiny_recipe(tmp_path, tiny_model_dir, "train.steps=4", "run.save_every=2", *sampling)
+    train(recipe)
+    full = rewards(tmp_path / "tiny")
+    # a second run stopped after step 2, then resumed, must give the same curve (the prompt sampler's position
+    # and pass rates come back with the checkpoint)
+    interrupted = tiny_recipe(
+        tmp_path, tiny_model_dir, "train.steps=2", "run.save_every=2", "run.name=tiny2", *sampling
+    )
+    train(interrupted)
+    resumed = tiny_recipe(tmp_path, tiny_model_dir, "train.steps=4", "run.save_every=2", "run.name=tiny2", *sampling)
+    train(resumed, resume=True)
+    assert rewards(tmp_path / "tiny2") == pytest.approx(full, abs=1e-5)
+
+
+def test_existing_run_is_not_overwritten(tmp_path, tiny_model_dir):
+    from thinktune.runs import RunError
+
+    with pytest.raises(RunError, match="holds nothing to resume from"):
+        train(tiny_recipe(tmp_path, tiny_model_dir, "train.steps=1"), resume=True)
+    train(tiny_recipe(tmp_path, tiny_model_dir, "train.steps=1"))
+    with pytest.raises(RunError, match="already holds a run; pass --resume"):
+        train(tiny_recipe(tmp_path, tiny_model_dir, "train.steps=1"))
+
+
+def test_every_record_goes_through_the_trackers_named_in_the_recipe(tmp_path, tiny_model_dir, monkeypatch):
+    from thinktune import tracking
+
+    seen = []
+
+    class Recorder:
+        def __init__(self, run):
+            pass
+
+        def log(self, step, metrics, stage="grpo"):
+            seen.append((stage, {"step": step, **metrics}))
+
+        def log_samples(self, step, rows):
+            seen.extend(("samples", {"step": step, **row}) for row in rows)
+
+        def close(self):
+            seen.append(("closed", {}))
+
+    monkeypatch.setitem(tracking.TRACKERS, "jsonl", Recorder)  # the only name the schema accepts so far
+    train(tiny_recipe(tmp_path, tiny_model_dir, "train.steps=2", "eval.every=1", "eval.after=true"))
+    assert [stage for stage, _ in seen] == ["grpo", "samples", "samples", "eval", "grpo", "samples", "samples",
+                                            "eval", "closed"]  # fmt: skip
+    assert [r["step"] for stage, r in seen if stage == "eval"] == [1, 2]
+    assert not (tmp_path / "tiny" / "metrics.jsonl").exists()  # only the recorder was asked for
+
+    monkeypatch.undo()
+    train(tiny_recipe(tmp_path, tiny_model_dir, "train.steps=2", "eval.every=1", "eval.after=true", "run.name=t2"))
+    written = read_lines(tmp_path / "t2" / "metrics.jsonl")
+    recorded = [r for stage, r in seen if stage == "grpo"]
+    assert [set(r) for r in written] == [set(r) for r in recorded]  # the same columns, step first
+    assert [r["reward"] for r in written] == pytest.approx([r["reward"] for r in recorded])
+    assert [(r["step"], r["label"]) for r in read_lines(tmp_path / "t2" / "eval_curve.jsonl")] == [
+        (1, "step1"),
+        (2, "after"),
+    ]

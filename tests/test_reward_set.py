@@ -1,0 +1,60 @@
+"""The reward registry and RewardSet: names and import paths, weights, None masking, bound args, errors."""
+
+import math
+
+import pytest
+
+from thinktune.config import RewardConfig
+from thinktune.rewards import RewardError, RewardSet
+
+
+def test_weighted_sum_and_none_is_masked():
+    rs = RewardSet(
+        [RewardConfig(name="format", weight=0.5), RewardConfig(name="tests.user_rewards:only_short", weight=2.0)]
+    )
+    scores = rs.score(
+        ["p"] * 2, ["<reasoning>\n12 + 5 = 17\n</reasoning>\n<answer>\n17\n</answer>", "x"], [{"answer": "17"}] * 2
+    )
+    assert math.isnan(scores.per_function[1, 0].item())  # None -> not applicable
+    assert scores.total.tolist() == [0.5, 2.0]
+
+
+@pytest.mark.parametrize(
+    "fn, message",
+    [
+        ("raises", "reward 'tests.user_rewards:raises' raised ZeroDivisionError"),
+        ("wrong_length", "returned 1 values for 2 completions"),
+        ("returns_nan", "returned nan for completion 1"),
+        ("returns_text", "non-number 'good' for completion 0"),
+        ("not_a_list", "returned float"),
+    ],
+)
+def test_bad_user_rewards_name_function_and_sample(fn, message):
+    rs = RewardSet([RewardConfig(name=f"tests.user_rewards:{fn}")])
+    with pytest.raises(RewardError, match=message.replace("(", r"\(").replace("'", "'")):
+        rs.score(["p", "p"], ["first", "second"], [{"answer": "1"}] * 2)
+
+
+def test_unknown_reward_and_bad_import_path():
+    with pytest.raises(RewardError, match="unknown reward 'acuracy'"):
+        RewardSet([RewardConfig(name="acuracy")])
+    with pytest.raises(RewardError, match="cannot import module 'no_such_mod'"):
+        RewardSet([RewardConfig(name="no_such_mod:fn")])
+    with pytest.raises(RewardError, match="has no function 'missing'"):
+        RewardSet([RewardConfig(name="tests.user_rewards:missing")])
+
+
+def test_args_are_bound():
+    rs = RewardSet([RewardConfig(name="tests.user_rewards:contains", args={"word": "yes"})])
+    assert rs.score(["p"] * 2, ["yes sir", "no"], [{}, {}]).total.tolist() == [1.0, 0.0]
+
+
+def test_recipe_scoring_gives_length_rewards_the_tokenizer_and_the_limit(tiny):
+    from thinktune.config import load_recipe
+    from thinktune.scoring import recipe_scoring
+
+    _, tokenizer = tiny
+    recipe = load_recipe("recipes/demo.yaml", ["grpo.max_new_tokens=8"])
+    recipe = recipe.model_copy(update={"rewards": [RewardConfig(name="overlong", args={"buffer": 4})]})
+    rewards, _ = recipe_scoring(recipe, None, tokenizer)
+    assert rewards.score(["p"] * 2, ["yes " * 4, "yes " * 8], [{"answer": "a"}] * 2).total.tolist() == [0.0, -1.0]

@@ -1,0 +1,112 @@
+"""The GRPO trainer's parts on hand-made cases: the loss mask, micro-batch plans, schedules, μ > 1 updates,
+epoch batches and the step record."""
+
+import pytest
+import torch
+
+from tests.helpers import tiny_recipe
+from thinktune.data import load_examples
+from thinktune.grpo.batching import MicroBatchPlan, loss_mask
+from thinktune.grpo.trainer import GRPOTrainer
+from thinktune.rollout import Rollout
+from thinktune.runs import RunDir
+from thinktune.tracking import make_tracker
+from thinktune.training import EpochBatches, lr_factor, make_scheduler
+
+
+def rollout(completion_mask, truncated, prompts=None):
+    rows = len(completion_mask)
+    prompt_ids = torch.tensor(prompts) if prompts is not None else torch.ones(rows, 2, dtype=torch.long)
+    mask = torch.tensor(completion_mask)
+    return Rollout(prompt_ids, torch.ones_like(prompt_ids), mask.clone(), mask, torch.zeros(mask.shape),
+                   torch.tensor(truncated))  # fmt: skip
+
+
+def test_mask_truncated_drops_every_token_of_a_truncated_completion_only():
+    r = rollout([[1, 1, 0], [1, 1, 1], [1, 0, 0]], [False, True, False])
+    assert loss_mask(r, mask_truncated=False).tolist() == [[1, 1, 0], [1, 1, 1], [1, 0, 0]]
+    assert loss_mask(r, mask_truncated=True).tolist() == [[1, 1, 0], [0, 0, 0], [1, 0, 0]]
+
+
+def test_plan_trains_rows_with_a_gradient_and_encodes_each_of_their_prompts_once():
+    class Settings:
+        group_size, micro_batch_size, mask_truncated, beta = 2, 2, False, 0.0
+
+    # prompt 0: rows 0-1 (rewards differ), prompt 1: rows 2-3 (a flat group), prompt 2: rows 4-5
+    r = rollout([[1, 1, 1], [1, 0, 0], [1, 1, 0], [1, 1, 0], [1, 1, 0], [1, 0, 0]], [False] * 6,
+                prompts=[[5, 5], [5, 5], [6, 6], [6, 6], [7, 7], [7, 7]])  # fmt: skip
+    plan = MicroBatchPlan.build(r, torch.tensor([1.0, -1.0, 0.0, 0.0, -0.5, 0.5]), Settings)
+    assert [b.tolist() for b in plan.batches] == [[1, 5], [4, 0]]  # by length: 1, 1, 2, 3 tokens
+    assert plan.prompt_ids.tolist() == [[5, 5], [7, 7]] and plan.slot[[0, 1, 4, 5]].tolist() == [0, 0, 1, 1]
+    assert plan.totals == {"total_tokens": 11.0, "total_rows": 6, "max_tokens": 3}
+    assert plan.trained_tokens == 7.0 and plan.trained_rows == 4
+    Settings.beta = 0.04  # with a KL term every row has a gradient
+    assert MicroBatchPlan.build(r, torch.tensor([1.0, -1.0, 0.0, 0.0, -0.5, 0.5]), Settings).trained_rows == 6
+
+
+@pytest.mark.parametrize(
+    "kind, expected",
+    [
+        ("constant", [0.5, 1.0, 1.0, 1.0, 1.0, 1.0]),
+        ("linear", [0.5, 1.0, 1.0, 0.75, 0.5, 0.25]),
+        ("cosine", [0.5, 1.0, 1.0, 0.853553, 0.5, 0.146447]),
+    ],
+)
+def test_schedules_warm_up_then_decay_to_zero_at_the_last_step(kind, expected):
+    assert [lr_factor(s, kind, warmup=2, total=6) for s in range(6)] == pytest.approx(expected, abs=1e-6)
+    assert lr_factor(6, kind, warmup=2, total=6) == (1.0 if kind == "constant" else pytest.approx(0.0))
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    scheduler = make_scheduler(optimizer, kind, warmup=2, total=6)
+    seen = []
+    for _ in range(6):
+        seen.append(scheduler.get_last_lr()[0])
+        optimizer.step()
+        scheduler.step()
+    assert seen == pytest.approx([0.1 * e for e in expected], abs=1e-7)
+
+
+def test_epoch_batches_visit_every_row_once_per_epoch_and_are_seeded():
+    batches = EpochBatches(5, seed=3)
+    drawn = [batches.next(2) for _ in range(5)]  # two epochs
+    flat = [i for batch in drawn for i in batch]
+    assert sorted(flat[:5]) == sorted(flat[5:]) == [0, 1, 2, 3, 4]
+    assert EpochBatches(5, seed=3).next(10) == flat
+
+
+def build(tmp_path, tiny_model_dir, *overrides):
+    recipe = tiny_recipe(tmp_path, tiny_model_dir, *overrides)
+    train_set, _, scorer = load_examples(recipe.data)
+    run = RunDir(recipe)
+    return GRPOTrainer.from_recipe(recipe, train_set, scorer, run, make_tracker([], run))
+
+
+def test_several_iterations_take_one_optimizer_step_each_from_recomputed_old_logprobs(tmp_path, tiny_model_dir):
+    trainer = build(tmp_path, tiny_model_dir, "grpo.iterations=3", "train.lr_schedule=linear", "train.steps=4")
+    groups = trainer.rollout_round(2)
+    old, ref = trainer.reference_logprobs(groups.rollout)
+    # μ > 1: the old log-probs are recomputed by the trainer's forward pass; they match the sampler's
+    torch.testing.assert_close(old, groups.rollout.logprobs, atol=2e-5, rtol=1e-4)
+    assert ref is None
+    advantages = torch.tensor([1.0, -1.0] * 8)
+    before = [p.detach().clone() for p in trainer.params]
+    stats = trainer.learn(groups.rollout, advantages)
+    state = trainer.optimizer.state[trainer.params[0]]
+    assert state["step"] == 3 and trainer.scheduler.last_epoch == 3  # the schedule counts policy updates
+    assert any(not torch.equal(a, b) for a, b in zip(before, trainer.params, strict=True))
+    assert stats["clip"] > 0  # later iterations move away from the sampling policy and get clipped
+    assert stats["trained_rows"] == 1.0
+
+
+def test_a_step_records_the_drawn_groups_and_logs_samples(tmp_path, tiny_model_dir):
+    trainer = build(tmp_path, tiny_model_dir, "run.samples_per_step=3")
+    logged = []
+    trainer.tracker.log_samples = lambda step, rows: logged.append((step, rows))
+    record = trainer.step(0)
+    drawn = trainer.last_drawn
+    assert record["step"] == 1 and record["sampled_prompts"] == 4 and record["kept_groups"] == 4
+    assert record["reward"] == pytest.approx(drawn.scores.total.mean().item())
+    assert record["zero_std_groups"] == pytest.approx(drawn.flat.float().mean().item())
+    assert record["completion_length"] == pytest.approx(drawn.rollout.completion_lengths.float().mean().item())
+    ((step, rows),) = logged
+    assert step == 1 and [r["question"] for r in rows] == [e.question for e in drawn.examples[:3]]
+    assert rows[1]["completion"] == drawn.completions[8]  # the first completion of the second group
