@@ -40,6 +40,23 @@ def completion_logprobs(
     return token_logprobs(logits, completion_ids), entropy(logits) if with_entropy else None
 
 
+@torch.no_grad()
+def rollout_logprobs(model, rollout, rows_per_pass: int, temperature: float = 1.0) -> torch.Tensor:
+    """:func:`completion_logprobs` of every completion of a ``Rollout`` under ``model`` as it is now, without
+    gradients, ``rows_per_pass`` rows at a time; 0 past each completion's end."""
+    out = torch.zeros_like(rollout.logprobs)
+    for rows in torch.arange(out.shape[0]).split(rows_per_pass):
+        out[rows], _ = completion_logprobs(
+            model,
+            rollout.prompt_ids[rows],
+            rollout.prompt_mask[rows],
+            rollout.completion_ids[rows],
+            rollout.completion_mask[rows],
+            temperature,
+        )
+    return out * rollout.completion_mask
+
+
 @dataclass
 class SharedPrompts:
     """Distinct prompts run through the model once, with gradients; every completion of a prompt reuses them.

@@ -14,7 +14,6 @@ One step, as stages:
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from dataclasses import dataclass
@@ -30,7 +29,7 @@ from thinktune.grpo.batching import MicroBatchPlan
 from thinktune.grpo.losses import LOSSES, LossInputs
 from thinktune.grpo.metrics import StepTimes, pass_rate, sample_rows, step_record
 from thinktune.grpo.sampling import Groups, PromptSampler
-from thinktune.logprobs import SharedPrompts, completion_logprobs, supports_shared_prompts
+from thinktune.logprobs import SharedPrompts, completion_logprobs, rollout_logprobs, supports_shared_prompts
 from thinktune.models import load_policy, reference_policy
 from thinktune.rewards import RewardSet
 from thinktune.rewards.guard import GRADER
@@ -191,9 +190,14 @@ class GRPOTrainer:
     def reference_logprobs(self, rollout: Rollout) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Old log-probs (the sampler's, or with μ > 1 recomputed once before the updates) and, with a KL term,
         the reference policy's."""
-        everything = list(torch.arange(rollout.logprobs.shape[0]).split(self.cfg.micro_batch_size))
-        old = rollout.logprobs if self.cfg.iterations == 1 else self._logprobs_no_grad(rollout, everything)
-        ref = self._logprobs_no_grad(rollout, everything, reference=True) if self.cfg.beta > 0 else None
+        cfg = self.cfg
+        old = rollout.logprobs
+        if cfg.iterations > 1:
+            old = rollout_logprobs(self.model, rollout, cfg.micro_batch_size, cfg.temperature)
+        ref = None
+        if cfg.beta > 0:
+            with reference_policy(self.model):
+                ref = rollout_logprobs(self.model, rollout, cfg.micro_batch_size, cfg.temperature)
         return old, ref
 
     def update(self, rollout: Rollout, advantages: torch.Tensor, plan: MicroBatchPlan, old_logprobs, ref_logprobs):
@@ -254,22 +258,6 @@ class GRPOTrainer:
             grad_norm = gradient_step(self.optimizer, self.scheduler, self.params, self.recipe.train.max_grad_norm)
             sums["grad_norm"] += grad_norm / cfg.iterations
         return sums
-
-    @torch.no_grad()
-    def _logprobs_no_grad(self, rollout: Rollout, batches: list[torch.Tensor], reference: bool = False) -> torch.Tensor:
-        out = torch.zeros_like(rollout.logprobs)
-        context = reference_policy(self.model) if reference else contextlib.nullcontext()
-        with context:
-            for s in batches:
-                out[s], _ = completion_logprobs(
-                    self.model,
-                    rollout.prompt_ids[s],
-                    rollout.prompt_mask[s],
-                    rollout.completion_ids[s],
-                    rollout.completion_mask[s],
-                    self.cfg.temperature,
-                )
-        return out * rollout.completion_mask
 
     # ----------------------------------------------------------------- the loop
     def step(self, step: int) -> dict[str, float]:
