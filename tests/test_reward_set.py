@@ -25,6 +25,7 @@ def test_weighted_sum_and_none_is_masked():
         ("raises", "reward 'tests.user_rewards:raises' raised ZeroDivisionError"),
         ("wrong_length", "returned 1 values for 2 completions"),
         ("returns_nan", "returned nan for completion 1"),
+        ("beyond_float32", r"returned 1e\+39 for completion 1: 'second'; beyond float32's range"),
         ("returns_text", "non-number 'good' for completion 0"),
         ("not_a_list", "returned float"),
     ],

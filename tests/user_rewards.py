@@ -26,6 +26,10 @@ def returns_nan(prompts, completions, **_):
     return [1.0, float("nan")]
 
 
+def beyond_float32(prompts, completions, **_):
+    return [1.0, 1e39][: len(completions)]
+
+
 def returns_text(prompts, completions, **_):
     return ["good" for _ in completions]
 

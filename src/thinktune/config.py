@@ -8,11 +8,12 @@ unknown keys, wrong types and impossible values stop with a message naming the k
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 STAGE_ORDER = ["sft", "pairs", "reward_model", "grpo"]
 
@@ -22,7 +23,7 @@ class ConfigError(ValueError):
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class LoraConfig(_Section):
@@ -255,7 +256,9 @@ class EvalConfig(_Section):
 
 
 class RunConfig(_Section):
-    name: str = Field("run", description="Run directory name under output_dir.")
+    name: str = Field(
+        "run", description="Run directory name under output_dir: a plain folder name (letters, digits, _ . = , + -)."
+    )
     output_dir: str = Field("runs", description="Parent folder of run directories.")
     samples_per_step: int = Field(2, ge=0, description="Completions written to samples.jsonl each step.")
     save_every: int = Field(0, ge=0, description="Checkpoint every N steps for resume; 0 = only at the end.")
@@ -265,6 +268,13 @@ class RunConfig(_Section):
         description="Where metrics go while training: jsonl = metrics.jsonl, samples.jsonl, eval_curve.jsonl "
         "and the SFT / reward-model metrics files in the run directory.",
     )
+
+    @field_validator("name")
+    @classmethod
+    def _plain_folder_name(cls, name: str) -> str:
+        if name in (".", "..") or not re.fullmatch(r"[A-Za-z0-9_.=,+-]+", name):
+            raise ValueError(f"must be a plain folder name (letters, digits, _ . = , + -), got {name!r}")
+        return name
 
 
 class Recipe(_Section):
@@ -367,7 +377,12 @@ def load_recipe(path: str | Path | None = None, overrides: list[str] = ()) -> Re
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"recipe file not found: {path}")
-        tree = yaml.safe_load(path.read_text()) or {}
+        try:
+            tree = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            raise ConfigError(f"{path}:{where} is not valid YAML: {getattr(err, 'problem', None) or err}") from None
         if not isinstance(tree, dict):
             raise ConfigError(f"{path}: a recipe is a mapping of sections, got {type(tree).__name__}")
         source = str(path)

@@ -108,9 +108,9 @@ def sweep(
         (root / slug).mkdir(parents=True, exist_ok=True)
         (root / slug / "variant.json").write_text(json.dumps({"label": " ".join(chosen), "split": split}))
         for seed in seeds:
-            run_name = f"{name}/{slug}/seed{seed}"
-            recipe = load_recipe(recipe_path, [*fixed, *overrides, f"train.seed={seed}", f"run.name={run_name}"])
-            folder = Path(recipe.run.output_dir) / run_name
+            place = [f"run.output_dir={root / slug}", f"run.name=seed{seed}"]
+            recipe = load_recipe(recipe_path, [*fixed, *overrides, f"train.seed={seed}", *place])
+            folder = root / slug / f"seed{seed}"
             if (folder / "summary.json").is_file():
                 continue  # finished earlier: read back below
             console.print(f"[bold]sweep[/] {' '.join(chosen) or '(recipe as is)'}, seed {seed}, {split}")

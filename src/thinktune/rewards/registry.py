@@ -15,6 +15,7 @@ import torch
 from thinktune.config import RewardConfig
 
 RewardFn = Callable[..., list]
+FLOAT32_MAX = 3.4028234663852886e38  # rewards are summed and normalised in float32: larger ones become inf
 REWARDS: dict[str, RewardFn] = {}
 
 
@@ -121,11 +122,9 @@ class RewardSet:
                     raise RewardError(
                         f"reward {name!r} returned a non-number {v!r} for completion {i}: {completions[i][:200]!r}"
                     )
-            if not math.isfinite(v):
-                raise RewardError(
-                    f"reward {name!r} returned {v} for completion {i}: {completions[i][:200]!r}; "
-                    f"return None for 'not applicable'"
-                )
+            if not math.isfinite(v) or abs(v) > FLOAT32_MAX:
+                hint = "return None for 'not applicable'" if not math.isfinite(v) else "beyond float32's range"
+                raise RewardError(f"reward {name!r} returned {v} for completion {i}: {completions[i][:200]!r}; {hint}")
             clean.append(float(v))
         return clean
 
