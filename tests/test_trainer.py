@@ -1,6 +1,8 @@
 """The GRPO trainer's parts on hand-made cases: the loss mask, micro-batch plans, schedules, μ > 1 updates,
 epoch batches and the step record."""
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -110,3 +112,33 @@ def test_a_step_records_the_drawn_groups_and_logs_samples(tmp_path, tiny_model_d
     ((step, rows),) = logged
     assert step == 1 and [r["question"] for r in rows] == [e.question for e in drawn.examples[:3]]
     assert rows[1]["completion"] == drawn.completions[8]  # the first completion of the second group
+
+
+def test_a_nan_loss_skips_the_update_and_too_many_in_a_row_stop_the_run(tmp_path, tiny_model_dir, monkeypatch):
+    from thinktune.grpo import losses
+    from thinktune.training import NonFiniteError
+
+    calls = []
+
+    def nan_on_first_steps(inputs):
+        out = losses.LOSSES["token"](inputs)
+        calls.append(1)
+        return dataclasses.replace(out, loss=out.loss * float("nan")) if len(calls) <= bad_calls else out
+
+    monkeypatch.setitem(losses.LOSSES, "nan_first", nan_on_first_steps)
+    bad_calls = 1  # the first micro-batch of step 1
+    varies = "rewards=[{name: 'tests.user_rewards:length'}]"  # differs inside every group: every step updates
+    trainer = build(tmp_path, tiny_model_dir, "grpo.loss=nan_first", "train.max_nonfinite_steps=2", varies)
+    before = [p.detach().clone() for p in trainer.params]
+    first = trainer.step(0)
+    assert first["nonfinite_skipped"] == 1.0 and first["grad_norm"] != first["grad_norm"]  # NaN
+    assert all(torch.equal(a, b) for a, b in zip(before, trainer.params, strict=True))
+    assert not trainer.optimizer.state  # AdamW never saw the NaN gradient
+    second = trainer.step(1)
+    assert second["nonfinite_skipped"] == 0.0 and trainer.guard.skipped == 1
+
+    calls.clear()
+    bad_calls = 10**6  # every step from now on
+    with pytest.raises(NonFiniteError, match=r"step 4: loss nan, gradient norm nan: 2 optimizer steps in a row"):
+        for step in range(2, 6):
+            trainer.step(step)

@@ -30,8 +30,9 @@ def _user_errors() -> tuple[type[Exception], ...]:
     from thinktune.models import ModelError
     from thinktune.rewards import RewardError
     from thinktune.runs import RunError
+    from thinktune.training import NonFiniteError
 
-    return (ConfigError, DataError, ModelError, RewardError, RunError)
+    return (ConfigError, DataError, ModelError, NonFiniteError, RewardError, RunError)
 
 
 def _fail_cleanly(fn, *args, **kwargs):

@@ -189,6 +189,12 @@ class TrainConfig(_Section):
     warmup_steps: int = Field(0, ge=0, description="Linear warmup steps.")
     lr_schedule: Literal["constant", "linear", "cosine"] = Field("constant", description="Decay after warmup.")
     max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
+    max_nonfinite_steps: int = Field(
+        3,
+        ge=1,
+        description="An optimizer step whose loss or gradient norm is NaN/inf is skipped (weights and optimizer "
+        "state untouched) and counted (nonfinite_skipped); this many in a row stop the run.",
+    )
     seed: int = Field(0, description="Seed of sampling, prompt order and initialisation.")
 
 

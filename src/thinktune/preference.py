@@ -22,7 +22,7 @@ from thinktune.pairs import pairs_path
 from thinktune.rewards.reward_model import scoring_tokenizer, sequence_scores
 from thinktune.runs import RunDir
 from thinktune.tracking import Tracker
-from thinktune.training import EpochBatches, gradient_step, make_optimizer, make_scheduler
+from thinktune.training import EpochBatches, NonFiniteGuard, gradient_step, make_optimizer, make_scheduler
 
 
 @dataclass
@@ -153,14 +153,17 @@ def train_reward_model(recipe: Recipe, run: RunDir, tracker: Tracker) -> dict:
     optimizer = make_optimizer(params, cfg.learning_rate, recipe.train)
     scheduler = make_scheduler(optimizer, "constant", 0, cfg.steps)
     batches = EpochBatches(len(train_pairs), recipe.train.seed)
+    guard = NonFiniteGuard(recipe.train.max_nonfinite_steps)
     start = time.perf_counter()
     model.train()
     with progress("reward model", total=cfg.steps) as bar:
         for step in range(cfg.steps):
             rows = batches.next(cfg.batch_size)
             loss, margin = accumulate_gradients(model, tokenizer, train_pairs.take(rows), cfg)
-            grad_norm = gradient_step(optimizer, scheduler, params, recipe.train.max_grad_norm)
-            tracker.log(step + 1, {"loss": loss, "margin": margin, "grad_norm": grad_norm}, stage="reward_model")
+            grad_norm = gradient_step(optimizer, scheduler, params, recipe.train.max_grad_norm, loss)
+            skipped = float(not guard.check(step + 1, loss, grad_norm))
+            record = {"loss": loss, "margin": margin, "grad_norm": grad_norm, "nonfinite_skipped": skipped}
+            tracker.log(step + 1, record, stage="reward_model")
             bar.advance()
             bar.show(f"loss {loss:.3f}")
     seconds = time.perf_counter() - start

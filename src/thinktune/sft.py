@@ -20,7 +20,7 @@ from thinktune.logprobs import completion_logprobs
 from thinktune.models import save_model
 from thinktune.rollout.engine import left_pad
 from thinktune.tracking import Tracker
-from thinktune.training import EpochBatches, gradient_step, make_optimizer, make_scheduler
+from thinktune.training import EpochBatches, NonFiniteGuard, gradient_step, make_optimizer, make_scheduler
 
 
 @dataclass
@@ -105,6 +105,7 @@ def run_sft(recipe: Recipe, model, tokenizer, examples: list[Example], tracker: 
     optimizer = make_optimizer(params, cfg.learning_rate, recipe.train)
     scheduler = make_scheduler(optimizer, "constant", cfg.warmup_steps, cfg.steps)
     batches = EpochBatches(len(data.targets), recipe.train.seed)
+    guard = NonFiniteGuard(recipe.train.max_nonfinite_steps)
     records = []
     model.train()
     with progress("sft", total=cfg.steps) as bar:
@@ -115,10 +116,11 @@ def run_sft(recipe: Recipe, model, tokenizer, examples: list[Example], tracker: 
                 model, [data.prompts[i] for i in batch], [data.targets[i] for i in batch], tokenizer.pad_token_id
             )
             loss.backward()
-            grad_norm = gradient_step(optimizer, scheduler, params, recipe.train.max_grad_norm)
+            grad_norm = gradient_step(optimizer, scheduler, params, recipe.train.max_grad_norm, loss.item())
             record = {
                 "loss": loss.item(),
                 "grad_norm": grad_norm,
+                "nonfinite_skipped": float(not guard.check(step + 1, loss.item(), grad_norm)),
                 "lr": scheduler.get_last_lr()[0],
                 "target_tokens": sum(len(data.targets[i]) for i in batch),
                 "seconds": time.perf_counter() - start,

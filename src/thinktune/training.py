@@ -47,14 +47,63 @@ def make_scheduler(optimizer, kind: str, warmup: int, total: int) -> torch.optim
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, kind, warmup, total))
 
 
-def gradient_step(optimizer, scheduler, params: list[torch.nn.Parameter], max_grad_norm: float) -> float:
+class NonFiniteError(RuntimeError):
+    """Training produced non-finite losses or gradients several steps in a row."""
+
+
+def gradient_step(optimizer, scheduler, params: list[torch.nn.Parameter], max_grad_norm: float, loss=0.0) -> float:
     """Clip the accumulated gradients to ``max_grad_norm``, step the optimizer and the schedule, clear the
-    gradients; returns the norm before clipping."""
-    grad_norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+    gradients; returns the norm before clipping.
+
+    A non-finite ``loss`` or gradient norm skips the optimizer step, so NaN never reaches the weights or AdamW's
+    moments; the schedule still moves on. The norm is returned as it was (NaN or inf) for the caller to count.
+
+    >>> w = torch.nn.Parameter(torch.ones(1))
+    >>> opt = torch.optim.SGD([w], lr=0.1)
+    >>> sched = make_scheduler(opt, "constant", 0, 10)
+    >>> w.grad = torch.tensor([float("nan")])
+    >>> gradient_step(opt, sched, [w], 1.0), w.item()
+    (nan, 1.0)
+    >>> w.grad = torch.tensor([0.5])
+    >>> gradient_step(opt, sched, [w], 1.0), round(w.item(), 2)
+    (0.5, 0.95)
+    """
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm).item()
+    if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+        optimizer.zero_grad(set_to_none=True)  # a step without gradients leaves every weight and moment alone
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
-    return grad_norm.item()
+    return grad_norm
+
+
+class NonFiniteGuard:
+    """Counts optimizer steps skipped for a non-finite loss or gradient norm; ``patience`` in a row stop the run.
+
+    >>> guard = NonFiniteGuard(patience=2)
+    >>> guard.check(1, loss=0.3, grad_norm=float("nan")), guard.skipped
+    (False, 1)
+    >>> guard.check(2, loss=0.3, grad_norm=0.1), guard.in_a_row
+    (True, 0)
+    """
+
+    def __init__(self, patience: int = 3):
+        self.patience, self.skipped, self.in_a_row = patience, 0, 0
+
+    def check(self, step: int, loss: float, grad_norm: float) -> bool:
+        """Whether step ``step`` was taken; raises :class:`NonFiniteError` after ``patience`` skipped in a row."""
+        if math.isfinite(loss) and math.isfinite(grad_norm):
+            self.in_a_row = 0
+            return True
+        self.skipped += 1
+        self.in_a_row += 1
+        if self.in_a_row >= self.patience:
+            raise NonFiniteError(
+                f"step {step}: loss {loss}, gradient norm {grad_norm}: {self.in_a_row} optimizer steps in a row "
+                f"were skipped for non-finite values (the weights are as they were before the first); lower "
+                f"the learning rate, or look at the rewards and the completions of these steps"
+            )
+        return False
 
 
 class EpochBatches:

@@ -38,6 +38,7 @@ def step_record(
         "clip_fraction": update["clip"],
         "loss": update["loss"],
         "grad_norm": update["grad_norm"],
+        "nonfinite_skipped": update["nonfinite_skipped"],  # 1: the update was skipped (NaN/inf loss or gradient)
         "trained_rows": update["trained_rows"],
         "lr": lr,
         "completion_length": lengths.mean().item(),

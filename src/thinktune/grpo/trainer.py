@@ -39,7 +39,7 @@ from thinktune.runs import RunDir
 from thinktune.scoring import TaskMetrics, recipe_scoring
 from thinktune.tokens import decode
 from thinktune.tracking import Tracker
-from thinktune.training import gradient_step, make_optimizer, make_scheduler
+from thinktune.training import NonFiniteGuard, gradient_step, make_optimizer, make_scheduler
 
 
 @dataclass
@@ -86,6 +86,7 @@ class GRPOTrainer:
         self.last_drawn: Groups | None = None  # the last step's groups, for callers that inspect a step
         self.seconds_scoring = 0.0
         self.loss_fn = LOSSES[self.cfg.loss]
+        self.guard = NonFiniteGuard(t.max_nonfinite_steps)
 
     @classmethod
     def from_recipe(cls, recipe: Recipe, train_examples, task_dataset, run: RunDir, tracker: Tracker) -> GRPOTrainer:
@@ -255,7 +256,9 @@ class GRPOTrainer:
                     sums["entropy"] += (entropy * m).sum().item() / plan.trained_tokens
             if prompts is not None:
                 prompts.backward()
-            grad_norm = gradient_step(self.optimizer, self.scheduler, self.params, self.recipe.train.max_grad_norm)
+            grad_norm = gradient_step(
+                self.optimizer, self.scheduler, self.params, self.recipe.train.max_grad_norm, sums["loss"]
+            )
             sums["grad_norm"] += grad_norm / cfg.iterations
         return sums
 
@@ -267,6 +270,7 @@ class GRPOTrainer:
         drawn, kept, sampling = self.collect()
         t1 = time.perf_counter()
         stats = self.learn(kept.rollout, kept.advantages)
+        stats["nonfinite_skipped"] = float(not self.guard.check(step + 1, stats["loss"], stats["grad_norm"]))
         t2 = time.perf_counter()
 
         times = StepTimes(rollout=t1 - t0 - self.seconds_scoring, score=self.seconds_scoring, update=t2 - t1)
