@@ -71,3 +71,48 @@ def test_every_record_goes_through_the_trackers_named_in_the_recipe(tmp_path, ti
         (1, "step1"),
         (2, "after"),
     ]
+
+
+def test_a_run_killed_between_checkpoints_resumes_with_each_step_logged_once(tmp_path, tiny_model_dir, monkeypatch):
+    from thinktune.grpo.trainer import GRPOTrainer
+
+    overrides = ["train.steps=5", "run.save_every=2", "eval.every=1", "eval.after=true"]
+    train(tiny_recipe(tmp_path, tiny_model_dir, *overrides))
+    whole = tmp_path / "tiny"
+
+    original = GRPOTrainer.step
+
+    def killed_during_step_4(self, step):
+        if step == 3:  # steps 1-3 are logged, the checkpoint holds step 2
+            (self.run.file("metrics.jsonl")).open("a").write('{"step": 4, "rew')  # a line cut short
+            raise KeyboardInterrupt
+        return original(self, step)
+
+    monkeypatch.setattr(GRPOTrainer, "step", killed_during_step_4)
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny_recipe(tmp_path, tiny_model_dir, *overrides, "run.name=killed"))
+    monkeypatch.undo()
+    train(tiny_recipe(tmp_path, tiny_model_dir, *overrides, "run.name=killed"), resume=True)
+    killed = tmp_path / "killed"
+    for name in ("metrics.jsonl", "samples.jsonl", "eval_curve.jsonl"):
+        steps = [r["step"] for r in read_lines(killed / name)]
+        assert steps == [r["step"] for r in read_lines(whole / name)], name
+    assert rewards(killed) == pytest.approx(rewards(whole), abs=1e-5)
+    assert not (killed / "final.partial").exists() and (killed / "final" / "config.json").is_file()
+
+
+def test_resume_refuses_a_changed_recipe_and_falls_back_past_a_corrupt_checkpoint(tmp_path, tiny_model_dir):
+    from thinktune.runs import RunError
+
+    train(tiny_recipe(tmp_path, tiny_model_dir, "train.steps=4", "run.save_every=2"))
+    run = tmp_path / "tiny"
+    with pytest.raises(RunError, match=r"changed what training does .*step 4.*train.learning_rate: 0.003 -> 0.01"):
+        train(tiny_recipe(tmp_path, tiny_model_dir, "train.steps=6", "train.learning_rate=0.01"), resume=True)
+    with pytest.raises(RunError, match=r"train.steps: 4 -> 6"):  # a decaying schedule would jump
+        train(tiny_recipe(tmp_path, tiny_model_dir, "train.steps=6", "train.lr_schedule=cosine"), resume=True)
+
+    (run / "checkpoint" / "state.pt").write_bytes(b"cut short by a full disk")
+    train(tiny_recipe(tmp_path, tiny_model_dir, "train.steps=6", "run.save_every=2", "eval.every=5"), resume=True)
+    assert [r["step"] for r in read_lines(run / "metrics.jsonl")] == [1, 2, 3, 4, 5, 6]
+    (change,) = read_lines(run / "resume_changes.jsonl")  # safe changes: allowed, never silent
+    assert change == {"step": 4, "changed": {"eval.every": [0, 5], "train.steps": [4, 6]}}

@@ -140,7 +140,9 @@ def demo(overrides: list[str] = typer.Argument(None, help="key.sub=value overrid
         typer.echo(f"the demo already finished in {run_dir} (delete that folder to run it again):\n")
         typer.echo((run_dir / "comparison.md").read_text() if (run_dir / "comparison.md").is_file() else "")
         return
-    resume = (run_dir / "checkpoint" / "state.pt").is_file()
+    from thinktune.runs import stage_outputs
+
+    resume = bool(stage_outputs(r))  # killed at any point: carry on from what is there
     if resume:
         typer.echo(f"resuming the unfinished demo in {run_dir} (delete it to start over)")
     _fail_cleanly(run_train, r, resume=resume)

@@ -189,10 +189,20 @@ def reference_policy(model: PreTrainedModel):
 
 
 def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, folder: Path) -> None:
-    """Save in standard form: a peft adapter folder (LoRA) or a full HF model folder, plus the tokenizer."""
-    folder.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
+    """Save in standard form: a peft adapter folder (LoRA) or a full HF model folder, plus the tokenizer.
+
+    Written under a temporary name and renamed when complete, so ``folder`` is either whole or absent (an
+    earlier complete folder stays until the new one replaces it).
+    """
+    folder = Path(folder)
+    partial = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    model.save_pretrained(partial)
+    tokenizer.save_pretrained(partial)
+    if folder.exists():
+        shutil.rmtree(folder)
+    partial.rename(folder)
 
 
 def load_for_inference(path_or_name: str, device: str = "auto", dtype: str = "float32"):

@@ -18,7 +18,7 @@ from pathlib import Path
 from thinktune.config import Recipe
 from thinktune.console import console, progress
 from thinktune.data import Example, PromptBuilder
-from thinktune.jsonl import JsonlWriter, read_jsonl
+from thinktune.jsonl import JsonlWriter, keep_records
 from thinktune.models import load_for_inference
 from thinktune.rollout import SamplingParams, make_backend
 from thinktune.sft import render_target
@@ -34,7 +34,7 @@ def build_pairs(recipe: Recipe, train_set: list[Example]) -> Path:
     cfg, data = recipe.pairs, recipe.data
     examples = train_set[: cfg.limit] if cfg.limit else train_set
     out = pairs_path(recipe)
-    done = len(read_jsonl(out))
+    done = len(keep_records(out, lambda pair: True))  # a line cut short by a kill is written again
     if done >= len(examples):
         console.print(f"{out}: all {len(examples)} pairs already written")
         return out

@@ -128,9 +128,13 @@ def grpo_stage(recipe: Recipe, run: RunDir, tracker: Tracker, resume: bool, trai
         return result
 
     start = 0
-    if resume and (run.checkpoint / "state.pt").is_file():
-        start = run.load_checkpoint(model, trainer.optimizer, trainer.scheduler, trainer.generator, trainer.sampler)
+    if resume and run.has_checkpoint():
+        start = run.load_checkpoint(
+            recipe, model, trainer.optimizer, trainer.scheduler, trainer.generator, trainer.sampler
+        )
         console.print(f"resumed after step {start}")
+    if resume:
+        tracker.rewind(start)  # steps logged after the checkpoint run again: each is logged once
     before = None
     if recipe.eval.before and held_out:
         before = run.read_json("eval_before.json") or run_eval("before", 0)
@@ -153,7 +157,7 @@ def grpo_stage(recipe: Recipe, run: RunDir, tracker: Tracker, resume: bool, trai
             f"{signal['flat_group_rate']:.0%} of their groups flat; peak memory so far {peak:.1f} GB"
         )
     run.save_checkpoint(
-        recipe.train.steps, model, trainer.optimizer, trainer.scheduler, trainer.generator, trainer.sampler
+        recipe.train.steps, recipe, model, trainer.optimizer, trainer.scheduler, trainer.generator, trainer.sampler
     )
     save_model(model, tokenizer, run.file("final"))
     console.print(f"saved {run.file('final')}")

@@ -18,6 +18,7 @@ from thinktune.config import Recipe
 from thinktune.console import console, peak_rss_gb, progress
 from thinktune.data import DataError
 from thinktune.data.tables import read_table
+from thinktune.models import save_model
 from thinktune.pairs import pairs_path
 from thinktune.rewards.reward_model import scoring_tokenizer, sequence_scores
 from thinktune.runs import RunDir
@@ -170,8 +171,7 @@ def train_reward_model(recipe: Recipe, run: RunDir, tracker: Tracker) -> dict:
     after = pair_accuracy(model.eval(), tokenizer, held_out, cfg.max_length)
     console.print(f"held-out pair accuracy after: {after:.3f}")
     folder = run.file("reward_model")
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
+    save_model(model, tokenizer, folder)
     console.print(f"saved {folder}")
     summary = {
         "pairs": {

@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 from thinktune.config import Recipe, dump_recipe
+from thinktune.console import console
 
 
 class RunError(RuntimeError):
@@ -41,6 +42,14 @@ STAGE_OUTPUTS = {
 }
 
 
+def stage_outputs(recipe: Recipe, stages: list[str] | None = None) -> list[Path]:
+    """The outputs of ``stages`` (default: the recipe's) in the recipe's run directory that exist."""
+    folder = Path(recipe.run.output_dir) / recipe.run.name
+    return [
+        folder / name for stage in stages or recipe.stages for name in STAGE_OUTPUTS[stage] if (folder / name).exists()
+    ]
+
+
 class RunDir:
     """The run directory of ``recipe``, for the stages about to run (default: the recipe's ``stages``).
 
@@ -50,8 +59,7 @@ class RunDir:
     def __init__(self, recipe: Recipe, resume: bool = False, stages: list[str] | None = None):
         self.path = Path(recipe.run.output_dir) / recipe.run.name
         self.checkpoint = self.path / "checkpoint"
-        outputs = [self.path / name for stage in stages or recipe.stages for name in STAGE_OUTPUTS[stage]]
-        done = any(path.exists() for path in outputs)
+        done = bool(stage_outputs(recipe, stages))
         if done and not resume:
             raise RunError(
                 f"run directory {self.path} already holds a run; pass --resume to continue it, or set "
@@ -72,12 +80,16 @@ class RunDir:
         path = self.file(name)
         return json.loads(path.read_text()) if path.is_file() else None
 
-    def save_checkpoint(self, step: int, model, optimizer, scheduler, generator: torch.Generator, sampler=None) -> None:
-        """Trainable weights (LoRA or full), optimizer and scheduler state, every RNG and the prompt sampler's
-        position and pass rates; written atomically."""
+    def save_checkpoint(
+        self, step: int, recipe: Recipe, model, optimizer, scheduler, generator: torch.Generator, sampler=None
+    ) -> None:
+        """Trainable weights (LoRA or full), optimizer and scheduler state, every RNG, the prompt sampler's
+        position and pass rates, and the recipe trained with; written atomically, the previous checkpoint kept
+        as ``previous.pt`` until the next one is whole."""
         trainable = {n: p.detach().cpu() for n, p in model.named_parameters() if p.requires_grad}
         state = {
             "step": step,
+            "recipe": recipe.model_dump(mode="json"),
             "trainable": trainable,
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
@@ -89,19 +101,52 @@ class RunDir:
             "prompt_sampler": sampler.state_dict() if sampler is not None else None,
         }
         self.checkpoint.mkdir(parents=True, exist_ok=True)
-        partial = self.checkpoint / "state.pt.partial"
+        partial, latest = self.checkpoint / "state.pt.partial", self.checkpoint / "state.pt"
         torch.save(state, partial)
-        partial.replace(self.checkpoint / "state.pt")
+        if latest.is_file():
+            latest.replace(self.checkpoint / "previous.pt")
+        partial.replace(latest)
 
-    def load_checkpoint(self, model, optimizer, scheduler, generator: torch.Generator, sampler=None) -> int:
-        """Restore a checkpoint in place; return the number of steps already done."""
-        state = torch.load(self.checkpoint / "state.pt", weights_only=False)
+    def has_checkpoint(self) -> bool:
+        return any((self.checkpoint / name).is_file() for name in CHECKPOINTS)
+
+    def _read_checkpoint(self) -> dict:
+        """The newest readable checkpoint; an unreadable one is reported and the one before it used."""
+        problems = []
+        for name in CHECKPOINTS:
+            path = self.checkpoint / name
+            if not path.is_file():
+                continue
+            try:
+                state = torch.load(path, weights_only=True)  # tensors and plain data only: loading runs no code
+            except Exception as err:  # noqa: BLE001 - any unreadable file: say so and fall back
+                problems.append(f"{path} is unreadable ({type(err).__name__}: {str(err)[:120]})")
+                console.print(f"[yellow]{problems[-1]}; trying the checkpoint before it[/]")
+                continue
+            return state
+        raise RunError("; ".join(problems) or f"no checkpoint in {self.checkpoint}")
+
+    def load_checkpoint(
+        self, recipe: Recipe, model, optimizer, scheduler, generator: torch.Generator, sampler=None
+    ) -> int:
+        """Restore the newest readable checkpoint in place; return the number of steps already done.
+
+        A recipe changed in a way that changes training since the checkpoint stops with the changes listed;
+        safe changes are printed and recorded in ``resume_changes.jsonl``.
+        """
+        state = self._read_checkpoint()
+        if "recipe" in state:
+            check_resumable(state["recipe"], recipe, state["step"], self.file("resume_changes.jsonl"))
         missing = [n for n, p in model.named_parameters() if p.requires_grad and n not in state["trainable"]]
         if missing:
             raise RunError(
                 f"checkpoint does not match the model: no weights for {missing[0]} (and {len(missing) - 1} more)"
             )
-        model.load_state_dict(state["trainable"], strict=False)
+        try:
+            model.load_state_dict(state["trainable"], strict=False)
+        except RuntimeError as err:
+            first = next((line.strip() for line in str(err).splitlines() if "size mismatch" in line), str(err)[:200])
+            raise RunError(f"checkpoint does not match the model: {first}") from None
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         random.setstate(state["rng"]["python"])
@@ -110,3 +155,49 @@ class RunDir:
         if sampler is not None and state.get("prompt_sampler"):
             sampler.load_state_dict(state["prompt_sampler"])
         return state["step"]
+
+
+CHECKPOINTS = ("state.pt", "previous.pt")  # newest first
+# Fields a resumed run may change: what is evaluated and where things go, not what is trained.
+SAFE_TO_CHANGE = ("eval.", "run.name", "run.output_dir", "run.save_every", "run.threads", "run.samples_per_step",
+                  "run.report_to", "train.steps", "train.max_nonfinite_steps")  # fmt: skip
+
+
+def flatten(tree: dict, prefix: str = "") -> dict:
+    """``{"grpo": {"beta": 0.0}}`` -> ``{"grpo.beta": 0.0}``.
+
+    >>> flatten({"grpo": {"beta": 0.0, "loss": "token"}, "stages": ["grpo"]})
+    {'grpo.beta': 0.0, 'grpo.loss': 'token', 'stages': ['grpo']}
+    """
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value and key != "task_config" and key != "args":
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def check_resumable(saved: dict, recipe: Recipe, step: int, record: Path) -> None:
+    """Stop when the recipe changed what training does since the checkpoint (listing old -> new); record safe
+    changes. More steps are safe only with a constant schedule (a decaying one would jump)."""
+    old, new = flatten(saved), flatten(recipe.model_dump(mode="json"))
+    changed = {
+        key: (old.get(key), new.get(key)) for key in sorted(old.keys() | new.keys()) if old.get(key) != new.get(key)
+    }
+    if not changed:
+        return
+    safe = {key for key in changed if key.startswith(SAFE_TO_CHANGE)}
+    if "train.steps" in safe and new.get("train.lr_schedule") != "constant":
+        safe.discard("train.steps")
+    unsafe = [f"{key}: {a!r} -> {b!r}" for key, (a, b) in changed.items() if key not in safe]
+    if unsafe:
+        raise RunError(
+            f"--resume: the recipe changed what training does since the checkpoint (step {step}): "
+            + "; ".join(unsafe)
+            + ". Resume with the recipe as it was, or start a new run (run.name=<new name>)"
+        )
+    notes = {key: list(changed[key]) for key in sorted(safe)}
+    console.print("resuming with changed settings: " + "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in notes.items()))
+    with record.open("a") as f:
+        f.write(json.dumps({"step": step, "changed": notes}) + "\n")

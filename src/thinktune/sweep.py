@@ -19,6 +19,7 @@ from pathlib import Path
 
 from thinktune.config import ConfigError, Recipe, load_recipe, parse_override
 from thinktune.console import console
+from thinktune.runs import stage_outputs
 
 # What decides the "before" evaluation (with the rewards): equal parts, equal starting model and evaluation.
 BEFORE_SECTIONS = ("model", "data", "eval")
@@ -118,7 +119,7 @@ def sweep(
             if key in befores and not (folder / "eval_before.json").exists():
                 folder.mkdir(parents=True, exist_ok=True)  # same start, same evaluation: reuse it
                 shutil.copy(befores[key], folder / "eval_before.json")
-            train(recipe, resume=(folder / "checkpoint" / "state.pt").is_file())
+            train(recipe, resume=bool(stage_outputs(recipe)))
             befores.setdefault(key, folder / "eval_before.json")
     rows = collect(root)
     (root / "sweep.json").write_text(json.dumps(rows, indent=1))

@@ -8,6 +8,7 @@ Every stage logs through one interface, so a new sink (TensorBoard, W&B, …) is
     tracker.log(3, {"loss": 1.2}, stage="sft")              # -> sft_metrics.jsonl
     tracker.log(25, {"label": "step25", "accuracy": 0.4}, stage="eval")   # -> eval_curve.jsonl
     tracker.log_samples(3, [{"question": "…", "completion": "…", "reward": 1.0}])
+    tracker.rewind(2)                                       # resuming after step 2: step 3 runs again
     tracker.close()
 """
 
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from thinktune.jsonl import JsonlWriter
+from thinktune.jsonl import JsonlWriter, keep_records
 from thinktune.runs import RunDir
 
 
@@ -25,6 +26,9 @@ class Tracker(Protocol):
 
     def log_samples(self, step: int, rows: list[dict]) -> None:
         """Completions of a GRPO step, one dict per completion."""
+
+    def rewind(self, step: int) -> None:
+        """A GRPO run resumes after ``step``: forget what was logged for later steps (they run again)."""
 
     def close(self) -> None:
         """Flush and release whatever the sink holds."""
@@ -51,6 +55,10 @@ class JsonlTracker:
         for row in rows:
             self.samples.write({"step": step, **row})
 
+    def rewind(self, step: int) -> None:
+        for writer in (self.writers["grpo"], self.writers["eval"], self.samples):
+            keep_records(writer.path, lambda record: record["step"] <= step)
+
     def close(self) -> None:
         pass  # every line is written when it is logged
 
@@ -68,6 +76,10 @@ class Trackers:
     def log_samples(self, step: int, rows: list[dict]) -> None:
         for tracker in self.trackers:
             tracker.log_samples(step, rows)
+
+    def rewind(self, step: int) -> None:
+        for tracker in self.trackers:
+            tracker.rewind(step)
 
     def close(self) -> None:
         for tracker in self.trackers:

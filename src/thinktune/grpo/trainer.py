@@ -308,6 +308,6 @@ class GRPOTrainer:
                     on_eval(done)
                 if self.recipe.run.save_every and done % self.recipe.run.save_every == 0:
                     self.run.save_checkpoint(
-                        done, self.model, self.optimizer, self.scheduler, self.generator, self.sampler
+                        done, self.recipe, self.model, self.optimizer, self.scheduler, self.generator, self.sampler
                     )
         return records
