@@ -116,3 +116,36 @@ def test_resume_refuses_a_changed_recipe_and_falls_back_past_a_corrupt_checkpoin
     assert [r["step"] for r in read_lines(run / "metrics.jsonl")] == [1, 2, 3, 4, 5, 6]
     (change,) = read_lines(run / "resume_changes.jsonl")  # safe changes: allowed, never silent
     assert change == {"step": 4, "changed": {"eval.every": [0, 5], "train.steps": [4, 6]}}
+
+
+def test_sigterm_finishes_the_step_checkpoints_and_says_how_to_resume(tmp_path, tiny_model_dir, monkeypatch):
+    import os
+    import signal
+
+    from typer.testing import CliRunner
+
+    from thinktune.cli import app
+    from thinktune.config import dump_recipe
+    from thinktune.grpo.trainer import GRPOTrainer
+
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text(dump_recipe(tiny_recipe(tmp_path, tiny_model_dir, "train.steps=4", "run.save_every=0")))
+    train(tiny_recipe(tmp_path, tiny_model_dir, "train.steps=4", "run.save_every=0", "run.name=whole"))
+
+    original = GRPOTrainer.step
+
+    def terminated_during_step_2(self, step):
+        if step == 1:
+            os.kill(os.getpid(), signal.SIGTERM)  # as a scheduler or `kill` would, in the middle of the step
+        return original(self, step)
+
+    monkeypatch.setattr(GRPOTrainer, "step", terminated_during_step_2)
+    result = CliRunner().invoke(app, ["train", str(recipe)])
+    assert result.exit_code == 130, result.output
+    assert f"stopped after step 2; its checkpoint is saved; continue with: thinktune train {recipe} --resume" in (
+        " ".join(result.output.split())
+    )
+    assert [r["step"] for r in read_lines(tmp_path / "tiny" / "metrics.jsonl")] == [1, 2]
+    monkeypatch.undo()
+    assert CliRunner().invoke(app, ["train", str(recipe), "--resume"]).exit_code == 0
+    assert rewards(tmp_path / "tiny") == pytest.approx(rewards(tmp_path / "whole"), abs=1e-5)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 import warnings
 from pathlib import Path
@@ -35,13 +36,21 @@ def _user_errors() -> tuple[type[Exception], ...]:
     return (ConfigError, DataError, ModelError, NonFiniteError, RewardError, RunError)
 
 
-def _fail_cleanly(fn, *args, **kwargs):
-    """Run ``fn``; a user error prints one clear line and exits 2 instead of a traceback."""
+def _fail_cleanly(fn, *args, again: list[str] | None = None, **kwargs):
+    """Run ``fn``; a user error prints one clear line and exits 2 instead of a traceback; a run stopped by
+    Ctrl-C or SIGTERM after a checkpointed step prints the command that continues it (``again``, else this
+    command line) and exits 130."""
+    from thinktune.training import Interrupted
+
     try:
         return fn(*args, **kwargs)
     except _user_errors() as err:
         typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
         raise typer.Exit(2) from None
+    except Interrupted as stop:
+        command = shlex.join(again or ["thinktune", *sys.argv[1:]])
+        typer.secho(f"{stop}; continue with: {command}", fg=typer.colors.YELLOW, err=True)
+        raise typer.Exit(130) from None
 
 
 def demo_recipe_path() -> Path:
@@ -62,7 +71,9 @@ def train(
     from thinktune.pipeline import train as run_train
 
     r = _fail_cleanly(load_recipe, recipe, overrides or [])
-    _fail_cleanly(run_train, r, resume=resume)
+    _fail_cleanly(
+        run_train, r, resume=resume, again=["thinktune", "train", str(recipe), *(overrides or []), "--resume"]
+    )
 
 
 @app.command()

@@ -12,8 +12,11 @@ batches from epoch shuffles, and the gradient step. A guard or a resume added he
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
+import signal
+import threading
 
 import torch
 
@@ -128,3 +131,38 @@ class EpochBatches:
             self.order += epoch
         batch, self.order = self.order[:count], self.order[count:]
         return batch
+
+
+class Interrupted(Exception):
+    """Training stopped on SIGINT/SIGTERM after a finished, checkpointed step."""
+
+    def __init__(self, step: int):
+        super().__init__(f"stopped after step {step}; its checkpoint is saved")
+        self.step = step
+
+
+@contextlib.contextmanager
+def stop_requests():
+    """Catch SIGINT (Ctrl-C) and SIGTERM while training: the first asks the loop to stop after the step it is
+    on (``handle.requested``); a second one stops at once. Outside the main thread signals cannot be caught:
+    nothing changes there."""
+
+    class Handle:
+        requested = False
+
+    handle = Handle()
+    if threading.current_thread() is not threading.main_thread():
+        yield handle
+        return
+
+    def ask(signum, frame):
+        if handle.requested:
+            raise KeyboardInterrupt
+        handle.requested = True
+
+    previous = {sig: signal.signal(sig, ask) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield handle
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

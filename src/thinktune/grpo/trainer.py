@@ -39,7 +39,14 @@ from thinktune.runs import RunDir
 from thinktune.scoring import TaskMetrics, recipe_scoring
 from thinktune.tokens import decode
 from thinktune.tracking import Tracker
-from thinktune.training import NonFiniteGuard, gradient_step, make_optimizer, make_scheduler
+from thinktune.training import (
+    Interrupted,
+    NonFiniteGuard,
+    gradient_step,
+    make_optimizer,
+    make_scheduler,
+    stop_requests,
+)
 
 
 @dataclass
@@ -293,7 +300,7 @@ class GRPOTrainer:
         """Run the remaining steps; ``on_eval(step)`` is called every ``eval.every`` steps."""
         t = self.recipe.train
         records = []
-        with progress("train", total=t.steps) as bar:
+        with progress("train", total=t.steps) as bar, stop_requests() as stop:
             bar.advance(start_step)
             for step in range(start_step, t.steps):
                 record = self.step(step)
@@ -306,8 +313,10 @@ class GRPOTrainer:
                 done = step + 1
                 if self.recipe.eval.every and done % self.recipe.eval.every == 0 and done < t.steps and on_eval:
                     on_eval(done)
-                if self.recipe.run.save_every and done % self.recipe.run.save_every == 0:
+                if stop.requested or (self.recipe.run.save_every and done % self.recipe.run.save_every == 0):
                     self.run.save_checkpoint(
                         done, self.recipe, self.model, self.optimizer, self.scheduler, self.generator, self.sampler
                     )
+                if stop.requested:
+                    raise Interrupted(done)
         return records
