@@ -61,7 +61,35 @@ def test_power_tower_is_wrong_not_a_hang_even_off_the_main_thread():
 def test_a_grader_over_its_bound_is_killed_counted_and_replaced():
     bounded = BoundedCalls(seconds=0.5, preload=())
     assert bounded.call(time.sleep, 30, default="timed out") == "timed out"
-    assert bounded.counts() == (1, 0)
+    assert bounded.counts() == (1, 1, 0)
     assert bounded.call(divmod, 7, 2) == (3, 1)  # a fresh process answers the next call
     assert bounded.call(divmod, 1, 0, default=-1) == -1  # an exception scores the default, counted as an error
-    assert bounded.counts() == (1, 1) and "ZeroDivisionError" in bounded.last_error
+    assert bounded.counts() == (3, 1, 1) and "ZeroDivisionError" in bounded.last_error
+
+
+def test_the_grader_process_gets_no_credentials_and_is_replaced_when_it_dies(monkeypatch):
+    import os
+
+    monkeypatch.setenv("HF_TOKEN", "hf_secret")
+    monkeypatch.setenv("THINKTUNE_PLAIN", "visible")
+    bounded = BoundedCalls(seconds=5.0, preload=())
+    assert bounded.call(os.getenv, "HF_TOKEN", default="unreachable") is None
+    assert bounded.call(os.getenv, "THINKTUNE_PLAIN") == "visible"
+    first = bounded.call(os.getpid)
+    assert bounded.call(os._exit, 3, default="died") == "died"  # the child exits mid-call
+    assert bounded.call(os.getpid) != first and os.environ["HF_TOKEN"] == "hf_secret"
+    assert bounded.counts() == (5, 0, 1) and "grader process died" in bounded.last_error
+
+
+def test_reasoning_gym_scorers_run_in_the_grader_process():
+    import os
+
+    from thinktune.config import DataConfig
+    from thinktune.data import load_examples
+
+    _, held_out, task = load_examples(DataConfig(task="basic_arithmetic", train_size=10, eval_size=3))
+    entry = {"question": held_out[0].question, "answer": held_out[0].answer, "metadata": held_out[0].extra["metadata"]}
+    calls = GRADER.calls
+    assert task.score_answer(held_out[0].answer, entry) == 1.0 and GRADER.calls == calls + 1
+    assert task.score_answer("nonsense", entry) == 0.0
+    assert GRADER.call(os.getpid) != os.getpid()

@@ -142,3 +142,16 @@ def test_a_nan_loss_skips_the_update_and_too_many_in_a_row_stop_the_run(tmp_path
     with pytest.raises(NonFiniteError, match=r"step 4: loss nan, gradient norm nan: 2 optimizer steps in a row"):
         for step in range(2, 6):
             trainer.step(step)
+
+
+def test_a_step_whose_every_grader_call_fails_stops_the_run(tmp_path, tiny_model_dir):
+    import json
+
+    from thinktune.rewards import RewardError
+
+    unanswered = tmp_path / "unanswered.jsonl"  # no reference answers: the accuracy metric calls no grader
+    unanswered.write_text("".join(json.dumps({"question": f"say {w}", "answer": ""}) + "\n" for w in "abcdefghij"))
+    failing = "rewards=[{name: 'tests.user_rewards:grader_always_fails'}]"
+    trainer = build(tmp_path, tiny_model_dir, failing, f"data.path={unanswered}")
+    with pytest.raises(RewardError, match=r"step 1: every one of the 32 grader calls timed out or failed .*Zero"):
+        trainer.step(0)

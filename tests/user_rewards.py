@@ -53,3 +53,10 @@ def accuracy_with_one_power_tower(prompts, completions, answer, **_):
 def flat_unless_mixed(prompts, completions, question, **_):
     """0.5 for every completion of a question without 'mixed' (a flat group); alternating 0/1 otherwise."""
     return [float(i % 2) if "mixed" in q else 0.5 for i, q in enumerate(question)]
+
+
+def grader_always_fails(prompts, completions, **_):
+    """Every completion graded in the grader process by a call that raises there."""
+    from thinktune.rewards.guard import GRADER
+
+    return [GRADER.call(divmod, 1, 0, default=0.0) for _ in completions]

@@ -5,6 +5,7 @@ data: {source: reasoning_gym, task: basic_arithmetic, task_config: {min_terms: 3
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from thinktune.data.types import EVAL_SEED_OFFSET, DataError, Example
@@ -53,7 +54,36 @@ def reasoning_gym_splits(cfg) -> tuple[list[Example], list[Example], list[Exampl
     validation = []
     if cfg.validation_size:
         validation = distinct_set(cfg.validation_size, cfg.seed + 2 * EVAL_SEED_OFFSET, held_questions)
-    train, scorer = _gym_examples(cfg.task, cfg.train_size, cfg.seed, cfg.task_config)
+    train, _ = _gym_examples(cfg.task, cfg.train_size, cfg.seed, cfg.task_config)
     seen = held_questions | {e.question for e in validation}
     train = [e for e in train if e.question not in seen]
-    return train, held_out, validation, scorer
+    return train, held_out, validation, GymTask(cfg.task, cfg.task_config)
+
+
+class GymTask:
+    """A reasoning-gym task's scorer, run in the bounded grader process: the task is rebuilt there from its name
+    and config, so a scorer that parses model output (some call ``sympy``) cannot hang or crash training."""
+
+    def __init__(self, name: str, config: dict):
+        self.name, self.config = name, dict(config)
+
+    def score_answer(self, answer: str | None, entry: dict) -> float:
+        """The task's own score of ``answer`` for ``entry`` (question, answer, metadata); 0 when the scorer
+        times out or fails (counted by the grader)."""
+        from thinktune.rewards.guard import GRADER
+
+        return GRADER.call(score_in_grader, self.name, json.dumps(self.config, sort_keys=True), answer, entry,
+                           default=0.0)  # fmt: skip
+
+
+_TASKS: dict[tuple[str, str], Any] = {}  # in the grader process: one dataset object per task and config
+
+
+def score_in_grader(name: str, config_json: str, answer: str | None, entry: dict) -> float:
+    """Score with the task rebuilt from its name and config (once per process)."""
+    key = (name, config_json)
+    if key not in _TASKS:
+        import reasoning_gym
+
+        _TASKS[key] = reasoning_gym.create_dataset(name, size=1, seed=0, **json.loads(config_json))
+    return float(_TASKS[key].score_answer(answer=answer, entry=entry))

@@ -31,7 +31,7 @@ from thinktune.grpo.metrics import StepTimes, pass_rate, sample_rows, step_recor
 from thinktune.grpo.sampling import Groups, PromptSampler
 from thinktune.logprobs import SharedPrompts, completion_logprobs, rollout_logprobs, supports_shared_prompts
 from thinktune.models import load_policy, reference_policy
-from thinktune.rewards import RewardSet
+from thinktune.rewards import RewardError, RewardSet
 from thinktune.rewards.guard import GRADER
 from thinktune.rewards.registry import RewardScores
 from thinktune.rollout import Rollout, RolloutBackend, SamplingParams, make_backend
@@ -276,12 +276,17 @@ class GRPOTrainer:
         self.seconds_scoring = 0.0
         drawn, kept, sampling = self.collect()
         t1 = time.perf_counter()
+        calls, timeouts, errors = (now - before for now, before in zip(GRADER.counts(), incidents_before, strict=True))
+        if calls and timeouts + errors == calls:
+            raise RewardError(
+                f"step {step + 1}: every one of the {calls} grader calls timed out or failed ({timeouts} time-outs, "
+                f"{errors} errors; last error: {GRADER.last_error}): the rewards would all be 0"
+            )
         stats = self.learn(kept.rollout, kept.advantages)
         stats["nonfinite_skipped"] = float(not self.guard.check(step + 1, stats["loss"], stats["grad_norm"]))
         t2 = time.perf_counter()
 
         times = StepTimes(rollout=t1 - t0 - self.seconds_scoring, score=self.seconds_scoring, update=t2 - t1)
-        incidents = [now - before for now, before in zip(GRADER.counts(), incidents_before, strict=True)]
         record = step_record(
             drawn,
             self.task.format_ok(drawn.completions),
@@ -289,7 +294,7 @@ class GRPOTrainer:
             sampling,
             self.scheduler.get_last_lr()[0],
             times,
-            incidents,
+            (timeouts, errors),
         )
         self.tracker.log(step + 1, record)
         self.tracker.log_samples(step + 1, sample_rows(drawn, self.recipe.run.samples_per_step))

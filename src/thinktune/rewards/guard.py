@@ -5,7 +5,8 @@ try to build a number with more digits than atoms in the universe. math-verify's
 ``signal.alarm``, which works only in the main thread and cannot interrupt a long C call. So graders that
 parse model output run in a separate process: when one call takes longer than the bound, the process is
 killed and restarted, the completion scores 0, and the time-out is counted (the trainer logs the count
-per step as ``grader_timeouts``). A grader that raises scores 0 too, counted as ``grader_errors``.
+per step as ``grader_timeouts``). A grader that raises scores 0 too, counted as ``grader_errors``. The process
+starts without the environment's credentials, under memory and CPU limits, and is replaced whenever it dies.
 
     >>> from thinktune.rewards.answers import math_equal
     >>> GRADER.call(math_equal, "0.5", "\\\\frac{1}{2}")
@@ -14,7 +15,10 @@ per step as ``grader_timeouts``). A grader that raises scores 0 too, counted as 
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
+import os
+import re
 import resource
 import threading
 from collections.abc import Callable
@@ -22,10 +26,23 @@ from typing import Any
 
 STARTUP_SECONDS = 120.0  # importing sympy in a fresh process on a loaded 2-core machine
 MEMORY_LIMIT = 4 << 30  # a grader that builds a giant number fails with MemoryError, not the machine
+CPU_SECONDS = 3600  # CPU time of one grader process; it is replaced when it runs out
+SECRET = re.compile(r"TOKEN|KEY|SECRET|PASSWORD|CREDENTIAL|AUTH", re.IGNORECASE)
+
+
+@contextlib.contextmanager
+def _without_secrets():
+    """The environment without variables that look like credentials, while a grader process starts."""
+    hidden = {name: os.environ.pop(name) for name in list(os.environ) if SECRET.search(name)}
+    try:
+        yield
+    finally:
+        os.environ.update(hidden)
 
 
 def _serve(conn, preload: tuple[str, ...]) -> None:
     resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT, MEMORY_LIMIT))
+    resource.setrlimit(resource.RLIMIT_CPU, (CPU_SECONDS, CPU_SECONDS + 10))
     for module in preload:
         __import__(module)
     conn.send("ready")
@@ -40,8 +57,9 @@ def _serve(conn, preload: tuple[str, ...]) -> None:
 class BoundedCalls:
     """Calls ``fn(*args)`` in a child process, giving up after ``seconds``. ``fn`` must be importable."""
 
-    def __init__(self, seconds: float = 5.0, preload: tuple[str, ...] = ("math_verify",)):
+    def __init__(self, seconds: float = 5.0, preload: tuple[str, ...] = ("math_verify", "reasoning_gym")):
         self.seconds, self.preload = seconds, preload
+        self.calls = 0
         self.timeouts = 0
         self.errors = 0
         self.last_error: str | None = None
@@ -52,6 +70,7 @@ class BoundedCalls:
         """``fn(*args)`` from the child, or ``default`` when it times out, raises or kills the child."""
         with self._lock:
             self._start()
+            self.calls += 1
             try:
                 self._conn.send((fn, args))
                 if not self._conn.poll(self.seconds):
@@ -64,14 +83,15 @@ class BoundedCalls:
                 self.last_error = f"grader process died: {type(err).__name__}"
                 self._stop()
                 return default
-            if not ok:
+            if not ok:  # an exception leaves the process sound; replacing it would cost 1-2 s per failing call
                 self.errors += 1
                 self.last_error = value
                 return default
             return value
 
-    def counts(self) -> tuple[int, int]:
-        return self.timeouts, self.errors
+    def counts(self) -> tuple[int, int, int]:
+        """Calls, time-outs and errors so far."""
+        return self.calls, self.timeouts, self.errors
 
     def _start(self) -> None:
         if self._process is not None and self._process.is_alive():
@@ -79,7 +99,8 @@ class BoundedCalls:
         context = multiprocessing.get_context("spawn")  # no forked copy of torch's threads and memory
         parent, child = context.Pipe()
         self._process = context.Process(target=_serve, args=(child, self.preload), daemon=True)
-        self._process.start()
+        with _without_secrets():  # a grader runs model output through parsers: it gets no credentials
+            self._process.start()
         child.close()
         self._conn = parent
         if not parent.poll(STARTUP_SECONDS) or parent.recv() != "ready":
