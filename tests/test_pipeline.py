@@ -149,3 +149,14 @@ def test_sigterm_finishes_the_step_checkpoints_and_says_how_to_resume(tmp_path, 
     monkeypatch.undo()
     assert CliRunner().invoke(app, ["train", str(recipe), "--resume"]).exit_code == 0
     assert rewards(tmp_path / "tiny") == pytest.approx(rewards(tmp_path / "whole"), abs=1e-5)
+
+
+def test_a_checkpoint_that_cannot_be_written_is_a_clear_error_and_the_previous_one_stays(tmp_path, tiny_model_dir):
+    from thinktune.runs import RunDir, RunError
+
+    train(tiny_recipe(tmp_path, tiny_model_dir, "train.steps=2", "run.save_every=1"))
+    checkpoint = tmp_path / "tiny" / "checkpoint"
+    (checkpoint / "state.pt.partial").mkdir()  # the write fails as on a full disk or a read-only folder
+    with pytest.raises(RunError, match=r"cannot write the step-3 checkpoint .*the previous checkpoint is intact"):
+        train(tiny_recipe(tmp_path, tiny_model_dir, "train.steps=4", "run.save_every=1"), resume=True)
+    assert RunDir(tiny_recipe(tmp_path, tiny_model_dir), resume=True)._read_checkpoint()["step"] == 2

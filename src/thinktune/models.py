@@ -196,10 +196,16 @@ def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, folde
     """
     folder = Path(folder)
     partial = folder.with_name(folder.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
-    model.save_pretrained(partial)
-    tokenizer.save_pretrained(partial)
+    try:
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir(parents=True)
+        model.save_pretrained(partial)
+        tokenizer.save_pretrained(partial)
+    except (OSError, RuntimeError) as err:  # a full disk, a read-only folder
+        shutil.rmtree(partial, ignore_errors=True)
+        raise ModelError(
+            f"cannot save {folder} ({str(err).splitlines()[0][:160]}); nothing there was changed"
+        ) from None
     if folder.exists():
         shutil.rmtree(folder)
     partial.rename(folder)

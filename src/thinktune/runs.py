@@ -100,9 +100,17 @@ class RunDir:
             },
             "prompt_sampler": sampler.state_dict() if sampler is not None else None,
         }
-        self.checkpoint.mkdir(parents=True, exist_ok=True)
         partial, latest = self.checkpoint / "state.pt.partial", self.checkpoint / "state.pt"
-        torch.save(state, partial)
+        try:
+            self.checkpoint.mkdir(parents=True, exist_ok=True)
+            torch.save(state, partial)
+        except (OSError, RuntimeError) as err:  # torch reports a full disk as RuntimeError
+            if partial.is_file():
+                partial.unlink()
+            raise RunError(
+                f"cannot write the step-{step} checkpoint to {self.checkpoint} ({str(err).splitlines()[0][:160]}); "
+                f"the previous checkpoint is intact"
+            ) from None
         if latest.is_file():
             latest.replace(self.checkpoint / "previous.pt")
         partial.replace(latest)
@@ -163,6 +171,9 @@ SAFE_TO_CHANGE = ("eval.", "run.name", "run.output_dir", "run.save_every", "run.
                   "run.report_to", "train.steps", "train.max_nonfinite_steps")  # fmt: skip
 
 
+CHANGES_THE_COMPARISON = ("eval.split", "eval.seed", "eval.samples", "eval.max_new_tokens")  # before vs after
+
+
 def flatten(tree: dict, prefix: str = "") -> dict:
     """``{"grpo": {"beta": 0.0}}`` -> ``{"grpo.beta": 0.0}``.
 
@@ -187,7 +198,7 @@ def check_resumable(saved: dict, recipe: Recipe, step: int, record: Path) -> Non
     }
     if not changed:
         return
-    safe = {key for key in changed if key.startswith(SAFE_TO_CHANGE)}
+    safe = {key for key in changed if key.startswith(SAFE_TO_CHANGE) and key not in CHANGES_THE_COMPARISON}
     if "train.steps" in safe and new.get("train.lr_schedule") != "constant":
         safe.discard("train.steps")
     unsafe = [f"{key}: {a!r} -> {b!r}" for key, (a, b) in changed.items() if key not in safe]
