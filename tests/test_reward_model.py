@@ -123,3 +123,34 @@ def test_micro_batches_give_the_full_batch_gradient(tmp_path, tiny_model_dir):
     for loss, grad in grads[1:]:
         assert loss == pytest.approx(grads[0][0], abs=1e-6)
         torch.testing.assert_close(grad, grads[0][1], atol=1e-5, rtol=1e-4)
+
+
+def test_reward_model_stopped_mid_training_resumes_from_its_checkpoint(tmp_path, tiny_model_dir, monkeypatch):
+    import os
+    import signal
+
+    from thinktune import preference
+    from thinktune.training import Interrupted
+
+    rows = [{"prompt": f"say {a}", "chosen": f" yes {a}", "rejected": f" no {a}"} for a in WORDS]
+    path = write_pairs(tmp_path / "pairs.jsonl", rows)
+    settings = ["reward_model.eval_pairs=4", "reward_model.steps=6", "run.save_every=2"]
+    whole = train(rm_recipe(tmp_path, (path, tiny_model_dir), *settings, "run.name=whole"))["reward_model"]
+
+    original, calls = preference.accumulate_gradients, []
+
+    def terminated_in_step_3(*args):
+        calls.append(1)
+        if len(calls) == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return original(*args)
+
+    monkeypatch.setattr(preference, "accumulate_gradients", terminated_in_step_3)
+    with pytest.raises(Interrupted, match="stopped after step 3"):
+        train(rm_recipe(tmp_path, (path, tiny_model_dir), *settings))
+    monkeypatch.undo()
+    resumed = train(rm_recipe(tmp_path, (path, tiny_model_dir), *settings), resume=True)["reward_model"]
+    losses = [[json.loads(line)["loss"] for line in (tmp_path / run / "reward_model_metrics.jsonl").open()]
+              for run in ("rm", "whole")]  # fmt: skip
+    assert len(losses[0]) == 6 and losses[0] == pytest.approx(losses[1], abs=1e-5)
+    assert resumed["pair_accuracy_after"] == whole["pair_accuracy_after"]

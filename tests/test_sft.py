@@ -113,3 +113,37 @@ def test_a_chat_row_without_an_assistant_reply_is_named(tmp_path, tiny_model_dir
     chats.write_text(json.dumps({"messages": [{"role": "user", "content": "hi"}]}) + "\n")
     with pytest.raises(DataError, match=r"chats.jsonl: row 0 has no user turn followed by an assistant turn"):
         train(sft_recipe(tmp_path, tiny_model_dir, "stages=[sft]", "data.source=chat", f"data.path={chats}"))
+
+
+def test_sft_stopped_mid_training_resumes_from_its_checkpoint(tmp_path, tiny_model_dir, monkeypatch):
+    import os
+    import signal
+
+    from thinktune import sft
+    from thinktune.training import Interrupted
+
+    overrides = ["stages=[sft]", "sft.steps=8", "run.save_every=3", "eval.before=false", "eval.after=false"]
+    train(sft_recipe(tmp_path, tiny_model_dir, *overrides, "run.name=whole"))
+
+    original = sft.completion_loss
+    calls = []
+
+    def terminated_in_step_5(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 5:
+            os.kill(os.getpid(), signal.SIGTERM)  # step 5 finishes, is checkpointed, then the run stops
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(sft, "completion_loss", terminated_in_step_5)
+    with pytest.raises(Interrupted, match="stopped after step 5"):
+        train(sft_recipe(tmp_path, tiny_model_dir, *overrides))
+    monkeypatch.undo()
+    with (tmp_path / "chain" / "sft_metrics.jsonl").open("a") as f:
+        f.write('{"step": 6, "lo')  # a line cut short
+    train(sft_recipe(tmp_path, tiny_model_dir, *overrides), resume=True)
+
+    def records(run):
+        return [json.loads(line) for line in (tmp_path / run / "sft_metrics.jsonl").open()]
+
+    assert [r["step"] for r in records("chain")] == list(range(1, 9))  # each step once
+    assert [r["loss"] for r in records("chain")] == pytest.approx([r["loss"] for r in records("whole")], abs=1e-5)

@@ -51,7 +51,7 @@ def train(recipe: Recipe, resume: bool = False) -> dict:
             if resume and (folder / "config.json").is_file():
                 console.print(f"sft: already done, continuing from {folder}")
             else:
-                summary["sft"] = sft_stage(recipe, run, tracker, train_set, held_out, task_dataset)
+                summary["sft"] = sft_stage(recipe, run, tracker, resume, train_set, held_out, task_dataset)
             recipe = recipe.model_copy(update={"model": recipe.model.model_copy(update={"name": str(folder)})})
         if "pairs" in recipe.stages:
             summary["pairs"] = {"path": str(build_pairs(recipe, train_set))}
@@ -59,7 +59,7 @@ def train(recipe: Recipe, resume: bool = False) -> dict:
             trained = run.read_json("reward_model_summary.json") if resume else None
             if trained:
                 console.print("reward model: already trained, continuing")
-            summary["reward_model"] = trained or train_reward_model(recipe, run, tracker)
+            summary["reward_model"] = trained or train_reward_model(recipe, run, tracker, resume)
         if "grpo" in recipe.stages:
             summary.update(grpo_stage(recipe, run, tracker, resume, train_set, held_out, task_dataset))
     finally:
@@ -77,21 +77,23 @@ def evaluate_and_save(run: RunDir, label: str, backend, recipe: Recipe, held_out
     return saved
 
 
-def sft_stage(recipe: Recipe, run: RunDir, tracker: Tracker, train_set, held_out, task_dataset) -> dict:
+def sft_stage(recipe: Recipe, run: RunDir, tracker: Tracker, resume: bool, train_set, held_out, task_dataset) -> dict:
     """Evaluate the base model, fine-tune on the worked answers, save the merged model to ``sft/``, evaluate it."""
     model, tokenizer = load_policy(recipe.model)
     rewards, task = recipe_scoring(recipe, task_dataset, tokenizer)
-    base = None
-    if recipe.eval.before and held_out:
+    base = run.read_json("eval_base.json") if resume else None
+    if recipe.eval.before and held_out and base is None:
         backend = make_backend(recipe.rollout.backend, model, tokenizer)
         base = evaluate_and_save(run, "base", backend, recipe, held_out, rewards, task)
     start = time.perf_counter()
-    records = run_sft(recipe, model, tokenizer, train_set, tracker)
+    records = run_sft(recipe, model, tokenizer, train_set, tracker, run, resume)
     seconds = time.perf_counter() - start
     save_sft_model(model, tokenizer, run.file("sft"))
     console.print(f"saved {run.file('sft')}")
     model, tokenizer = load_for_inference(str(run.file("sft")), recipe.model.device, recipe.model.dtype)
-    summary = {"seconds": seconds, "first_loss": records[0]["loss"], "last_loss": records[-1]["loss"]}
+    summary = {"seconds": seconds}
+    if records:  # this process's steps (after a resume, from the checkpoint on)
+        summary.update(first_loss=records[0]["loss"], last_loss=records[-1]["loss"])
     if held_out and (recipe.eval.after or "grpo" in recipe.stages):
         backend = make_backend(recipe.rollout.backend, model, tokenizer)
         after = evaluate_and_save(run, "sft", backend, recipe, held_out, rewards, task)
@@ -129,9 +131,7 @@ def grpo_stage(recipe: Recipe, run: RunDir, tracker: Tracker, resume: bool, trai
 
     start = 0
     if resume and run.has_checkpoint():
-        start = run.load_checkpoint(
-            recipe, model, trainer.optimizer, trainer.scheduler, trainer.generator, trainer.sampler
-        )
+        start = run.load_checkpoint(recipe, model, trainer.checkpoint_parts())
         console.print(f"resumed after step {start}")
     if resume:
         tracker.rewind(start)  # steps logged after the checkpoint run again: each is logged once
@@ -156,9 +156,7 @@ def grpo_stage(recipe: Recipe, run: RunDir, tracker: Tracker, resume: bool, trai
             f"median step {step_seconds:.1f} s; {signal['prompts_drawn_per_step']:.1f} prompts drawn a step, "
             f"{signal['flat_group_rate']:.0%} of their groups flat; peak memory so far {peak:.1f} GB"
         )
-    run.save_checkpoint(
-        recipe.train.steps, recipe, model, trainer.optimizer, trainer.scheduler, trainer.generator, trainer.sampler
-    )
+    run.save_checkpoint(recipe.train.steps, recipe, model, trainer.checkpoint_parts())
     save_model(model, tokenizer, run.file("final"))
     console.print(f"saved {run.file('final')}")
 

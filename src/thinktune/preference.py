@@ -23,7 +23,15 @@ from thinktune.pairs import pairs_path
 from thinktune.rewards.reward_model import scoring_tokenizer, sequence_scores
 from thinktune.runs import RunDir
 from thinktune.tracking import Tracker
-from thinktune.training import EpochBatches, NonFiniteGuard, gradient_step, make_optimizer, make_scheduler
+from thinktune.training import (
+    EpochBatches,
+    Interrupted,
+    NonFiniteGuard,
+    gradient_step,
+    make_optimizer,
+    make_scheduler,
+    stop_requests,
+)
 
 
 @dataclass
@@ -130,8 +138,9 @@ def load_reward_model_for_training(recipe: Recipe):
     return model, tokenizer
 
 
-def train_reward_model(recipe: Recipe, run: RunDir, tracker: Tracker) -> dict:
-    """Train on the pairs file, report held-out pair accuracy before and after, save ``<run>/reward_model``."""
+def train_reward_model(recipe: Recipe, run: RunDir, tracker: Tracker, resume: bool = False) -> dict:
+    """Train on the pairs file, report held-out pair accuracy before and after, save ``<run>/reward_model``.
+    Checkpoints every ``run.save_every`` steps (and on Ctrl-C/SIGTERM); ``resume`` continues after the last."""
     cfg = recipe.reward_model
     pairs_file = cfg.pairs or str(pairs_path(recipe))
     torch.manual_seed(recipe.train.seed)
@@ -155,10 +164,18 @@ def train_reward_model(recipe: Recipe, run: RunDir, tracker: Tracker) -> dict:
     scheduler = make_scheduler(optimizer, "constant", 0, cfg.steps)
     batches = EpochBatches(len(train_pairs), recipe.train.seed)
     guard = NonFiniteGuard(recipe.train.max_nonfinite_steps)
+    parts = {"optimizer": optimizer, "scheduler": scheduler, "batches": batches}
+    first = 0
+    if resume and run.has_checkpoint("reward_model"):
+        first = run.load_checkpoint(recipe, model, parts, stage="reward_model")
+        console.print(f"reward model: resumed after step {first}")
+    if resume:
+        tracker.rewind(first, stage="reward_model")
     start = time.perf_counter()
     model.train()
-    with progress("reward model", total=cfg.steps) as bar:
-        for step in range(cfg.steps):
+    with progress("reward model", total=cfg.steps) as bar, stop_requests() as stop:
+        bar.advance(first)
+        for step in range(first, cfg.steps):
             rows = batches.next(cfg.batch_size)
             loss, margin = accumulate_gradients(model, tokenizer, train_pairs.take(rows), cfg)
             grad_norm = gradient_step(optimizer, scheduler, params, recipe.train.max_grad_norm, loss)
@@ -167,6 +184,11 @@ def train_reward_model(recipe: Recipe, run: RunDir, tracker: Tracker) -> dict:
             tracker.log(step + 1, record, stage="reward_model")
             bar.advance()
             bar.show(f"loss {loss:.3f}")
+            save_every = recipe.run.save_every
+            if stop.requested or (save_every and (step + 1) % save_every == 0 and step + 1 < cfg.steps):
+                run.save_checkpoint(step + 1, recipe, model, parts, stage="reward_model")
+            if stop.requested:
+                raise Interrupted(step + 1)
     seconds = time.perf_counter() - start
     after = pair_accuracy(model.eval(), tokenizer, held_out, cfg.max_length)
     console.print(f"held-out pair accuracy after: {after:.3f}")

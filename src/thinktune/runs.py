@@ -35,9 +35,9 @@ class RunError(RuntimeError):
 # What each stage leaves in a run directory; finding them means the stage already ran there. Other files (the
 # pairs written by `thinktune pairs`, a reward model) are inputs a later stage may use.
 STAGE_OUTPUTS = {
-    "sft": ("sft", "sft_metrics.jsonl", "eval_base.json"),
+    "sft": ("sft", "sft_metrics.jsonl", "sft_checkpoint", "eval_base.json"),
     "pairs": ("pairs.jsonl",),
-    "reward_model": ("reward_model", "reward_model_metrics.jsonl"),
+    "reward_model": ("reward_model", "reward_model_metrics.jsonl", "reward_model_checkpoint"),
     "grpo": ("metrics.jsonl", "checkpoint", "final"),
 }
 
@@ -80,49 +80,45 @@ class RunDir:
         path = self.file(name)
         return json.loads(path.read_text()) if path.is_file() else None
 
-    def save_checkpoint(
-        self, step: int, recipe: Recipe, model, optimizer, scheduler, generator: torch.Generator, sampler=None
-    ) -> None:
-        """Trainable weights (LoRA or full), optimizer and scheduler state, every RNG, the prompt sampler's
-        position and pass rates, and the recipe trained with; written atomically, the previous checkpoint kept
-        as ``previous.pt`` until the next one is whole."""
-        trainable = {n: p.detach().cpu() for n, p in model.named_parameters() if p.requires_grad}
+    def save_checkpoint(self, step: int, recipe: Recipe, model, parts: dict, stage: str = "grpo") -> None:
+        """A stage's training state after ``step``: trainable weights (LoRA or full), every ``part``'s
+        ``state_dict()`` (optimizer, schedule, data order, sampling RNG…), the global RNGs and the recipe trained
+        with. Written atomically to ``<stage folder>/state.pt``; the previous one is kept as ``previous.pt``
+        until the new one is whole."""
+        folder = self.checkpoint_folder(stage)
         state = {
             "step": step,
             "recipe": recipe.model_dump(mode="json"),
-            "trainable": trainable,
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "rng": {
-                "python": random.getstate(),
-                "torch": torch.get_rng_state(),
-                "sampler": generator.get_state(),
-            },
-            "prompt_sampler": sampler.state_dict() if sampler is not None else None,
+            "trainable": {n: p.detach().cpu() for n, p in model.named_parameters() if p.requires_grad},
+            "parts": {name: part.state_dict() for name, part in parts.items()},
+            "rng": {"python": random.getstate(), "torch": torch.get_rng_state()},
         }
-        partial, latest = self.checkpoint / "state.pt.partial", self.checkpoint / "state.pt"
+        partial, latest = folder / "state.pt.partial", folder / "state.pt"
         try:
-            self.checkpoint.mkdir(parents=True, exist_ok=True)
+            folder.mkdir(parents=True, exist_ok=True)
             torch.save(state, partial)
         except (OSError, RuntimeError) as err:  # torch reports a full disk as RuntimeError
             if partial.is_file():
                 partial.unlink()
             raise RunError(
-                f"cannot write the step-{step} checkpoint to {self.checkpoint} ({str(err).splitlines()[0][:160]}); "
+                f"cannot write the step-{step} checkpoint to {folder} ({str(err).splitlines()[0][:160]}); "
                 f"the previous checkpoint is intact"
             ) from None
         if latest.is_file():
-            latest.replace(self.checkpoint / "previous.pt")
+            latest.replace(folder / "previous.pt")
         partial.replace(latest)
 
-    def has_checkpoint(self) -> bool:
-        return any((self.checkpoint / name).is_file() for name in CHECKPOINTS)
+    def checkpoint_folder(self, stage: str = "grpo") -> Path:
+        return self.checkpoint if stage == "grpo" else self.file(f"{stage}_checkpoint")
 
-    def _read_checkpoint(self) -> dict:
+    def has_checkpoint(self, stage: str = "grpo") -> bool:
+        return any((self.checkpoint_folder(stage) / name).is_file() for name in CHECKPOINTS)
+
+    def _read_checkpoint(self, stage: str = "grpo") -> dict:
         """The newest readable checkpoint; an unreadable one is reported and the one before it used."""
         problems = []
         for name in CHECKPOINTS:
-            path = self.checkpoint / name
+            path = self.checkpoint_folder(stage) / name
             if not path.is_file():
                 continue
             try:
@@ -132,19 +128,16 @@ class RunDir:
                 console.print(f"[yellow]{problems[-1]}; trying the checkpoint before it[/]")
                 continue
             return state
-        raise RunError("; ".join(problems) or f"no checkpoint in {self.checkpoint}")
+        raise RunError("; ".join(problems) or f"no checkpoint in {self.checkpoint_folder(stage)}")
 
-    def load_checkpoint(
-        self, recipe: Recipe, model, optimizer, scheduler, generator: torch.Generator, sampler=None
-    ) -> int:
-        """Restore the newest readable checkpoint in place; return the number of steps already done.
+    def load_checkpoint(self, recipe: Recipe, model, parts: dict, stage: str = "grpo") -> int:
+        """Restore the newest readable checkpoint of ``stage`` in place; return the number of steps done.
 
         A recipe changed in a way that changes training since the checkpoint stops with the changes listed;
         safe changes are printed and recorded in ``resume_changes.jsonl``.
         """
-        state = self._read_checkpoint()
-        if "recipe" in state:
-            check_resumable(state["recipe"], recipe, state["step"], self.file("resume_changes.jsonl"))
+        state = self._read_checkpoint(stage)
+        check_resumable(state["recipe"], recipe, state["step"], self.file("resume_changes.jsonl"))
         missing = [n for n, p in model.named_parameters() if p.requires_grad and n not in state["trainable"]]
         if missing:
             raise RunError(
@@ -155,14 +148,24 @@ class RunDir:
         except RuntimeError as err:
             first = next((line.strip() for line in str(err).splitlines() if "size mismatch" in line), str(err)[:200])
             raise RunError(f"checkpoint does not match the model: {first}") from None
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
+        for name, part in parts.items():
+            part.load_state_dict(state["parts"][name])
         random.setstate(state["rng"]["python"])
         torch.set_rng_state(state["rng"]["torch"])
-        generator.set_state(state["rng"]["sampler"])
-        if sampler is not None and state.get("prompt_sampler"):
-            sampler.load_state_dict(state["prompt_sampler"])
         return state["step"]
+
+
+class GeneratorState:
+    """A ``torch.Generator`` as a checkpoint part (``state_dict`` / ``load_state_dict``)."""
+
+    def __init__(self, generator: torch.Generator):
+        self.generator = generator
+
+    def state_dict(self) -> dict:
+        return {"state": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["state"])
 
 
 CHECKPOINTS = ("state.pt", "previous.pt")  # newest first

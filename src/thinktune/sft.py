@@ -19,8 +19,17 @@ from thinktune.data import DataError, Example, PromptBuilder
 from thinktune.logprobs import completion_logprobs
 from thinktune.models import save_model
 from thinktune.rollout.engine import left_pad
+from thinktune.runs import RunDir
 from thinktune.tracking import Tracker
-from thinktune.training import EpochBatches, NonFiniteGuard, gradient_step, make_optimizer, make_scheduler
+from thinktune.training import (
+    EpochBatches,
+    Interrupted,
+    NonFiniteGuard,
+    gradient_step,
+    make_optimizer,
+    make_scheduler,
+    stop_requests,
+)
 
 
 @dataclass
@@ -93,8 +102,12 @@ def completion_loss(model, prompts: list[list[int]], targets: list[list[int]], p
     return -(logprobs * mask).sum() / mask.sum()
 
 
-def run_sft(recipe: Recipe, model, tokenizer, examples: list[Example], tracker: Tracker) -> list[dict]:
-    """Train ``model`` in place for ``sft.steps`` steps; log each step (stage ``sft``); return the records."""
+def run_sft(
+    recipe: Recipe, model, tokenizer, examples: list[Example], tracker: Tracker, run: RunDir, resume: bool = False
+) -> list[dict]:
+    """Train ``model`` in place for ``sft.steps`` steps, checkpointing every ``run.save_every`` steps (and on
+    Ctrl-C/SIGTERM); log each step (stage ``sft``); return the records of this process's steps. With ``resume``,
+    continue after the last checkpoint."""
     cfg = recipe.sft
     data = sft_data(recipe, examples, tokenizer)
     console.print(
@@ -106,10 +119,18 @@ def run_sft(recipe: Recipe, model, tokenizer, examples: list[Example], tracker: 
     scheduler = make_scheduler(optimizer, "constant", cfg.warmup_steps, cfg.steps)
     batches = EpochBatches(len(data.targets), recipe.train.seed)
     guard = NonFiniteGuard(recipe.train.max_nonfinite_steps)
+    parts = {"optimizer": optimizer, "scheduler": scheduler, "batches": batches}
+    start = 0
+    if resume and run.has_checkpoint("sft"):
+        start = run.load_checkpoint(recipe, model, parts, stage="sft")
+        console.print(f"sft: resumed after step {start}")
+    if resume:
+        tracker.rewind(start, stage="sft")
     records = []
     model.train()
-    with progress("sft", total=cfg.steps) as bar:
-        for step in range(cfg.steps):
+    with progress("sft", total=cfg.steps) as bar, stop_requests() as stop:
+        bar.advance(start)
+        for step in range(start, cfg.steps):
             batch = batches.next(cfg.batch_size)
             start = time.perf_counter()
             loss = completion_loss(
@@ -129,6 +150,11 @@ def run_sft(recipe: Recipe, model, tokenizer, examples: list[Example], tracker: 
             records.append({"step": step + 1, **record})
             bar.advance()
             bar.show(f"loss {record['loss']:.3f}")
+            save_every = recipe.run.save_every
+            if stop.requested or (save_every and (step + 1) % save_every == 0 and step + 1 < cfg.steps):
+                run.save_checkpoint(step + 1, recipe, model, parts, stage="sft")
+            if stop.requested:
+                raise Interrupted(step + 1)
     model.eval()
     return records
 

@@ -27,8 +27,8 @@ class Tracker(Protocol):
     def log_samples(self, step: int, rows: list[dict]) -> None:
         """Completions of a GRPO step, one dict per completion."""
 
-    def rewind(self, step: int) -> None:
-        """A GRPO run resumes after ``step``: forget what was logged for later steps (they run again)."""
+    def rewind(self, step: int, stage: str = "grpo") -> None:
+        """``stage`` resumes after ``step``: forget what it logged for later steps (they run again)."""
 
     def close(self) -> None:
         """Flush and release whatever the sink holds."""
@@ -55,8 +55,11 @@ class JsonlTracker:
         for row in rows:
             self.samples.write({"step": step, **row})
 
-    def rewind(self, step: int) -> None:
-        for writer in (self.writers["grpo"], self.writers["eval"], self.samples):
+    def rewind(self, step: int, stage: str = "grpo") -> None:
+        writers = (
+            (self.writers["grpo"], self.writers["eval"], self.samples) if stage == "grpo" else [self.writers[stage]]
+        )
+        for writer in writers:
             keep_records(writer.path, lambda record: record["step"] <= step)
 
     def close(self) -> None:
@@ -77,9 +80,9 @@ class Trackers:
         for tracker in self.trackers:
             tracker.log_samples(step, rows)
 
-    def rewind(self, step: int) -> None:
+    def rewind(self, step: int, stage: str = "grpo") -> None:
         for tracker in self.trackers:
-            tracker.rewind(step)
+            tracker.rewind(step, stage)
 
     def close(self) -> None:
         for tracker in self.trackers:

@@ -132,6 +132,13 @@ class EpochBatches:
         batch, self.order = self.order[:count], self.order[count:]
         return batch
 
+    def state_dict(self) -> dict:
+        return {"rng": self.rng.getstate(), "order": list(self.order)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.rng.setstate(state["rng"])
+        self.order = list(state["order"])
+
 
 class Interrupted(Exception):
     """Training stopped on SIGINT/SIGTERM after a finished, checkpointed step."""

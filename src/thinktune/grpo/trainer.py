@@ -35,7 +35,7 @@ from thinktune.rewards import RewardError, RewardSet
 from thinktune.rewards.guard import GRADER
 from thinktune.rewards.registry import RewardScores
 from thinktune.rollout import Rollout, RolloutBackend, SamplingParams, make_backend
-from thinktune.runs import RunDir
+from thinktune.runs import GeneratorState, RunDir
 from thinktune.scoring import TaskMetrics, recipe_scoring
 from thinktune.tokens import decode
 from thinktune.tracking import Tracker
@@ -301,6 +301,11 @@ class GRPOTrainer:
         self.last_drawn = drawn
         return {"step": step + 1, **record}
 
+    def checkpoint_parts(self) -> dict:
+        """What a checkpoint restores besides the weights: optimizer, schedule, sampling RNG, prompt order."""
+        return {"optimizer": self.optimizer, "scheduler": self.scheduler, "sampling_generator":
+                GeneratorState(self.generator), "prompt_sampler": self.sampler}  # fmt: skip
+
     def train(self, start_step: int = 0, on_eval=None) -> list[dict]:
         """Run the remaining steps; ``on_eval(step)`` is called every ``eval.every`` steps."""
         t = self.recipe.train
@@ -319,9 +324,7 @@ class GRPOTrainer:
                 if self.recipe.eval.every and done % self.recipe.eval.every == 0 and done < t.steps and on_eval:
                     on_eval(done)
                 if stop.requested or (self.recipe.run.save_every and done % self.recipe.run.save_every == 0):
-                    self.run.save_checkpoint(
-                        done, self.recipe, self.model, self.optimizer, self.scheduler, self.generator, self.sampler
-                    )
+                    self.run.save_checkpoint(done, self.recipe, self.model, self.checkpoint_parts())
                 if stop.requested:
                     raise Interrupted(done)
         return records
