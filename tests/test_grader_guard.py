@@ -93,3 +93,18 @@ def test_reasoning_gym_scorers_run_in_the_grader_process():
     assert task.score_answer(held_out[0].answer, entry) == 1.0 and GRADER.calls == calls + 1
     assert task.score_answer("nonsense", entry) == 0.0
     assert GRADER.call(os.getpid) != os.getpid()
+
+
+def test_a_script_without_a_main_guard_can_grade(tmp_path):
+    """The grader process must not re-run the caller's script (multiprocessing's spawn imports ``__main__``)."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "grade.py"
+    script.write_text(
+        "from thinktune.rewards.answers import math_equal\n"
+        "from thinktune.rewards.guard import GRADER\n"
+        "print('graded', GRADER.call(math_equal, '0.5', '1/2'))\n"
+    )
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+    assert result.stdout.split() == ["graded", "True"], result.stderr[-500:]

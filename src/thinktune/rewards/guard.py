@@ -20,7 +20,9 @@ import multiprocessing
 import os
 import re
 import resource
+import sys
 import threading
+import types
 from collections.abc import Callable
 from typing import Any
 
@@ -28,6 +30,18 @@ STARTUP_SECONDS = 120.0  # importing sympy in a fresh process on a loaded 2-core
 MEMORY_LIMIT = 4 << 30  # a grader that builds a giant number fails with MemoryError, not the machine
 CPU_SECONDS = 3600  # CPU time of one grader process; it is replaced when it runs out
 SECRET = re.compile(r"TOKEN|KEY|SECRET|PASSWORD|CREDENTIAL|AUTH", re.IGNORECASE)
+
+
+@contextlib.contextmanager
+def _without_the_callers_script():
+    """Start a process without re-running the caller's ``__main__``: the spawn method imports the main script in
+    the child, and a script without an ``if __name__ == "__main__"`` guard would start training again there."""
+    main = sys.modules["__main__"]
+    sys.modules["__main__"] = types.ModuleType("__main__")
+    try:
+        yield
+    finally:
+        sys.modules["__main__"] = main
 
 
 @contextlib.contextmanager
@@ -99,7 +113,7 @@ class BoundedCalls:
         context = multiprocessing.get_context("spawn")  # no forked copy of torch's threads and memory
         parent, child = context.Pipe()
         self._process = context.Process(target=_serve, args=(child, self.preload), daemon=True)
-        with _without_secrets():  # a grader runs model output through parsers: it gets no credentials
+        with _without_secrets(), _without_the_callers_script():  # graders get no credentials, and no script
             self._process.start()
         child.close()
         self._conn = parent
