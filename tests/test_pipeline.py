@@ -160,3 +160,20 @@ def test_a_checkpoint_that_cannot_be_written_is_a_clear_error_and_the_previous_o
     with pytest.raises(RunError, match=r"cannot write the step-3 checkpoint .*the previous checkpoint is intact"):
         train(tiny_recipe(tmp_path, tiny_model_dir, "train.steps=4", "run.save_every=1"), resume=True)
     assert RunDir(tiny_recipe(tmp_path, tiny_model_dir), resume=True)._read_checkpoint()["step"] == 2
+
+
+def test_checkpoints_are_also_taken_by_the_clock(tmp_path, tiny_model_dir, monkeypatch):
+    from thinktune.grpo.trainer import GRPOTrainer
+
+    seen, original = [], GRPOTrainer.step
+
+    def step(self, index):
+        seen.append(self.run.has_checkpoint())
+        return original(self, index)
+
+    monkeypatch.setattr(GRPOTrainer, "step", step)
+    by_clock = ["train.steps=3", "run.save_every=0", "run.save_minutes=1e-9"]
+    train(tiny_recipe(tmp_path, tiny_model_dir, *by_clock))
+    assert seen == [False, True, True]  # every step is "minutes" after the last checkpoint
+    train(tiny_recipe(tmp_path, tiny_model_dir, *by_clock, "run.save_minutes=0", "run.name=b"))
+    assert seen[3:] == [False, False, False]

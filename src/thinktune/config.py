@@ -268,7 +268,10 @@ class RunConfig(_Section):
     output_dir: str = Field("runs", description="Parent folder of run directories.")
     samples_per_step: int = Field(2, ge=0, description="Completions written to samples.jsonl each step.")
     save_every: int = Field(
-        10, ge=0, description="Checkpoint every N GRPO steps for --resume (and at the end); 0 = only at the end."
+        10, ge=0, description="Checkpoint every N steps for --resume (and at the end); 0 = only at the end."
+    )
+    save_minutes: float = Field(
+        10.0, ge=0, description="Also checkpoint GRPO when this many minutes passed since the last checkpoint; 0 = off."
     )
     threads: int | None = Field(None, gt=0, description="torch CPU threads; None = torch's default.")
     report_to: list[Literal["jsonl"]] = Field(

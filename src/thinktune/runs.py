@@ -170,8 +170,8 @@ class GeneratorState:
 
 CHECKPOINTS = ("state.pt", "previous.pt")  # newest first
 # Fields a resumed run may change: what is evaluated and where things go, not what is trained.
-SAFE_TO_CHANGE = ("eval.", "run.name", "run.output_dir", "run.save_every", "run.threads", "run.samples_per_step",
-                  "run.report_to", "train.steps", "train.max_nonfinite_steps")  # fmt: skip
+SAFE_TO_CHANGE = ("eval.", "run.name", "run.output_dir", "run.save_every", "run.save_minutes", "run.threads",
+                  "run.samples_per_step", "run.report_to", "train.steps", "train.max_nonfinite_steps")  # fmt: skip
 
 
 CHANGES_THE_COMPARISON = ("eval.split", "eval.seed", "eval.samples", "eval.max_new_tokens")  # before vs after

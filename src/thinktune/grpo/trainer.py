@@ -308,8 +308,9 @@ class GRPOTrainer:
 
     def train(self, start_step: int = 0, on_eval=None) -> list[dict]:
         """Run the remaining steps; ``on_eval(step)`` is called every ``eval.every`` steps."""
-        t = self.recipe.train
+        t, r = self.recipe.train, self.recipe.run
         records = []
+        last_saved = time.monotonic()
         with progress("train", total=t.steps) as bar, stop_requests() as stop:
             bar.advance(start_step)
             for step in range(start_step, t.steps):
@@ -323,8 +324,12 @@ class GRPOTrainer:
                 done = step + 1
                 if self.recipe.eval.every and done % self.recipe.eval.every == 0 and done < t.steps and on_eval:
                     on_eval(done)
-                if stop.requested or (self.recipe.run.save_every and done % self.recipe.run.save_every == 0):
+                due = (r.save_every and done % r.save_every == 0) or (
+                    r.save_minutes and time.monotonic() - last_saved >= 60 * r.save_minutes
+                )
+                if stop.requested or due:
                     self.run.save_checkpoint(done, self.recipe, self.model, self.checkpoint_parts())
+                    last_saved = time.monotonic()
                 if stop.requested:
                     raise Interrupted(done)
         return records
