@@ -159,7 +159,7 @@ def test_a_checkpoint_that_cannot_be_written_is_a_clear_error_and_the_previous_o
     (checkpoint / "state.pt.partial").mkdir()  # the write fails as on a full disk or a read-only folder
     with pytest.raises(RunError, match=r"cannot write the step-3 checkpoint .*the previous checkpoint is intact"):
         train(tiny_recipe(tmp_path, tiny_model_dir, "train.steps=4", "run.save_every=1"), resume=True)
-    assert RunDir(tiny_recipe(tmp_path, tiny_model_dir), resume=True)._read_checkpoint()["step"] == 2
+    assert RunDir(tiny_recipe(tmp_path, tiny_model_dir), resume=True).read_checkpoint()["step"] == 2
 
 
 def test_checkpoints_are_also_taken_by_the_clock(tmp_path, tiny_model_dir, monkeypatch):

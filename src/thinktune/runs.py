@@ -12,8 +12,12 @@ runs/<name>/
   eval_step<N>.json    the same every eval.every steps
   eval_curve.jsonl     held-out metrics by step: before (0), every eval.every steps, after
   comparison.md        the before/after table
-  checkpoint/          trainable weights + optimizer + RNG, for --resume
+  checkpoint/          GRPO's state.pt (weights, optimizer, schedule, RNGs, prompt sampler, recipe) and
+                       previous.pt, the one before it; sft_checkpoint/ and reward_model_checkpoint/ likewise
+  resume_changes.jsonl safe recipe changes made on --resume
   final/               the trained adapter (peft) or model (transformers), loadable without thinktune
+
+Model folders and checkpoints are written under a temporary name and renamed when whole.
 """
 
 from __future__ import annotations
@@ -114,7 +118,7 @@ class RunDir:
     def has_checkpoint(self, stage: str = "grpo") -> bool:
         return any((self.checkpoint_folder(stage) / name).is_file() for name in CHECKPOINTS)
 
-    def _read_checkpoint(self, stage: str = "grpo") -> dict:
+    def read_checkpoint(self, stage: str = "grpo") -> dict:
         """The newest readable checkpoint; an unreadable one is reported and the one before it used."""
         problems = []
         for name in CHECKPOINTS:
@@ -136,7 +140,7 @@ class RunDir:
         A recipe changed in a way that changes training since the checkpoint stops with the changes listed;
         safe changes are printed and recorded in ``resume_changes.jsonl``.
         """
-        state = self._read_checkpoint(stage)
+        state = self.read_checkpoint(stage)
         check_resumable(state["recipe"], recipe, state["step"], self.file("resume_changes.jsonl"))
         missing = [n for n, p in model.named_parameters() if p.requires_grad and n not in state["trainable"]]
         if missing:
