@@ -25,8 +25,8 @@ from thinktune.runs import RunDir
 from thinktune.tracking import Tracker
 from thinktune.training import (
     EpochBatches,
-    Interrupted,
     NonFiniteGuard,
+    StageCheckpoints,
     gradient_step,
     make_optimizer,
     make_scheduler,
@@ -165,12 +165,8 @@ def train_reward_model(recipe: Recipe, run: RunDir, tracker: Tracker, resume: bo
     batches = EpochBatches(len(train_pairs), recipe.train.seed)
     guard = NonFiniteGuard(recipe.train.max_nonfinite_steps)
     parts = {"optimizer": optimizer, "scheduler": scheduler, "batches": batches}
-    first = 0
-    if resume and run.has_checkpoint("reward_model"):
-        first = run.load_checkpoint(recipe, model, parts, stage="reward_model")
-        console.print(f"reward model: resumed after step {first}")
-    if resume:
-        tracker.rewind(first, stage="reward_model")
+    checkpoints = StageCheckpoints(run, recipe, model, parts, "reward_model", tracker, cfg.steps)
+    first = checkpoints.resume() if resume else 0
     start = time.perf_counter()
     model.train()
     with progress("reward model", total=cfg.steps) as bar, stop_requests() as stop:
@@ -184,11 +180,7 @@ def train_reward_model(recipe: Recipe, run: RunDir, tracker: Tracker, resume: bo
             tracker.log(step + 1, record, stage="reward_model")
             bar.advance()
             bar.show(f"loss {loss:.3f}")
-            save_every = recipe.run.save_every
-            if stop.requested or (save_every and (step + 1) % save_every == 0 and step + 1 < cfg.steps):
-                run.save_checkpoint(step + 1, recipe, model, parts, stage="reward_model")
-            if stop.requested:
-                raise Interrupted(step + 1)
+            checkpoints.after_step(step + 1, stop)
     seconds = time.perf_counter() - start
     after = pair_accuracy(model.eval(), tokenizer, held_out, cfg.max_length)
     console.print(f"held-out pair accuracy after: {after:.3f}")

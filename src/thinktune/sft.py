@@ -23,8 +23,8 @@ from thinktune.runs import RunDir
 from thinktune.tracking import Tracker
 from thinktune.training import (
     EpochBatches,
-    Interrupted,
     NonFiniteGuard,
+    StageCheckpoints,
     gradient_step,
     make_optimizer,
     make_scheduler,
@@ -120,12 +120,8 @@ def run_sft(
     batches = EpochBatches(len(data.targets), recipe.train.seed)
     guard = NonFiniteGuard(recipe.train.max_nonfinite_steps)
     parts = {"optimizer": optimizer, "scheduler": scheduler, "batches": batches}
-    start = 0
-    if resume and run.has_checkpoint("sft"):
-        start = run.load_checkpoint(recipe, model, parts, stage="sft")
-        console.print(f"sft: resumed after step {start}")
-    if resume:
-        tracker.rewind(start, stage="sft")
+    checkpoints = StageCheckpoints(run, recipe, model, parts, "sft", tracker, cfg.steps)
+    start = checkpoints.resume() if resume else 0
     records = []
     model.train()
     with progress("sft", total=cfg.steps) as bar, stop_requests() as stop:
@@ -150,11 +146,7 @@ def run_sft(
             records.append({"step": step + 1, **record})
             bar.advance()
             bar.show(f"loss {record['loss']:.3f}")
-            save_every = recipe.run.save_every
-            if stop.requested or (save_every and (step + 1) % save_every == 0 and step + 1 < cfg.steps):
-                run.save_checkpoint(step + 1, recipe, model, parts, stage="sft")
-            if stop.requested:
-                raise Interrupted(step + 1)
+            checkpoints.after_step(step + 1, stop)
     model.eval()
     return records
 

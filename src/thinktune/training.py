@@ -20,6 +20,8 @@ import threading
 
 import torch
 
+from thinktune.console import console
+
 
 def make_optimizer(params: list[torch.nn.Parameter], lr: float, train) -> torch.optim.AdamW:
     """AdamW over ``params`` with the recipe's betas and weight decay (``train`` section) at peak rate ``lr``."""
@@ -173,3 +175,37 @@ def stop_requests():
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+class StageCheckpoints:
+    """Checkpoints of a stage's training loop (``sft``, ``reward_model``): resume from the newest one with the
+    stage's logs rewound to it; save every ``run.save_every`` steps (not after the last one: the stage's saved
+    model marks it done) and when a stop was requested, then stop.
+
+        checkpoints = StageCheckpoints(run, recipe, model, {"optimizer": opt, ...}, "sft", tracker, total=100)
+        start = checkpoints.resume() if resume else 0
+        with stop_requests() as stop:
+            for step in range(start, 100):
+                ...
+                checkpoints.after_step(step + 1, stop)
+    """
+
+    def __init__(self, run, recipe, model, parts: dict, stage: str, tracker, total: int):
+        self.run, self.recipe, self.model, self.parts = run, recipe, model, parts
+        self.stage, self.tracker, self.total = stage, tracker, total
+
+    def resume(self) -> int:
+        """Restore the newest checkpoint (if any) and forget what was logged after it; the steps done."""
+        start = 0
+        if self.run.has_checkpoint(self.stage):
+            start = self.run.load_checkpoint(self.recipe, self.model, self.parts, stage=self.stage)
+            console.print(f"{self.stage}: resumed after step {start}")
+        self.tracker.rewind(start, stage=self.stage)
+        return start
+
+    def after_step(self, done: int, stop) -> None:
+        every = self.recipe.run.save_every
+        if stop.requested or (every and done % every == 0 and done < self.total):
+            self.run.save_checkpoint(done, self.recipe, self.model, self.parts, stage=self.stage)
+        if stop.requested:
+            raise Interrupted(done)
