@@ -37,7 +37,9 @@ def test_sweep_trains_each_variant_and_seed_on_validation_and_resumes(tmp_path, 
         assert row["gain"] == pytest.approx(sum(row["gains"]) / 2)
     runs = sorted(root.glob("*/seed*"))
     assert len(runs) == 4
-    for run in runs:
+    for run in runs:  # the shared evaluation before training is each curve's first point
+        first = json.loads((run / "eval_curve.jsonl").read_text().splitlines()[0])
+        assert (first["step"], first["label"]) == (0, "before")
         recipe = yaml.safe_load((run / "recipe.yaml").read_text())
         assert recipe["eval"]["split"] == "validation"
         assert json.loads((run / "summary.json").read_text())["before"]["n"] == 2  # the 2 validation questions

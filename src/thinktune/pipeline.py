@@ -100,7 +100,6 @@ def sft_stage(recipe: Recipe, run: RunDir, tracker: Tracker, resume: bool, train
         summary["after"] = after["metrics"]
         if "grpo" in recipe.stages and recipe.eval.before:
             run.write_json("eval_before.json", after)  # GRPO starts from this very model
-            tracker.log(0, {"label": "before", **after["metrics"]}, stage="eval")
         if base:
             summary["before"] = base["metrics"]
             summary.update(report_comparison(run, base, after, "comparison_sft.md"))
@@ -134,10 +133,14 @@ def grpo_stage(recipe: Recipe, run: RunDir, tracker: Tracker, resume: bool, trai
         start = run.load_checkpoint(recipe, model, trainer.checkpoint_parts())
         console.print(f"resumed after step {start}")
     if resume:
-        tracker.rewind(start)  # steps logged after the checkpoint run again: each is logged once
+        tracker.rewind(start if start else -1)  # what was logged after the checkpoint runs again: logged once
     before = None
     if recipe.eval.before and held_out:
-        before = run.read_json("eval_before.json") or run_eval("before", 0)
+        before = run.read_json("eval_before.json")  # by the SFT stage, a sweep, or before a crash
+        if before is None:
+            before = run_eval("before", 0)
+        elif start == 0:
+            tracker.log(0, {"label": "before", **before["metrics"]}, stage="eval")
 
     began = time.perf_counter()
     records = trainer.train(start, on_eval=lambda step: run_eval(f"step{step}", step))
