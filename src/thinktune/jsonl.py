@@ -29,9 +29,10 @@ def read_jsonl(path: Path) -> list[dict]:
     """Every complete record of ``path`` ([] if there is none). A last line cut short (the process was killed
     while writing it) is left out; a bad line elsewhere is an error naming the file and line."""
     path = Path(path)
-    if not path.is_file():
-        return []
-    text = path.read_text()
+    return _records(path.read_text(), path) if path.is_file() else []
+
+
+def _records(text: str, path: Path) -> list[dict]:
     lines = text.split("\n")
     if not text.endswith("\n"):
         lines = lines[:-1]  # unfinished: written again when its step runs again
@@ -66,9 +67,9 @@ def keep_records(path: Path, keep) -> list[dict]:
     path = Path(path)
     if not path.is_file():
         return []
-    records = read_jsonl(path)
-    kept = [r for r in records if keep(r)]
     text = path.read_text()
+    records = _records(text, path)
+    kept = [r for r in records if keep(r)]
     if kept != records or (text and not text.endswith("\n")):
         rewrite_jsonl(path, kept)
     return kept

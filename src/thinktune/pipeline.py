@@ -109,13 +109,6 @@ def sft_stage(recipe: Recipe, run: RunDir, tracker: Tracker, resume: bool, train
 def grpo_stage(recipe: Recipe, run: RunDir, tracker: Tracker, resume: bool, train_set, held_out, task_dataset) -> dict:
     """Evaluate before → GRPO → evaluate after → save ``final/``; resumes from the last checkpoint."""
     trainer = GRPOTrainer.from_recipe(recipe, train_set, task_dataset, run, tracker)
-    model, tokenizer, backend, rewards, task = (
-        trainer.model,
-        trainer.tokenizer,
-        trainer.backend,
-        trainer.rewards,
-        trainer.task,
-    )
     stats = trainer.prompts.stats
     if stats.skipped or stats.truncated:
         console.print(
@@ -124,13 +117,13 @@ def grpo_stage(recipe: Recipe, run: RunDir, tracker: Tracker, resume: bool, trai
         )
 
     def run_eval(label: str, step: int) -> dict:  # held-out metrics by GRPO step: before, every N, after
-        result = evaluate_and_save(run, label, backend, recipe, held_out, rewards, task)
+        result = evaluate_and_save(run, label, trainer.backend, recipe, held_out, trainer.rewards, trainer.task)
         tracker.log(step, {"label": label, **result["metrics"]}, stage="eval")
         return result
 
     start = 0
     if resume and run.has_checkpoint():
-        start = run.load_checkpoint(recipe, model, trainer.checkpoint_parts())
+        start = run.load_checkpoint(recipe, trainer.model, trainer.checkpoint_parts())
         console.print(f"resumed after step {start}")
     if resume:
         tracker.rewind(start if start else -1)  # what was logged after the checkpoint runs again: logged once
@@ -159,8 +152,8 @@ def grpo_stage(recipe: Recipe, run: RunDir, tracker: Tracker, resume: bool, trai
             f"median step {step_seconds:.1f} s; {signal['prompts_drawn_per_step']:.1f} prompts drawn a step, "
             f"{signal['flat_group_rate']:.0%} of their groups flat; peak memory so far {peak:.1f} GB"
         )
-    run.save_checkpoint(recipe.train.steps, recipe, model, trainer.checkpoint_parts())
-    save_model(model, tokenizer, run.file("final"))
+    run.save_checkpoint(recipe.train.steps, recipe, trainer.model, trainer.checkpoint_parts())
+    save_model(trainer.model, trainer.tokenizer, run.file("final"))
     console.print(f"saved {run.file('final')}")
 
     summary = {
