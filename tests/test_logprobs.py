@@ -99,3 +99,34 @@ def test_shared_prompts_give_the_same_loss_and_gradients_across_micro_batches(ti
     assert torch.allclose(ours * completion_mask, reference.detach() * completion_mask, atol=1e-5)
     assert all(torch.allclose(a, p.grad, atol=1e-5) for a, p in zip(grads, trainable, strict=True))
     assert all(g.abs().sum() > 0 for g in grads)  # every adapter, down to the first layer's, got a gradient
+
+
+def test_shared_prompt_gradients_are_bit_identical_from_run_to_run(tiny_model_dir):
+    """Micro-batches list completions in length order, so their prompts come shuffled. With two threads the
+    prompts' gradients once depended on thread timing (advanced indexing adds rows with parallel atomic adds);
+    at this size (16 rows x 2 heads x 400 positions x 16) nearly every rerun differed somewhere."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        model = lora_policy_with_live_adapters(tiny_model_dir)
+        generator = torch.Generator().manual_seed(0)
+        prompts = torch.randint(3, 60, (4, 400), generator=generator)
+        prompt_mask = torch.ones_like(prompts)
+        owner = torch.arange(4).repeat(4)[torch.randperm(16, generator=generator)]
+        completion_ids = torch.randint(3, 60, (16, 6), generator=generator)
+        trainable = [p for p in model.parameters() if p.requires_grad]
+
+        def gradients():
+            model.zero_grad()
+            shared = SharedPrompts.encode(model, prompts, prompt_mask)
+            logprobs, _ = shared.completion_logprobs(model, owner, completion_ids, torch.ones_like(completion_ids))
+            logprobs.sum().backward()
+            leaves = [leaf.grad.clone() for leaf in shared.leaves]
+            shared.backward()
+            return leaves + [p.grad.clone() for p in trainable]
+
+        first = gradients()
+        for _ in range(5):
+            assert all(torch.equal(a, b) for a, b in zip(first, gradients(), strict=True))
+    finally:
+        torch.set_num_threads(threads)

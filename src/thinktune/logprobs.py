@@ -103,7 +103,14 @@ class SharedPrompts:
         """As :func:`completion_logprobs`, for completions of the prompts ``prompt_index`` (one per row)."""
         last_hidden, *kv = self.leaves
         keys, values = kv[::2], kv[1::2]
-        layers = [(k[prompt_index], v[prompt_index]) for k, v in zip(keys, values, strict=True)]
+        # index_select, not k[prompt_index]: on CPU the backward of advanced indexing adds rows with parallel
+        # atomic adds, so the prompts' gradients changed with thread timing (two runs of one recipe differed in
+        # the 5th digit). index_select's backward adds them in order, and faster: benchmarks/profile_step.py
+        # showed index_put_ taking 142 ms of a 4.1 s SmolLM2 update before.
+        layers = [
+            (k.index_select(0, prompt_index), v.index_select(0, prompt_index))
+            for k, v in zip(keys, values, strict=True)
+        ]
         cache = DynamicCache(ddp_cache_data=layers)
         mask = torch.cat([self.mask[prompt_index], completion_mask], dim=1)
         hidden = (
@@ -118,7 +125,7 @@ class SharedPrompts:
             .last_hidden_state
         )
         # The prompt's last position predicts the first completion token; completion position t the t + 1-th.
-        hidden = torch.cat([last_hidden[prompt_index, None], hidden[:, :-1]], dim=1)
+        hidden = torch.cat([last_hidden.index_select(0, prompt_index)[:, None], hidden[:, :-1]], dim=1)
         return head_token_logprobs(hidden, _plain_head(model).weight, completion_ids, temperature, with_entropy)
 
     def backward(self) -> None:
