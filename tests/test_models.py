@@ -37,3 +37,35 @@ def test_kl_needs_lora(tiny_model_dir):
     model, _ = load_policy(ModelConfig(name=tiny_model_dir, device="cpu", finetune="full"))
     with pytest.raises(ModelError, match="needs model.finetune=lora"):
         reference_policy(model)
+
+
+def test_adapter_refuses_a_base_that_changed_or_does_not_fit(tmp_path):
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    from tests.conftest import build_tiny_model
+    from thinktune.models import BASE_RECORD, load_for_inference, save_model
+
+    base = build_tiny_model(tmp_path / "base")
+    model, tokenizer = load_policy(ModelConfig(name=str(base), device="cpu"))
+    save_model(model, tokenizer, tmp_path / "adapter")
+    record = json.loads((tmp_path / "adapter" / BASE_RECORD).read_text())
+    assert len(record["sha256"]) == 64
+    load_for_inference(str(tmp_path / "adapter"), device="cpu")  # the base it was trained on: loads
+
+    weights = load_file(base / "model.safetensors")
+    name = next(iter(weights))
+    weights[name] = weights[name] + 1e-3  # the same shapes, other numbers: a different model
+    save_file(weights, base / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ModelError, match="replaced or changed since"):
+        load_for_inference(str(tmp_path / "adapter"), device="cpu")
+
+    # An adapter from elsewhere (no record) pointed at a base of another width: one line, not a traceback.
+    other = build_tiny_model(tmp_path / "other", hidden=32)
+    (tmp_path / "adapter" / BASE_RECORD).unlink()
+    config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    config["base_model_name_or_path"] = str(other)
+    (tmp_path / "adapter" / "adapter_config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelError, match="does not fit the base model .*size mismatch"):
+        load_for_inference(str(tmp_path / "adapter"), device="cpu")

@@ -115,7 +115,25 @@ def test_resume_refuses_a_changed_recipe_and_falls_back_past_a_corrupt_checkpoin
     train(tiny_recipe(tmp_path, tiny_model_dir, "train.steps=6", "run.save_every=2", "eval.every=5"), resume=True)
     assert [r["step"] for r in read_lines(run / "metrics.jsonl")] == [1, 2, 3, 4, 5, 6]
     (change,) = read_lines(run / "resume_changes.jsonl")  # safe changes: allowed, never silent
-    assert change == {"step": 4, "changed": {"eval.every": [0, 5], "train.steps": [4, 6]}}
+    assert change == {"step": 2, "changed": {"eval.every": [0, 5], "train.steps": [4, 6]}}  # the one before
+
+
+def test_the_last_k_checkpoints_are_kept_and_each_is_a_fallback(tmp_path, tiny_model_dir):
+    import torch
+
+    train(tiny_recipe(tmp_path, tiny_model_dir, "train.steps=5", "run.save_every=1", "run.keep_checkpoints=3"))
+    checkpoint = tmp_path / "tiny" / "checkpoint"
+    kept = {p.name: torch.load(p, weights_only=True)["step"] for p in checkpoint.iterdir()}
+    assert kept == {"state.pt": 5, "previous.pt": 4, "previous-2.pt": 3}
+
+    for name in ("state.pt", "previous.pt"):
+        (checkpoint / name).write_bytes(b"cut short")
+    more = ["train.steps=6", "run.save_every=1", "run.keep_checkpoints=1"]
+    train(tiny_recipe(tmp_path, tiny_model_dir, *more), resume=True)
+    assert [r["step"] for r in read_lines(tmp_path / "tiny" / "metrics.jsonl")] == [1, 2, 3, 4, 5, 6]
+    (change,) = read_lines(tmp_path / "tiny" / "resume_changes.jsonl")
+    assert change["step"] == 3  # resumed from the third newest, past the two unreadable ones
+    assert sorted(p.name for p in checkpoint.iterdir()) == ["state.pt"]  # keep_checkpoints=1 from then on
 
 
 def test_sigterm_finishes_the_step_checkpoints_and_says_how_to_resume(tmp_path, tiny_model_dir, monkeypatch):

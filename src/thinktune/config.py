@@ -273,6 +273,9 @@ class RunConfig(_Section):
     save_minutes: float = Field(
         10.0, ge=0, description="Also checkpoint GRPO when this many minutes passed since the last checkpoint; 0 = off."
     )
+    keep_checkpoints: int = Field(
+        2, ge=1, description="Checkpoints kept per stage, newest first; an unreadable one falls back to the next."
+    )
     threads: int | None = Field(None, gt=0, description="torch CPU threads; None = torch's default.")
     report_to: list[Literal["jsonl"]] = Field(
         default_factory=lambda: ["jsonl"],

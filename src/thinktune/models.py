@@ -8,11 +8,16 @@ A model name is one of
   otherwise downloaded when online; offline it fails at once with a clear message.
 
 The KL reference policy is the same model with its adapters disabled; no second copy is held.
+
+A LoRA adapter folder also holds ``base_model.json``: the base it was trained on and a hash of that base's
+weight files. Loading the adapter checks the base found now against it, so an adapter is never quietly applied
+to a different model that happens to sit at the same path.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import importlib.util
 import json
 import os
@@ -30,8 +35,57 @@ PACKAGED = {
 }
 
 
+BASE_RECORD = "base_model.json"
+
+
 class ModelError(RuntimeError):
     """A model name that cannot be resolved or loaded."""
+
+
+def weights_fingerprint(name_or_path: str) -> str | None:
+    """SHA-256 over a local model folder's weight files (``*.safetensors``, else ``*.bin``) in name order; None
+    for a model that is not a local folder (a hub id)."""
+    folder = Path(name_or_path)
+    files = sorted(folder.glob("*.safetensors")) or sorted(folder.glob("*.bin"))
+    if not files:
+        return None
+    digest = hashlib.sha256()
+    for file in files:
+        with file.open("rb") as handle:
+            while chunk := handle.read(1 << 24):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def adapter_base(adapter: str | Path) -> str:
+    """The base model of a peft adapter folder, resolved, after checking it is the one the adapter was trained on
+    (``base_model.json``; adapters saved elsewhere have none, and load as peft would)."""
+    adapter = Path(adapter)
+    base = json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"]
+    resolved = resolve_model(base)
+    record_file = adapter / BASE_RECORD
+    recorded = json.loads(record_file.read_text()).get("sha256") if record_file.is_file() else None
+    found = weights_fingerprint(resolved) if recorded else None
+    if found and found != recorded:
+        raise ModelError(
+            f"{adapter}: trained on a base model whose weights hash to {recorded[:12]}…, but the base at {base} "
+            f"hashes to {found[:12]}…: it has been replaced or changed since. Put the original base back there "
+            f"or load the adapter on it."
+        )
+    return resolved
+
+
+def attach_adapter(base: PreTrainedModel, adapter: str | Path):
+    """``PeftModel.from_pretrained``, with a shape mismatch reported in one line naming both folders."""
+    from peft import PeftModel
+
+    try:
+        return PeftModel.from_pretrained(base, str(adapter))
+    except RuntimeError as err:
+        first = next((line.strip() for line in str(err).splitlines() if "size mismatch" in line), str(err)[:200])
+        raise ModelError(
+            f"{adapter}: the adapter does not fit the base model {base.config.name_or_path} ({first})"
+        ) from None
 
 
 def cache_dir() -> Path:
@@ -201,6 +255,10 @@ def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, folde
         partial.mkdir(parents=True)
         model.save_pretrained(partial)
         tokenizer.save_pretrained(partial)
+        if hasattr(model, "peft_config"):
+            base = model.peft_config["default"].base_model_name_or_path
+            record = {"base_model": base, "sha256": weights_fingerprint(base)}
+            (partial / BASE_RECORD).write_text(json.dumps(record, indent=2) + "\n")
     except (OSError, RuntimeError) as err:  # a full disk, a read-only folder
         shutil.rmtree(partial, ignore_errors=True)
         raise ModelError(
@@ -216,12 +274,8 @@ def load_for_inference(path_or_name: str, device: str = "auto", dtype: str = "fl
     device_ = pick_device(device)
     path = Path(path_or_name)
     if (path / "adapter_config.json").is_file():
-        from peft import PeftModel
-
-        base_name = json.loads((path / "adapter_config.json").read_text())["base_model_name_or_path"]
-        base = AutoModelForCausalLM.from_pretrained(resolve_model(base_name), dtype=getattr(torch, dtype))
-        model = PeftModel.from_pretrained(base, path).to(device_)
-        return model, load_tokenizer(str(path))
+        base = AutoModelForCausalLM.from_pretrained(adapter_base(path), dtype=getattr(torch, dtype))
+        return attach_adapter(base, path).to(device_), load_tokenizer(str(path))
     resolved = resolve_model(path_or_name)
     model = AutoModelForCausalLM.from_pretrained(resolved, dtype=getattr(torch, dtype)).to(device_)
     return model, load_tokenizer(resolved)

@@ -152,7 +152,6 @@ def grpo_stage(recipe: Recipe, run: RunDir, tracker: Tracker, resume: bool, trai
             f"median step {step_seconds:.1f} s; {signal['prompts_drawn_per_step']:.1f} prompts drawn a step, "
             f"{signal['flat_group_rate']:.0%} of their groups flat; peak memory so far {peak:.1f} GB"
         )
-    run.save_checkpoint(recipe.train.steps, recipe, trainer.model, trainer.checkpoint_parts())
     save_model(trainer.model, trainer.tokenizer, run.file("final"))
     console.print(f"saved {run.file('final')}")
 

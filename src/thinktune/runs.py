@@ -12,8 +12,9 @@ runs/<name>/
   eval_step<N>.json    the same every eval.every steps
   eval_curve.jsonl     held-out metrics by step: before (0), every eval.every steps, after
   comparison.md        the before/after table
-  checkpoint/          GRPO's state.pt (weights, optimizer, schedule, RNGs, prompt sampler, recipe) and
-                       previous.pt, the one before it; sft_checkpoint/ and reward_model_checkpoint/ likewise
+  checkpoint/          GRPO's state.pt (weights, optimizer, schedule, RNGs, prompt sampler, recipe), then
+                       previous.pt, previous-2.pt, … (run.keep_checkpoints in all); sft_checkpoint/ and
+                       reward_model_checkpoint/ likewise
   resume_changes.jsonl safe recipe changes made on --resume
   final/               the trained adapter (peft) or model (transformers), loadable without thinktune
 
@@ -22,6 +23,7 @@ Model folders and checkpoints are written under a temporary name and renamed whe
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 from pathlib import Path
@@ -87,8 +89,9 @@ class RunDir:
     def save_checkpoint(self, step: int, recipe: Recipe, model, parts: dict, stage: str = "grpo") -> None:
         """A stage's training state after ``step``: trainable weights (LoRA or full), every ``part``'s
         ``state_dict()`` (optimizer, schedule, data order, sampling RNG…), the global RNGs and the recipe trained
-        with. Written atomically to ``<stage folder>/state.pt``; the previous one is kept as ``previous.pt``
-        until the new one is whole."""
+        with. Written whole to ``<stage folder>/state.pt.partial`` first; then the older ones move down a place
+        (``state.pt`` → ``previous.pt`` → ``previous-2.pt`` …, ``run.keep_checkpoints`` in all) and the new one
+        becomes ``state.pt``. A kill between two renames leaves every file whole, at worst one short."""
         folder = self.checkpoint_folder(stage)
         state = {
             "step": step,
@@ -108,23 +111,31 @@ class RunDir:
                 f"cannot write the step-{step} checkpoint to {folder} ({str(err).splitlines()[0][:160]}); "
                 f"the previous checkpoint is intact"
             ) from None
-        if latest.is_file():
-            latest.replace(folder / "previous.pt")
+        names = checkpoint_names(recipe.run.keep_checkpoints)
+        for older in sorted(folder.glob("previous*.pt")):
+            if older.name not in names:  # kept when run.keep_checkpoints was larger
+                older.unlink()
+        for newer, older in reversed(list(itertools.pairwise(names))):
+            if (folder / newer).is_file():
+                (folder / newer).replace(folder / older)
         partial.replace(latest)
 
     def checkpoint_folder(self, stage: str = "grpo") -> Path:
         return self.checkpoint if stage == "grpo" else self.file(f"{stage}_checkpoint")
 
     def has_checkpoint(self, stage: str = "grpo") -> bool:
-        return any((self.checkpoint_folder(stage) / name).is_file() for name in CHECKPOINTS)
+        return bool(self.checkpoint_files(stage))
+
+    def checkpoint_files(self, stage: str = "grpo") -> list[Path]:
+        """The checkpoints of ``stage`` on disk, newest first."""
+        folder = self.checkpoint_folder(stage)
+        older = sorted(folder.glob("previous*.pt"), key=lambda p: int(p.stem.partition("-")[2] or 1))
+        return [p for p in [folder / "state.pt", *older] if p.is_file()]
 
     def read_checkpoint(self, stage: str = "grpo") -> dict:
         """The newest readable checkpoint; an unreadable one is reported and the one before it used."""
         problems = []
-        for name in CHECKPOINTS:
-            path = self.checkpoint_folder(stage) / name
-            if not path.is_file():
-                continue
+        for path in self.checkpoint_files(stage):
             try:
                 state = torch.load(path, weights_only=True)  # tensors and plain data only: loading runs no code
             except Exception as err:  # noqa: BLE001 - any unreadable file: say so and fall back
@@ -172,10 +183,19 @@ class GeneratorState:
         self.generator.set_state(state["state"])
 
 
-CHECKPOINTS = ("state.pt", "previous.pt")  # newest first
+def checkpoint_names(keep: int) -> list[str]:
+    """File names of ``keep`` checkpoints, newest first.
+
+    >>> checkpoint_names(3)
+    ['state.pt', 'previous.pt', 'previous-2.pt']
+    """
+    return ["state.pt", "previous.pt", *(f"previous-{i}.pt" for i in range(2, keep))][:keep]
+
+
 # Fields a resumed run may change: what is evaluated and where things go, not what is trained.
 SAFE_TO_CHANGE = ("eval.", "run.name", "run.output_dir", "run.save_every", "run.save_minutes", "run.threads",
-                  "run.samples_per_step", "run.report_to", "train.steps", "train.max_nonfinite_steps")  # fmt: skip
+                  "run.keep_checkpoints", "run.samples_per_step", "run.report_to", "train.steps",
+                  "train.max_nonfinite_steps")  # fmt: skip
 
 
 CHANGES_THE_COMPARISON = ("eval.split", "eval.seed", "eval.samples", "eval.max_new_tokens")  # before vs after

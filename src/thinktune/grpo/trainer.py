@@ -324,8 +324,10 @@ class GRPOTrainer:
                 done = step + 1
                 if self.recipe.eval.every and done % self.recipe.eval.every == 0 and done < t.steps and on_eval:
                     on_eval(done)
-                due = (r.save_every and done % r.save_every == 0) or (
-                    r.save_minutes and time.monotonic() - last_saved >= 60 * r.save_minutes
+                due = (
+                    done == t.steps  # the last one: a rerun with --resume goes straight to the final evaluation
+                    or (r.save_every and done % r.save_every == 0)
+                    or (r.save_minutes and time.monotonic() - last_saved >= 60 * r.save_minutes)
                 )
                 if stop.requested or due:
                     self.run.save_checkpoint(done, self.recipe, self.model, self.checkpoint_parts())

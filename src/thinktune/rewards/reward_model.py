@@ -15,16 +15,13 @@ def load_reward_model(path: str):
     """(model, tokenizer) from an HF folder or a peft adapter folder over one; the head must have one label."""
     from transformers import AutoModelForSequenceClassification
 
-    from thinktune.models import resolve_model
+    from thinktune.models import adapter_base, attach_adapter, resolve_model
 
     folder = Path(path)
     if (folder / "adapter_config.json").is_file():
-        from peft import PeftConfig, PeftModel
-
         # The base's own config may declare another label count; the adapter's score head has one.
-        base_path = PeftConfig.from_pretrained(path).base_model_name_or_path
-        base = AutoModelForSequenceClassification.from_pretrained(resolve_model(base_path), num_labels=1)
-        model = PeftModel.from_pretrained(base, path)
+        base = AutoModelForSequenceClassification.from_pretrained(adapter_base(folder), num_labels=1)
+        model = attach_adapter(base, folder)
     else:
         model = AutoModelForSequenceClassification.from_pretrained(resolve_model(path))
     labels = model.config.num_labels
