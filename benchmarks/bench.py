@@ -33,6 +33,8 @@ sys.path.insert(0, str(HERE))
 
 from workload import CASES, GROUP, MAX_NEW_TOKENS, PROMPTS_PER_STEP  # noqa: E402
 
+from thinktune.environment import cpu_name, package_version  # noqa: E402
+
 CONTENDED_CORES = 0.2
 # glibc's own settings for what thinktune.allocator sets from inside: TRL gets the same chance.
 KEEP_FREED_MEMORY = {
@@ -161,14 +163,14 @@ def main() -> None:
     log(f"matmul peak (2048^3): fp32 {peaks['float32']:.0f} GFLOP/s, bf16 {peaks['bfloat16']:.0f} GFLOP/s")
     report = {
         "machine": {
-            "cpu": _cpu_name(),
+            "cpu": cpu_name(),
             "cores": os.cpu_count(),
             "torch_threads": torch.get_num_threads(),
             "peak_gflops": peaks,
             "python": platform.python_version(),
             "torch": torch.__version__,
-            "trl": _version("trl"),
-            "transformers": _version("transformers"),
+            "trl": package_version("trl"),
+            "transformers": package_version("transformers"),
         },
         "workload": {"group": GROUP, "prompts_per_step": PROMPTS_PER_STEP, "max_new_tokens": MAX_NEW_TOKENS},
         "cases": {},
@@ -203,22 +205,6 @@ def main() -> None:
     Path(args.out).write_text(json.dumps(report, indent=1))
     (HERE / "RESULTS.md").write_text(results_markdown(report))
     log(results_markdown(report))
-
-
-def _cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor()
-
-
-def _version(package: str) -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(package)
-    except PackageNotFoundError:
-        return "not installed"
 
 
 def results_markdown(report: dict) -> str:

@@ -1,4 +1,4 @@
-"""Command line: ``thinktune train|sft|pairs|reward-model|sweep|eval|demo|generate``."""
+"""Command line: ``thinktune train|sft|pairs|reward-model|sweep|eval|demo|generate|report|compare``."""
 
 from __future__ import annotations
 
@@ -29,11 +29,12 @@ def _every_command():
 def _user_errors() -> tuple[type[Exception], ...]:
     from thinktune.data import DataError
     from thinktune.models import ModelError
+    from thinktune.report.runs import ReportError
     from thinktune.rewards import RewardError
     from thinktune.runs import RunError
     from thinktune.training import NonFiniteError
 
-    return (ConfigError, DataError, ModelError, NonFiniteError, RewardError, RunError)
+    return (ConfigError, DataError, ModelError, NonFiniteError, ReportError, RewardError, RunError)
 
 
 def _fail_cleanly(fn, *args, again: list[str] | None = None, **kwargs):
@@ -217,6 +218,35 @@ def generate(
         print(decode(tok, out.completion_ids, out.completion_mask)[0])
 
     _fail_cleanly(run)
+
+
+@app.command()
+def report(
+    run_dir: Path = typer.Argument(..., help="A run directory, e.g. runs/demo."),
+    out: Path = typer.Option(None, "--out", "-o", help="Where to write the page (default RUN_DIR/report.html)."),
+):
+    """One self-contained HTML page on a run: curves, held-out results with their statistics, completions before
+    and after, the recipe. Written at the end of every `train` too.
+
+    Example: thinktune report runs/demo && open runs/demo/report.html
+    """
+    from thinktune.report import write_report
+
+    print(_fail_cleanly(write_report, run_dir, out))
+
+
+@app.command()
+def compare(
+    run_dirs: list[Path] = typer.Argument(..., help="Two or more run directories."),
+    out: Path = typer.Option(Path("comparison.html"), "--out", "-o", help="Where to write the page."),
+):
+    """One HTML page with the runs' curves overlaid and their before/after tables side by side.
+
+    Example: thinktune compare runs/demo_final/recipe/seed0 runs/demo_final/recipe/seed1 -o seeds.html
+    """
+    from thinktune.report import write_comparison
+
+    print(_fail_cleanly(write_comparison, run_dirs, out))
 
 
 if __name__ == "__main__":

@@ -13,11 +13,13 @@ from thinktune.comparison import compared, report_comparison
 from thinktune.config import Recipe
 from thinktune.console import console, peak_rss_gb
 from thinktune.data import load_examples
+from thinktune.environment import describe
 from thinktune.evaluate import evaluate_recipe
 from thinktune.grpo.trainer import GRPOTrainer
-from thinktune.models import load_for_inference, load_policy, save_model
+from thinktune.models import load_for_inference, load_policy, pick_device, save_model
 from thinktune.pairs import build_pairs
 from thinktune.preference import train_reward_model
+from thinktune.report import write_report
 from thinktune.rollout import make_backend
 from thinktune.runs import RunDir
 from thinktune.scoring import recipe_scoring
@@ -44,6 +46,7 @@ def train(recipe: Recipe, resume: bool = False) -> dict:
     train_set, held_out, task_dataset = load_examples(recipe.data, recipe.eval.split)
     console.print(f"data: {len(train_set)} training, {len(held_out)} {recipe.eval.split.replace('_', '-')} examples")
     tracker = make_tracker(recipe.run.report_to, run)
+    run.write_json("environment.json", describe(str(pick_device(recipe.model.device))))
     summary: dict = {}
     try:
         if "sft" in recipe.stages:
@@ -65,7 +68,16 @@ def train(recipe: Recipe, resume: bool = False) -> dict:
     finally:
         tracker.close()
     run.write_json("summary.json", summary)
+    write_report_or_warn(run)
     return summary
+
+
+def write_report_or_warn(run: RunDir) -> None:
+    """The run's HTML report; a report that cannot be drawn is a warning, never a failed training run."""
+    try:
+        console.print(f"report: {write_report(run.path)}")
+    except Exception as err:  # noqa: BLE001 - the trained model and every log are already saved
+        console.print(f"[yellow]report not written ({type(err).__name__}: {err}); try `thinktune report {run.path}`[/]")
 
 
 def evaluate_and_save(run: RunDir, label: str, backend, recipe: Recipe, held_out, rewards, task) -> dict:
