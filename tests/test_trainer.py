@@ -110,8 +110,15 @@ def test_a_step_records_the_drawn_groups_and_logs_samples(tmp_path, tiny_model_d
     assert record["zero_std_groups"] == pytest.approx(drawn.flat.float().mean().item())
     assert record["completion_length"] == pytest.approx(drawn.rollout.completion_lengths.float().mean().item())
     ((step, rows),) = logged
-    assert step == 1 and [r["question"] for r in rows] == [e.question for e in drawn.examples[:3]]
-    assert rows[1]["completion"] == drawn.completions[8]  # the first completion of the second group
+    assert step == 1 and len(rows) == 3 * 8  # every completion of the first three groups
+    assert [r["question"] for r in rows[::8]] == [e.question for e in drawn.examples[:3]]
+    row = rows[9]  # the second completion of the second group
+    assert row["group"] == 1 and row["completion"] == drawn.completions[9]
+    assert row["advantage"] == pytest.approx(drawn.advantages[9].item())
+    assert row["length"] == drawn.rollout.completion_lengths[9].item()
+    assert row["truncated"] == bool(drawn.rollout.truncated[9])
+    name = drawn.scores.names[0]
+    assert row[f"reward/{name}"] == pytest.approx(drawn.scores.per_function[0, 9].item())
 
 
 def test_a_nan_loss_skips_the_update_and_too_many_in_a_row_stop_the_run(tmp_path, tiny_model_dir, monkeypatch):

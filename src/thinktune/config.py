@@ -266,7 +266,12 @@ class RunConfig(_Section):
         "run", description="Run directory name under output_dir: a plain folder name (letters, digits, _ . = , + -)."
     )
     output_dir: str = Field("runs", description="Parent folder of run directories.")
-    samples_per_step: int = Field(2, ge=0, description="Completions written to samples.jsonl each step.")
+    samples_per_step: int = Field(
+        2,
+        ge=-1,
+        description="Groups whose every completion (with each reward, advantage, length, truncation) is logged "
+        "each step to samples.jsonl and the trackers' completion tables; -1 = every group, 0 = none.",
+    )
     save_every: int = Field(
         10, ge=0, description="Checkpoint every N steps for --resume (and at the end); 0 = only at the end."
     )
@@ -277,10 +282,11 @@ class RunConfig(_Section):
         2, ge=1, description="Checkpoints kept per stage, newest first; an unreadable one falls back to the next."
     )
     threads: int | None = Field(None, gt=0, description="torch CPU threads; None = torch's default.")
-    report_to: list[Literal["jsonl"]] = Field(
+    report_to: list[Literal["jsonl", "tensorboard", "wandb", "trackio"]] = Field(
         default_factory=lambda: ["jsonl"],
         description="Where metrics go while training: jsonl = metrics.jsonl, samples.jsonl, eval_curve.jsonl "
-        "and the SFT / reward-model metrics files in the run directory.",
+        "and the SFT / reward-model metrics files in the run directory (always written); tensorboard, wandb, "
+        "trackio = those libraries (pip install 'thinktune[tensorboard]' etc.).",
     )
 
     @field_validator("name")

@@ -64,6 +64,7 @@ class RunDir:
 
     def __init__(self, recipe: Recipe, resume: bool = False, stages: list[str] | None = None):
         self.path = Path(recipe.run.output_dir) / recipe.run.name
+        self.recipe = recipe
         self.checkpoint = self.path / "checkpoint"
         done = bool(stage_outputs(recipe, stages))
         if done and not resume:

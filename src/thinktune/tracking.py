@@ -1,7 +1,8 @@
 """Trackers: where a run's numbers go while it trains.
 
-Every stage logs through one interface, so a new sink (TensorBoard, W&B, …) is one class here and a name in
-``run.report_to``:
+Every stage logs through one interface, so a sink is one class and a name in ``run.report_to``: ``jsonl`` (the
+run directory's own record, always kept) here, ``tensorboard``, ``wandb`` and ``trackio`` in
+:mod:`thinktune.trackers`.
 
     tracker = make_tracker(["jsonl"], run)
     tracker.log(3, {"reward": 0.5, "loss": 0.1})            # GRPO step 3 -> metrics.jsonl
@@ -16,8 +17,10 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from thinktune.console import console
 from thinktune.jsonl import JsonlWriter, keep_records
 from thinktune.runs import RunDir
+from thinktune.trackers import TensorBoardTracker, TrackioTracker, WandbTracker
 
 
 class Tracker(Protocol):
@@ -67,31 +70,48 @@ class JsonlTracker:
 
 
 class Trackers:
-    """Several trackers as one: each record goes to all of them."""
+    """Several trackers as one: each record goes to all of them. A tracker other than the JSONL record that
+    fails (a full disk, a W&B error) is reported and dropped; training goes on, and the JSONL record stays
+    complete. A failure of the JSONL record itself stops the run."""
 
     def __init__(self, trackers: list[Tracker]):
         self.trackers = trackers
 
     def log(self, step: int, metrics: dict, stage: str = "grpo") -> None:
-        for tracker in self.trackers:
-            tracker.log(step, metrics, stage)
+        self._each("log", step, metrics, stage)
 
     def log_samples(self, step: int, rows: list[dict]) -> None:
-        for tracker in self.trackers:
-            tracker.log_samples(step, rows)
+        self._each("log_samples", step, rows)
 
     def rewind(self, step: int, stage: str = "grpo") -> None:
-        for tracker in self.trackers:
-            tracker.rewind(step, stage)
+        self._each("rewind", step, stage)
 
     def close(self) -> None:
-        for tracker in self.trackers:
-            tracker.close()
+        self._each("close")
+
+    def _each(self, method: str, *args) -> None:
+        for tracker in list(self.trackers):
+            if isinstance(tracker, JsonlTracker):
+                getattr(tracker, method)(*args)
+                continue
+            try:
+                getattr(tracker, method)(*args)
+            except Exception as err:  # noqa: BLE001 - any sink's failure: report it, keep training
+                console.print(
+                    f"[yellow]tracker {type(tracker).__name__} failed in {method} ({type(err).__name__}: "
+                    f"{str(err)[:160]}); dropped for the rest of the run, metrics.jsonl continues[/]"
+                )
+                self.trackers.remove(tracker)
 
 
-TRACKERS = {"jsonl": JsonlTracker}
+TRACKERS = {
+    "jsonl": JsonlTracker,
+    "tensorboard": TensorBoardTracker,
+    "wandb": WandbTracker,
+    "trackio": TrackioTracker,
+}
 
 
 def make_tracker(names: list[str], run: RunDir) -> Trackers:
-    """The trackers ``run.report_to`` names, writing for ``run``."""
-    return Trackers([TRACKERS[name](run) for name in names])
+    """The trackers ``run.report_to`` names, writing for ``run``; the JSONL record is always one of them."""
+    return Trackers([TRACKERS[name](run) for name in dict.fromkeys(["jsonl", *names])])

@@ -57,18 +57,28 @@ def step_record(
     }
 
 
-def sample_rows(drawn: Groups, count: int) -> list[dict]:
-    """The first completion of each of the first ``count`` groups (different prompts), for ``samples.jsonl``."""
+def sample_rows(drawn: Groups, groups: int) -> list[dict]:
+    """Every completion of the first ``groups`` groups (all of them for -1): the prompt, the completion, the
+    total reward and each function's, the advantage, the length in tokens and whether it was cut off."""
+    count = drawn.size if groups < 0 else min(groups, drawn.size)
+    lengths = drawn.rollout.completion_mask.sum(-1).tolist()
     rows = []
-    for group in range(min(count, drawn.size)):
-        row = group * drawn.group_size
-        example = drawn.examples[group]
+    for row in range(count * drawn.group_size):
+        example = drawn.examples[row // drawn.group_size]
         rows.append(
             {
+                "group": row // drawn.group_size,
                 "question": example.question,
                 "answer": example.answer,
                 "completion": drawn.completions[row],
                 "reward": drawn.scores.total[row].item(),
+                **{
+                    f"reward/{name}": drawn.scores.per_function[i, row].item()
+                    for i, name in enumerate(drawn.scores.names)
+                },
+                "advantage": drawn.advantages[row].item(),
+                "length": int(lengths[row]),
+                "truncated": bool(drawn.rollout.truncated[row]),
             }
         )
     return rows

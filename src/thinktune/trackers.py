@@ -1,0 +1,185 @@
+"""Trackers that watch a run live, each through its own library (optional extras): TensorBoard, Weights & Biases,
+trackio. They get the same records as ``metrics.jsonl`` (every numeric field, named ``<stage>/<field>``, e.g.
+``grpo/reward``, ``eval/accuracy``, ``sft/loss``) and a table of each step's logged completions.
+
+Watching: ``tensorboard --logdir runs/<name>/tensorboard``, ``trackio show --project thinktune``, and for W&B
+``wandb sync runs/<name>/wandb/offline-run-*`` when not logged in (runs are offline then) or the W&B page when
+logged in.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import netrc
+import os
+
+from thinktune.runs import RunDir, RunError
+
+COMPLETION_COLUMNS = ("step", "group", "question", "answer", "completion", "reward", "advantage", "length", "truncated")
+
+
+class MissingTracker(RunError):
+    """A tracker named in ``run.report_to`` whose library is not installed."""
+
+
+def require(package: str, tracker: str) -> None:
+    if importlib.util.find_spec(package) is None:
+        raise MissingTracker(
+            f"run.report_to: {tracker} needs the {package} package, which is not installed: "
+            f"pip install 'thinktune[{tracker}]' (or drop {tracker} from run.report_to)"
+        )
+
+
+def scalars(metrics: dict, stage: str) -> dict[str, float]:
+    """The numeric fields of a record, named ``stage/field`` (text fields such as an evaluation's label dropped).
+
+    >>> scalars({"label": "step25", "accuracy": 0.5, "n": 300, "done": True}, "eval")
+    {'eval/accuracy': 0.5, 'eval/n': 300}
+    """
+    return {
+        f"{stage}/{key}": value
+        for key, value in metrics.items()
+        if isinstance(value, int | float) and not isinstance(value, bool)
+    }
+
+
+def table_columns(rows: list[dict]) -> list[str]:
+    """The completion table's columns: the fixed ones, then each reward function's score."""
+    rewards = [key for key in rows[0] if key.startswith("reward/")] if rows else []
+    return [*COMPLETION_COLUMNS, *rewards]
+
+
+class TensorBoardTracker:
+    """``runs/<name>/tensorboard``: scalars, and each step's completions as a Markdown table (TensorBoard's text
+    plugin). On resume, events from the replayed steps on are purged, so every step appears once."""
+
+    def __init__(self, run: RunDir):
+        require("tensorboard", "tensorboard")
+        self.folder = run.file("tensorboard")
+        self.purge_from: int | None = None
+        self._writer = None
+
+    @property
+    def writer(self):
+        if self._writer is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._writer = SummaryWriter(str(self.folder), purge_step=self.purge_from)
+        return self._writer
+
+    def log(self, step: int, metrics: dict, stage: str = "grpo") -> None:
+        for name, value in scalars(metrics, stage).items():
+            self.writer.add_scalar(name, value, step)
+
+    def log_samples(self, step: int, rows: list[dict]) -> None:
+        if not rows:
+            return
+        columns = table_columns(rows)
+        cell = lambda v: str(v).replace("|", "\\|").replace("\n", "<br>")  # noqa: E731 - one Markdown cell
+        lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+        lines += ["| " + " | ".join(cell({"step": step, **row}.get(c, "")) for c in columns) + " |" for row in rows]
+        self.writer.add_text("grpo/completions", "\n".join(lines), step)
+
+    def rewind(self, step: int, stage: str = "grpo") -> None:
+        if stage == "grpo" and self._writer is None:
+            self.purge_from = step + 1
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+
+
+def wandb_logged_in() -> bool:
+    """An API key in the environment or in ~/.netrc: then runs go to the W&B server, otherwise stay offline."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    try:
+        return netrc.netrc().authenticators("api.wandb.ai") is not None
+    except (OSError, netrc.NetrcParseError):
+        return False
+
+
+class WandbTracker:
+    """A W&B run named after the run directory, offline unless logged in (``WANDB_MODE`` decides when set), its
+    files in ``runs/<name>/wandb``. Every record carries ``step`` as its x-axis, so evaluations and SFT steps can
+    be logged out of W&B's own step order; a resumed run continues the same W&B run (steps replayed after a
+    crash then appear twice there; ``metrics.jsonl`` stays the exact record)."""
+
+    def __init__(self, run: RunDir):
+        require("wandb", "wandb")
+        import wandb
+
+        mode = os.environ.get("WANDB_MODE") or ("online" if wandb_logged_in() else "offline")
+        self.wandb = wandb
+        self.run = wandb.init(
+            project=os.environ.get("WANDB_PROJECT", "thinktune"),
+            name=run.path.name,
+            id=_wandb_id(run),
+            dir=str(run.path),
+            mode=mode,
+            resume="allow",
+            config=run.recipe.model_dump(mode="json"),
+            reinit="create_new",
+        )
+        self.run.define_metric("step")
+        self.run.define_metric("*", step_metric="step")
+
+    def log(self, step: int, metrics: dict, stage: str = "grpo") -> None:
+        self.run.log({"step": step, **scalars(metrics, stage)})
+
+    def log_samples(self, step: int, rows: list[dict]) -> None:
+        if rows:
+            columns = table_columns(rows)
+            data = [[{"step": step, **row}.get(c) for c in columns] for row in rows]
+            self.run.log({"step": step, "grpo/completions": self.wandb.Table(columns=columns, data=data)})
+
+    def rewind(self, step: int, stage: str = "grpo") -> None:
+        pass  # W&B keeps what it was sent; see the class doc
+
+    def close(self) -> None:
+        self.run.finish()
+
+
+def _wandb_id(run: RunDir) -> str:
+    """A W&B run id stable across resumes of one run directory (kept in it)."""
+    path = run.file("wandb_run_id")
+    if not path.is_file():
+        import secrets
+
+        path.write_text(secrets.token_hex(8))
+    return path.read_text().strip()
+
+
+class TrackioTracker:
+    """A local trackio run (project ``thinktune``, named after the run directory; ``TRACKIO_DIR`` says where
+    trackio keeps its database). Resumed runs continue the same trackio run."""
+
+    def __init__(self, run: RunDir):
+        require("trackio", "trackio")
+        import trackio
+
+        self.trackio = trackio
+        self.run = trackio.init(
+            project=os.environ.get("TRACKIO_PROJECT", "thinktune"),
+            name=run.path.name,
+            config=run.recipe.model_dump(mode="json"),
+            resume="allow",
+            embed=False,
+            auto_log_cpu=False,
+            auto_log_gpu=False,
+        )
+
+    def log(self, step: int, metrics: dict, stage: str = "grpo") -> None:
+        self.run.log(scalars(metrics, stage), step=step)
+
+    def log_samples(self, step: int, rows: list[dict]) -> None:
+        if rows:
+            columns = table_columns(rows)
+            data = [[{"step": step, **row}.get(c) for c in columns] for row in rows]
+            self.run.log({"grpo/completions": self.trackio.Table(columns=columns, data=data)}, step=step)
+
+    def rewind(self, step: int, stage: str = "grpo") -> None:
+        pass  # trackio keeps what it was sent
+
+    def close(self) -> None:
+        self.run.finish()
