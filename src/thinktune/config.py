@@ -259,6 +259,15 @@ class EvalConfig(_Section):
     seed: int = Field(0, description="Seed of the sampled evaluation (the same for before and after).")
     max_new_tokens: int | None = Field(None, gt=0, description="Completion budget; None = grpo.max_new_tokens.")
     batch_size: int = Field(32, gt=0, description="Prompts per greedy generation batch.")
+    best_metric: Literal["accuracy", "format_accuracy", "reward"] = Field(
+        "accuracy",
+        description="With eval.every: the trained model scoring best on it so far is kept in best/ (best.json says "
+        "when); its fall between two evaluations (paired sign test, p < 0.05) while the training reward rises "
+        "raises the regression alarm.",
+    )
+    stop_on_regression: bool = Field(
+        False, description="Stop GRPO at the regression alarm (then save final/ and evaluate as usual)."
+    )
 
 
 class RunConfig(_Section):

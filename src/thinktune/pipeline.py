@@ -16,6 +16,7 @@ from thinktune.data import load_examples
 from thinktune.environment import describe
 from thinktune.evaluate import evaluate_recipe
 from thinktune.grpo.trainer import GRPOTrainer
+from thinktune.jsonl import read_jsonl
 from thinktune.models import load_for_inference, load_policy, pick_device, save_model
 from thinktune.pairs import build_pairs
 from thinktune.preference import train_reward_model
@@ -25,6 +26,7 @@ from thinktune.runs import RunDir
 from thinktune.scoring import recipe_scoring
 from thinktune.sft import run_sft, save_sft_model
 from thinktune.tracking import Tracker, make_tracker
+from thinktune.watch import EvaluationWatch, Regression
 
 
 def seed_everything(seed: int) -> None:
@@ -80,6 +82,14 @@ def write_report_or_warn(run: RunDir) -> None:
         console.print(f"[yellow]report not written ({type(err).__name__}: {err}); try `thinktune report {run.path}`[/]")
 
 
+def last_evaluation(run: RunDir, step: int, before: dict | None) -> tuple[int, dict] | None:
+    """The newest evaluation at or before ``step`` (from its file), for the next one to be compared with."""
+    curve = [r for r in read_jsonl(run.file("eval_curve.jsonl")) if 0 < r["step"] <= step]
+    if curve and (evaluation := run.read_json(f"eval_{curve[-1]['label']}.json")):
+        return curve[-1]["step"], evaluation
+    return (0, before) if before else None
+
+
 def evaluate_and_save(run: RunDir, label: str, backend, recipe: Recipe, held_out, rewards, task) -> dict:
     """Greedy held-out evaluation, printed and written to ``eval_<label>.json``; returns metrics and samples."""
     result = evaluate_recipe(backend, recipe, held_out, rewards, task, label=f"eval {label}")
@@ -128,10 +138,25 @@ def grpo_stage(recipe: Recipe, run: RunDir, tracker: Tracker, resume: bool, trai
             f"{stats.skipped} skipped, {stats.truncated} truncated[/]"
         )
 
-    def run_eval(label: str, step: int) -> dict:  # held-out metrics by GRPO step: before, every N, after
+    watch = EvaluationWatch(recipe.eval.best_metric, run.read_json("best.json") if resume else None)
+    alarms = []
+
+    def run_eval(label: str, step: int) -> tuple[dict, Regression | None]:  # before, every N steps, after
         result = evaluate_and_save(run, label, trainer.backend, recipe, held_out, trainer.rewards, trainer.task)
-        tracker.log(step, {"label": label, **result["metrics"]}, stage="eval")
-        return result
+        rewards = {r["step"]: r["reward"] for r in read_jsonl(run.file("metrics.jsonl"))}
+        alarm = watch.check(step, result, rewards)
+        if alarm:
+            alarms.append(alarm.message(watch.metric))
+            console.print(f"[bold yellow]regression alarm: {alarms[-1]}[/]")
+        tracker.log(step, {"label": label, **result["metrics"], **(alarm.fields() if alarm else {})}, stage="eval")
+        if recipe.eval.every and watch.improved(step, result):
+            save_model(trainer.model, trainer.tokenizer, run.file("best"))
+            run.write_json("best.json", watch.best)
+        return result, alarm
+
+    def eval_during_training(step: int) -> bool:  # True stops training (the alarm, with stop_on_regression)
+        _, alarm = run_eval(f"step{step}", step)
+        return alarm is not None and recipe.eval.stop_on_regression
 
     start = 0
     if resume and run.has_checkpoint():
@@ -143,12 +168,13 @@ def grpo_stage(recipe: Recipe, run: RunDir, tracker: Tracker, resume: bool, trai
     if recipe.eval.before and held_out:
         before = run.read_json("eval_before.json")  # by the SFT stage, a sweep, or before a crash
         if before is None:
-            before = run_eval("before", 0)
+            before, _ = run_eval("before", 0)
         elif start == 0:
             tracker.log(0, {"label": "before", **before["metrics"]}, stage="eval")
+    watch.previous = last_evaluation(run, start, before)
 
     began = time.perf_counter()
-    records = trainer.train(start, on_eval=lambda step: run_eval(f"step{step}", step))
+    records = trainer.train(start, on_eval=eval_during_training)
     seconds = time.perf_counter() - began
     step_seconds, signal, peak = None, {}, peak_rss_gb()
     if records:  # none when resuming a finished run
@@ -175,8 +201,15 @@ def grpo_stage(recipe: Recipe, run: RunDir, tracker: Tracker, resume: bool, trai
         "before": before and before["metrics"],
         "training_prompts": {"used": len(trainer.pool), "skipped": stats.skipped, "truncated": stats.truncated},
     }
+    if alarms:
+        summary["regression_alarms"] = alarms
+    if watch.best:
+        summary["best"] = watch.best
+    steps_done = records[-1]["step"] if records else start
+    if steps_done < recipe.train.steps:
+        summary["stopped_on_regression_at"] = steps_done
     if recipe.eval.after and held_out:
-        after = run_eval("after", recipe.train.steps)
+        after, _ = run_eval("after", steps_done)
         summary["after"] = after["metrics"]
         if before:
             summary.update(report_comparison(run, before, after))

@@ -307,7 +307,8 @@ class GRPOTrainer:
                 GeneratorState(self.generator), "prompt_sampler": self.sampler}  # fmt: skip
 
     def train(self, start_step: int = 0, on_eval=None) -> list[dict]:
-        """Run the remaining steps; ``on_eval(step)`` is called every ``eval.every`` steps."""
+        """Run the remaining steps; ``on_eval(step)`` is called every ``eval.every`` steps, and stops training
+        there (after a checkpoint) by returning True."""
         t, r = self.recipe.train, self.recipe.run
         records = []
         last_saved = time.monotonic()
@@ -322,10 +323,12 @@ class GRPOTrainer:
                     f"fmt {record['format']:.2f}  len {record['completion_length']:.0f}"
                 )
                 done = step + 1
+                halt = False  # on_eval says True to stop here (the regression alarm with eval.stop_on_regression)
                 if self.recipe.eval.every and done % self.recipe.eval.every == 0 and done < t.steps and on_eval:
-                    on_eval(done)
+                    halt = bool(on_eval(done))
                 due = (
                     done == t.steps  # the last one: a rerun with --resume goes straight to the final evaluation
+                    or halt
                     or (r.save_every and done % r.save_every == 0)
                     or (r.save_minutes and time.monotonic() - last_saved >= 60 * r.save_minutes)
                 )
@@ -334,4 +337,6 @@ class GRPOTrainer:
                     last_saved = time.monotonic()
                 if stop.requested:
                     raise Interrupted(done)
+                if halt:
+                    break
         return records

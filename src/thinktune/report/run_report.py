@@ -140,7 +140,13 @@ def render(run: RunRecord) -> str:
         f"<h1>{escape(run.name)}</h1>",
         f'<p class="sub">thinktune run report · model {escape(run.model)} · {escape(str(run.path))}</p>',
         headline(run),
+        *(f'<div class="alarm"><b>Regression alarm.</b> {escape(alarm)}</div>' for alarm in run.alarms()),
     ]
+    if run.best:
+        body.append(
+            f'<p class="note">best/ holds the model of step {run.best["step"]}: held-out {escape(run.best["metric"])} '
+            f"{run.best['value']:.3f}, the best of the evaluations during training.</p>"
+        )
     if run.curve:
         body += [f"<h2>{escape(split_name(run.after or run.before or {}).capitalize())} evaluation</h2>"]
         body += [figures([svg(held_out_chart(run))])]

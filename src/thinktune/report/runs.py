@@ -24,6 +24,7 @@ class RunRecord:
     after: dict | None
     summary: dict | None
     environment: dict | None
+    best: dict | None  # best.json: the step whose model is in best/
     recipe_text: str
 
     @property
@@ -52,6 +53,7 @@ class RunRecord:
             after=json_file("eval_after.json"),
             summary=json_file("summary.json"),
             environment=json_file("environment.json"),
+            best=json_file("best.json"),
             recipe_text=(path / "recipe.yaml").read_text(),
         )
 
@@ -63,6 +65,17 @@ class RunRecord:
         """(steps, values) of one training metric, leaving out steps that did not log it or logged null."""
         points = [(r["step"], r[key]) for r in self.steps if isinstance(r.get(key), int | float)]
         return [s for s, _ in points], [v for _, v in points]
+
+    def alarms(self) -> list[str]:
+        """The regression alarms raised at evaluations during training, as sentences."""
+        return [
+            f"Held-out accuracy fell between step {r['regression_since']} and step {r['step']} "
+            f"({r['regression_fixed']} fixed, {r['regression_broken']} broken, sign test p = {r['regression_p']:.2g}) "
+            f"while the training reward rose from {r['regression_reward_before']:.3f} to "
+            f"{r['regression_reward_after']:.3f}: reward hacking or collapse."
+            for r in self.curve
+            if r.get("regression_alarm")
+        ]
 
     def reward_functions(self) -> list[str]:
         """Names of the reward functions logged per step (``reward/<name>``)."""
