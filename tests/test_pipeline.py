@@ -1,5 +1,7 @@
 """The train workflow: resume, refusing to overwrite a run, and every stage logging through the trackers."""
 
+import itertools
+
 import pytest
 
 from tests.helpers import read_lines, rewards, tiny_recipe
@@ -54,10 +56,12 @@ def test_every_record_goes_through_the_trackers_named_in_the_recipe(tmp_path, ti
         def close(self):
             seen.append(("closed", {}))
 
-    monkeypatch.setitem(tracking.TRACKERS, "jsonl", Recorder)  # the only name the schema accepts so far
+    monkeypatch.setitem(tracking.TRACKERS, "jsonl", Recorder)
     train(tiny_recipe(tmp_path, tiny_model_dir, "train.steps=2", "eval.every=1", "eval.after=true"))
-    assert [stage for stage, _ in seen] == ["grpo", "samples", "samples", "eval", "grpo", "samples", "samples",
-                                            "eval", "closed"]  # fmt: skip
+    stages = [stage for stage, _ in seen]
+    assert [stage for stage, _ in itertools.groupby(stages)] == ["grpo", "samples", "eval", "grpo", "samples",
+                                                                  "eval", "closed"]  # fmt: skip
+    assert stages.count("samples") == 2 * 2 * 8  # every completion of run.samples_per_step=2 groups, each step
     assert [r["step"] for stage, r in seen if stage == "eval"] == [1, 2]
     assert not (tmp_path / "tiny" / "metrics.jsonl").exists()  # only the recorder was asked for
 
