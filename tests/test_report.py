@@ -57,3 +57,31 @@ def test_report_of_a_folder_that_is_not_a_run_is_one_clear_line(tmp_path):
     result = CliRunner().invoke(app, ["report", str(tmp_path)])
     assert result.exit_code == 2
     assert "not a thinktune run directory (no recipe.yaml)" in result.output
+
+
+def test_the_report_and_the_comparison_render_in_a_real_browser(two_runs, tmp_path):
+    """Headless Chromium over its DevTools protocol: no console error, every plot laid out and drawn, and a
+    screenshot that is not blank."""
+    from io import BytesIO
+
+    from PIL import Image
+
+    from tests.browser import DevTools, chromium
+
+    if chromium() is None:
+        pytest.skip("no Chromium: `make test` installs Debian's chromium where apt-get can; it could not here")
+    comparison = tmp_path / "both.html"
+    CliRunner().invoke(app, ["compare", *map(str, two_runs), "--out", str(comparison)])
+    browser = DevTools()
+    try:
+        pages = {page: browser.check(page) for page in (two_runs[0] / "report.html", comparison)}
+    finally:
+        browser.close()
+    for page, seen in pages.items():
+        assert seen.errors == [], page
+        assert len(seen.plots) == page.read_text().count("<svg")
+        assert all(p["width"] > 300 and p["height"] > 150 and p["shapes"] > 10 for p in seen.plots), seen.plots
+        image = Image.open(BytesIO(seen.screenshot)).convert("RGB")
+        colours = image.getcolors(maxcolors=1 << 20)
+        background = max(colours)[0] / (image.width * image.height)
+        assert len(colours) > 100 and background < 0.9  # text, lines and shading, not one flat colour

@@ -68,11 +68,11 @@ def regression(
     True
     """
     key = OUTCOME.get(metric)
-    if key is None or not previous.get("samples") or not current.get("samples"):
-        return None
-    outcomes = [s[key] for s in previous["samples"]], [s[key] for s in current["samples"]]
-    if len(outcomes[0]) != len(outcomes[1]):
-        return None  # not the same problems
+    if key is None or metric not in current["metrics"] or not previous.get("samples") or not current.get("samples"):
+        return None  # no 0/1 outcomes to pair (a reward metric, or a task without reference answers)
+    outcomes = [s.get(key) for s in previous["samples"]], [s.get(key) for s in current["samples"]]
+    if len(outcomes[0]) != len(outcomes[1]) or None in outcomes[0] + outcomes[1]:
+        return None  # not the same problems, or not graded
     test = paired_sign_test(*outcomes)
     if not (test["broken"] > test["fixed"] and test["p_value"] < ALPHA):
         return None

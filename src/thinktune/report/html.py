@@ -13,6 +13,8 @@ h1 { font-size: 24px; margin: 8px 0 4px; } h2 { font-size: 18px; margin: 32px 0 
 .cards { display: flex; flex-wrap: wrap; gap: 12px; margin: 16px 0; }
 .card { background: #fff; border: 1px solid #e2e5ea; border-radius: 8px; padding: 10px 16px; min-width: 150px; }
 .card b { display: block; font-size: 20px; } .card span { color: #5b6270; font-size: 12px; }
+.pair { display: grid; grid-template-columns: minmax(0, 1fr) minmax(0, 1fr); gap: 18px; align-items: start; }
+.pair .grid { grid-template-columns: 1fr; }
 .grid { display: grid; grid-template-columns: repeat(auto-fill, minmax(520px, 1fr)); gap: 14px; }
 figure { background: #fff; border: 1px solid #e2e5ea; border-radius: 8px; margin: 0; padding: 6px; }
 figure svg { width: 100%; height: auto; display: block; }

@@ -147,10 +147,11 @@ def render(run: RunRecord) -> str:
             f'<p class="note">best/ holds the model of step {run.best["step"]}: held-out {escape(run.best["metric"])} '
             f"{run.best['value']:.3f}, the best of the evaluations during training.</p>"
         )
+    split = split_name(run.after or run.before or {}).capitalize()
+    body += [f"<h2>{escape(split)} evaluation: before and after</h2>", '<div class="pair">']
     if run.curve:
-        body += [f"<h2>{escape(split_name(run.after or run.before or {}).capitalize())} evaluation</h2>"]
         body += [figures([svg(held_out_chart(run))])]
-    body += ["<h2>Before and after</h2>", before_after(run)]
+    body += [f"<div>{before_after(run)}</div>", "</div>"]
     body += ["<h2>Training curves</h2>", training_section(run)]
     body += ["<h2>Completions before and after</h2>", completions(run)]
     body += ["<h2>Recipe</h2>", f"<pre>{escape(run.recipe_text)}</pre>", "<h2>Versions and machine</h2>"]
