@@ -45,7 +45,7 @@ def kill_when(process, ready, timeout=120.0) -> bool:
             os.kill(process.pid, signal.SIGKILL)
             process.wait()
             return True
-        time.sleep(0.005)
+        time.sleep(0.0005)  # some windows (the tiny model's final save) last a few milliseconds
     process.wait()
     return False
 

@@ -199,3 +199,12 @@ def test_checkpoints_are_also_taken_by_the_clock(tmp_path, tiny_model_dir, monke
     assert seen == [False, True, True]  # every step is "minutes" after the last checkpoint
     train(tiny_recipe(tmp_path, tiny_model_dir, *by_clock, "run.save_minutes=0", "run.name=b"))
     assert seen[3:] == [False, False, False]
+
+
+def test_resuming_a_finished_run_evaluates_again_but_logs_the_evaluation_once(tmp_path, tiny_model_dir):
+    steps = ["train.steps=2", "eval.every=1", "eval.after=true"]
+    train(tiny_recipe(tmp_path, tiny_model_dir, *steps))
+    train(tiny_recipe(tmp_path, tiny_model_dir, *steps), resume=True)
+    curve = read_lines(tmp_path / "tiny" / "eval_curve.jsonl")
+    assert [(r["step"], r["label"]) for r in curve] == [(1, "step1"), (2, "after")]
+    assert [r["step"] for r in read_lines(tmp_path / "tiny" / "metrics.jsonl")] == [1, 2]

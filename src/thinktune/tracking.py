@@ -62,8 +62,8 @@ class JsonlTracker:
         writers = (
             (self.writers["grpo"], self.writers["eval"], self.samples) if stage == "grpo" else [self.writers[stage]]
         )
-        for writer in writers:
-            keep_records(writer.path, lambda record: record["step"] <= step)
+        for writer in writers:  # the evaluation after training follows the last checkpoint: it always runs again
+            keep_records(writer.path, lambda record: record["step"] <= step and record.get("label") != "after")
 
     def close(self) -> None:
         pass  # every line is written when it is logged
