@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH := torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint install bench clean browser
+.PHONY: demo test test-gpu lint install bench clean browser
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -43,6 +43,11 @@ browser:
 
 test: lint browser
 	$(BIN)/python -m pytest -q
+
+# The tests that need CUDA (bfloat16 training with resume, rollouts on the device); on a machine without a GPU
+# they are skipped with the reason. `make test` runs them too.
+test-gpu: $(STAMP)
+	$(BIN)/python -m pytest -q -rs -m gpu
 
 clean:
 	rm -rf $(VENV) runs

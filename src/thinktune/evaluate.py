@@ -44,7 +44,7 @@ def _generate_all(backend: RolloutBackend, prompt_ids, *, max_new_tokens, batch_
     """Completions (texts), lengths and truncation flags for every prompt; ``sampling.k`` per prompt if sampled."""
     completions, lengths, truncated = [], [], []
     if sampling:
-        params, generator = sampling.params, torch.Generator().manual_seed(sampling.seed)
+        params, generator = sampling.params, torch.Generator(device=backend.device).manual_seed(sampling.seed)
         per_chunk = max(1, batch_size // sampling.k)  # batch_size rows, as greedy
     else:
         params, generator = SamplingParams(max_new_tokens, greedy=True), None

@@ -99,7 +99,11 @@ class RunDir:
             "recipe": recipe.model_dump(mode="json"),
             "trainable": {n: p.detach().cpu() for n, p in model.named_parameters() if p.requires_grad},
             "parts": {name: part.state_dict() for name, part in parts.items()},
-            "rng": {"python": random.getstate(), "torch": torch.get_rng_state()},
+            "rng": {
+                "python": random.getstate(),
+                "torch": torch.get_rng_state(),
+                **({"cuda": torch.cuda.get_rng_state_all()} if torch.cuda.is_available() else {}),
+            },
         }
         partial, latest = folder / "state.pt.partial", folder / "state.pt"
         try:
@@ -168,11 +172,13 @@ class RunDir:
             part.load_state_dict(state["parts"][name])
         random.setstate(state["rng"]["python"])
         torch.set_rng_state(state["rng"]["torch"])
+        if "cuda" in state["rng"] and torch.cuda.is_available():  # dropout and any sampling on the GPU
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
         return state["step"]
 
 
 class GeneratorState:
-    """A ``torch.Generator`` as a checkpoint part (``state_dict`` / ``load_state_dict``)."""
+    """A ``torch.Generator`` (on any device) as a checkpoint part (``state_dict`` / ``load_state_dict``)."""
 
     def __init__(self, generator: torch.Generator):
         self.generator = generator

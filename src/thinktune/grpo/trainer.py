@@ -88,7 +88,9 @@ class GRPOTrainer:
         self.optimizer = make_optimizer(self.params, t.learning_rate, t)
         self.scheduler = make_scheduler(self.optimizer, t.lr_schedule, t.warmup_steps, t.steps * self.cfg.iterations)
         self.sampling = SamplingParams.of_recipe(self.cfg)
-        self.generator = torch.Generator().manual_seed(t.seed)
+        # On the model's device: sampling draws its random numbers where the logits are (a CPU generator
+        # cannot feed a CUDA draw).
+        self.generator = torch.Generator(device=next(model.parameters()).device).manual_seed(t.seed)
         self.sampler = PromptSampler(len(self.pool), t.seed, self.cfg.curriculum, self.cfg.curriculum_floor)
         self.last_drawn: Groups | None = None  # the last step's groups, for callers that inspect a step
         self.seconds_scoring = 0.0

@@ -44,6 +44,7 @@ class SamplingParams:
 
 class RolloutBackend(Protocol):
     tokenizer: object
+    device: torch.device  # where sampling draws its random numbers: a generator passed in must live there
 
     def generate(
         self, prompts: list[list[int]], params: SamplingParams, generator: torch.Generator | None = None
@@ -60,6 +61,10 @@ class NativeBackend:
     def __init__(self, model, tokenizer):
         self.model, self.tokenizer = model, tokenizer
         self.eos_ids = eos_token_ids(tokenizer)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
 
     def generate(
         self, prompts: list[list[int]], params: SamplingParams, generator: torch.Generator | None = None

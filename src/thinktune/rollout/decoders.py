@@ -1,7 +1,7 @@
 """Two ways to run the decode loop's forward passes; the engine picks the fastest that fits the model.
 
 - ``HFDecoder`` calls the Hugging Face model itself with a ``DynamicCache``: works for every causal LM.
-- ``LlamaDecoder`` runs Llama-family models (Llama, SmolLM, Qwen2) from a *snapshot* of their weights: LoRA
+- ``LlamaDecoder`` runs Llama-family models (Llama, SmolLM, Qwen2, Qwen3) from a *snapshot* of their weights: LoRA
   deltas merged in (so no adapter matmuls per token), q/k/v and gate/up fused into one matmul each, and a
   key/value cache allocated once and written in place. Hugging Face's ``DynamicCache`` grows by
   concatenation, which copies the whole cache on every token. One decode step of SmolLM2 + LoRA at 32 rows:
@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from transformers import DynamicCache
 
-FAST_MODEL_TYPES = ("llama", "qwen2")
+FAST_MODEL_TYPES = ("llama", "qwen2", "qwen3")
 
 
 class HFDecoder:
@@ -131,6 +131,8 @@ class LlamaDecoder:
                         [effective_weight(attn.q_proj), effective_weight(attn.k_proj), effective_weight(attn.v_proj)]
                     ),
                     "o": effective_weight(attn.o_proj),
+                    "q_norm": getattr(attn, "q_norm", None),  # Qwen3: RMSNorm over each head's query and key
+                    "k_norm": getattr(attn, "k_norm", None),
                     "norm2": layer.post_attention_layernorm,
                     "gate_up": _cat([effective_weight(mlp.gate_proj), effective_weight(mlp.up_proj)]),
                     "down": effective_weight(mlp.down_proj),
@@ -158,8 +160,11 @@ class LlamaDecoder:
             h = layer["norm1"](x)
             qkv = F.linear(h, *layer["qkv"])
             q, k, v = qkv.split([q_size, kv_size, kv_size], dim=-1)
-            q = q.view(batch, width, self.heads, self.head_dim).transpose(1, 2)
-            k = k.view(batch, width, self.kv_heads, self.head_dim).transpose(1, 2)
+            q = q.view(batch, width, self.heads, self.head_dim)
+            k = k.view(batch, width, self.kv_heads, self.head_dim)
+            if layer["q_norm"] is not None:
+                q, k = layer["q_norm"](q), layer["k_norm"](k)
+            q, k = q.transpose(1, 2), k.transpose(1, 2)
             v = v.view(batch, width, self.kv_heads, self.head_dim).transpose(1, 2)
             q = q * cos + _rotate_half(q) * sin
             k = k * cos + _rotate_half(k) * sin

@@ -1,0 +1,55 @@
+"""What only a GPU can show (`make test-gpu`; skipped, saying why, where there is no CUDA device): sampling with a
+generator on the device, rollouts equal to Hugging Face `generate` there, and training in bfloat16 with resume."""
+
+import pytest
+import torch
+
+from tests.helpers import read_lines, tiny_recipe
+from thinktune.models import load_for_inference
+from thinktune.pipeline import train
+from thinktune.rollout import generate
+from thinktune.rollout.engine import left_pad
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine"),
+]
+
+
+def test_greedy_and_sampled_rollouts_on_the_gpu(tiny_model_dir):
+    model, tokenizer = load_for_inference(tiny_model_dir, device="cuda")
+    prompts = [tokenizer(t)["input_ids"] for t in ("what is one plus two", "calculate three")]
+    ours = generate(model, prompts, eos_ids=[tokenizer.eos_token_id], pad_id=tokenizer.pad_token_id,
+                    max_new_tokens=10, greedy=True)  # fmt: skip
+    ids, mask = (t.cuda() for t in left_pad(prompts, tokenizer.pad_token_id))
+    hf = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=10, do_sample=False,
+                        pad_token_id=tokenizer.pad_token_id)[:, ids.shape[1] :]  # fmt: skip
+    for row in range(len(prompts)):
+        n = int(ours.completion_mask[row].sum())
+        assert ours.completion_ids[row, :n].tolist() == hf[row, :n].tolist()
+    on_gpu = torch.Generator(device="cuda").manual_seed(0)
+    sampled = generate(model, prompts, eos_ids=[tokenizer.eos_token_id], pad_id=tokenizer.pad_token_id,
+                       max_new_tokens=10, group_size=4, generator=on_gpu)  # fmt: skip
+    assert sampled.completion_ids.device.type == "cuda" and sampled.completion_ids.shape[0] == 8
+
+
+def test_a_bfloat16_run_on_the_gpu_trains_and_resumes_exactly(tmp_path, tiny_model_dir, monkeypatch):
+    from thinktune.grpo.trainer import GRPOTrainer
+
+    gpu = ["model.device=cuda", "model.dtype=bfloat16", "train.steps=4", "run.save_every=2"]
+    train(tiny_recipe(tmp_path, tiny_model_dir, *gpu, "run.name=whole"))
+    original = GRPOTrainer.step
+
+    def crash_in_step_3(self, step):
+        if step == 2:
+            raise RuntimeError("the machine went away")
+        return original(self, step)
+
+    monkeypatch.setattr(GRPOTrainer, "step", crash_in_step_3)
+    with pytest.raises(RuntimeError, match="went away"):
+        train(tiny_recipe(tmp_path, tiny_model_dir, *gpu, "run.name=resumed"))
+    monkeypatch.undo()
+    train(tiny_recipe(tmp_path, tiny_model_dir, *gpu, "run.name=resumed"), resume=True)
+    whole, resumed = (read_lines(tmp_path / name / "metrics.jsonl") for name in ("whole", "resumed"))
+    assert [r["step"] for r in resumed] == [1, 2, 3, 4]
+    assert [r["reward"] for r in resumed] == [r["reward"] for r in whole]  # the CUDA generator state came back
