@@ -28,8 +28,8 @@ def cpu_name() -> str:
     return platform.processor() or "unknown"
 
 
-def describe(device: str) -> dict:
-    """Versions, CPU, cores, torch threads, the training device and the start time (UTC)."""
+def describe(device: str, processes: int = 1) -> dict:
+    """Versions, CPU, cores, torch threads, the training device, the training processes and the start time (UTC)."""
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     return {
         "started": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -40,5 +40,6 @@ def describe(device: str) -> dict:
         "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "device": device,
+        "processes": processes,
         **({"gpu": gpu} if gpu else {}),
     }

@@ -10,9 +10,10 @@ import time
 import torch
 
 from thinktune.comparison import compared, report_comparison
-from thinktune.config import Recipe
+from thinktune.config import ConfigError, Recipe
 from thinktune.console import console, peak_rss_gb
 from thinktune.data import load_examples
+from thinktune.distributed import SINGLE, Ranks, from_environment
 from thinktune.environment import describe
 from thinktune.evaluate import evaluate_recipe
 from thinktune.grpo.trainer import GRPOTrainer
@@ -25,7 +26,7 @@ from thinktune.rollout import make_backend
 from thinktune.runs import RunDir
 from thinktune.scoring import recipe_scoring
 from thinktune.sft import run_sft, save_sft_model
-from thinktune.tracking import Tracker, make_tracker
+from thinktune.tracking import Tracker, Trackers, make_tracker
 from thinktune.watch import EvaluationWatch, Regression
 
 
@@ -43,12 +44,17 @@ def train(recipe: Recipe, resume: bool = False) -> dict:
     if recipe.run.threads:
         torch.set_num_threads(recipe.run.threads)
     seed_everything(recipe.train.seed)
-    run = RunDir(recipe, resume=resume)
-    console.print(f"[bold]run[/] {run.path}")
+    ranks = from_environment(pick_device(recipe.model.device))
+    check_distributable(recipe, ranks)
+    run = RunDir(recipe, resume=resume) if ranks.main else None
+    ranks.barrier()  # the others attach to the directory process 0 has checked and set up
+    run = run or RunDir(recipe, attach=True)
+    console.print(f"[bold]run[/] {run.path}" + (f" ({ranks.world} processes)" if ranks.world > 1 else ""))
     train_set, held_out, task_dataset = load_examples(recipe.data, recipe.eval.split)
     console.print(f"data: {len(train_set)} training, {len(held_out)} {recipe.eval.split.replace('_', '-')} examples")
-    tracker = make_tracker(recipe.run.report_to, run)
-    run.write_json("environment.json", describe(str(pick_device(recipe.model.device))))
+    tracker = make_tracker(recipe.run.report_to, run) if ranks.main else Trackers([])
+    if ranks.main:
+        run.write_json("environment.json", describe(str(pick_device(recipe.model.device)), ranks.world))
     summary: dict = {}
     try:
         if "sft" in recipe.stages:
@@ -66,12 +72,29 @@ def train(recipe: Recipe, resume: bool = False) -> dict:
                 console.print("reward model: already trained, continuing")
             summary["reward_model"] = trained or train_reward_model(recipe, run, tracker, resume)
         if "grpo" in recipe.stages:
-            summary.update(grpo_stage(recipe, run, tracker, resume, train_set, held_out, task_dataset))
+            summary.update(grpo_stage(recipe, run, tracker, resume, train_set, held_out, task_dataset, ranks))
     finally:
         tracker.close()
-    run.write_json("summary.json", summary)
-    write_report_or_warn(run)
+    if ranks.main:
+        run.write_json("summary.json", summary)
+        write_report_or_warn(run)
+    ranks.barrier()
     return summary
+
+
+def check_distributable(recipe: Recipe, ranks: Ranks) -> None:
+    """What several processes can run: the GRPO stage with plain prompt sampling, split evenly."""
+    if ranks.world == 1:
+        return
+    problems = []
+    if recipe.stages != ["grpo"]:
+        problems.append(f"stages: {recipe.stages} (several processes run the grpo stage alone)")
+    if recipe.grpo.dynamic_sampling or recipe.grpo.curriculum != "none":
+        problems.append("grpo.dynamic_sampling / grpo.curriculum: not with several processes yet")
+    if recipe.grpo.prompts_per_step % ranks.world:
+        problems.append(f"grpo.prompts_per_step: {recipe.grpo.prompts_per_step} does not split over {ranks.world}")
+    if problems:
+        raise ConfigError(f"{ranks.world} processes: " + "; ".join(problems))
 
 
 def write_report_or_warn(run: RunDir) -> None:
@@ -128,9 +151,14 @@ def sft_stage(recipe: Recipe, run: RunDir, tracker: Tracker, resume: bool, train
     return summary
 
 
-def grpo_stage(recipe: Recipe, run: RunDir, tracker: Tracker, resume: bool, train_set, held_out, task_dataset) -> dict:
-    """Evaluate before → GRPO → evaluate after → save ``final/``; resumes from the last checkpoint."""
-    trainer = GRPOTrainer.from_recipe(recipe, train_set, task_dataset, run, tracker)
+def grpo_stage(
+    recipe: Recipe, run: RunDir, tracker: Tracker, resume: bool, train_set, held_out, task_dataset, ranks=SINGLE
+) -> dict:
+    """Evaluate before → GRPO → evaluate after → save ``final/``; resumes from the last checkpoint. With several
+    processes, process 0 alone evaluates and saves."""
+    trainer = GRPOTrainer.from_recipe(recipe, train_set, task_dataset, run, tracker, ranks)
+    if not ranks.main:
+        held_out = []  # evaluations are process 0's
     stats = trainer.prompts.stats
     if stats.skipped or stats.truncated:
         console.print(
@@ -155,6 +183,8 @@ def grpo_stage(recipe: Recipe, run: RunDir, tracker: Tracker, resume: bool, trai
         return result, alarm
 
     def eval_during_training(step: int) -> bool:  # True stops training (the alarm, with stop_on_regression)
+        if not ranks.main:
+            return False
         _, alarm = run_eval(f"step{step}", step)
         return alarm is not None and recipe.eval.stop_on_regression
 
@@ -190,6 +220,8 @@ def grpo_stage(recipe: Recipe, run: RunDir, tracker: Tracker, resume: bool, trai
             f"median step {step_seconds:.1f} s; {signal['prompts_drawn_per_step']:.1f} prompts drawn a step, "
             f"{signal['flat_group_rate']:.0%} of their groups flat; peak memory so far {peak:.1f} GB"
         )
+    if not ranks.main:
+        return {}
     save_model(trainer.model, trainer.tokenizer, run.file("final"))
     console.print(f"saved {run.file('final')}")
 

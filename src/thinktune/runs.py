@@ -32,6 +32,7 @@ import torch
 
 from thinktune.config import Recipe, dump_recipe
 from thinktune.console import console
+from thinktune.distributed import SINGLE, Ranks
 
 
 class RunError(RuntimeError):
@@ -62,10 +63,13 @@ class RunDir:
     A fresh run refuses a directory that already holds the outputs of those stages; ``resume`` needs at least one.
     """
 
-    def __init__(self, recipe: Recipe, resume: bool = False, stages: list[str] | None = None):
+    def __init__(self, recipe: Recipe, resume: bool = False, stages: list[str] | None = None, attach: bool = False):
+        """``attach``: the directory another process (process 0 of a multi-process run) has just set up."""
         self.path = Path(recipe.run.output_dir) / recipe.run.name
         self.recipe = recipe
         self.checkpoint = self.path / "checkpoint"
+        if attach:
+            return
         done = bool(stage_outputs(recipe, stages))
         if done and not resume:
             raise RunError(
@@ -178,16 +182,20 @@ class RunDir:
 
 
 class GeneratorState:
-    """A ``torch.Generator`` (on any device) as a checkpoint part (``state_dict`` / ``load_state_dict``)."""
+    """A ``torch.Generator`` (on any device) as a checkpoint part (``state_dict`` / ``load_state_dict``); with
+    several processes, every process's generator, each restored to its own."""
 
-    def __init__(self, generator: torch.Generator):
-        self.generator = generator
+    def __init__(self, generator: torch.Generator, ranks: Ranks = SINGLE):
+        self.generator, self.ranks = generator, ranks
+        # Gathered now, while every process builds its checkpoint parts; only process 0 writes them.
+        self.by_rank = ranks.gather(generator.get_state())
 
     def state_dict(self) -> dict:
-        return {"state": self.generator.get_state()}
+        return {"state": self.generator.get_state(), "ranks": self.by_rank}
 
     def load_state_dict(self, state: dict) -> None:
-        self.generator.set_state(state["state"])
+        by_rank = state.get("ranks") or [state["state"]]
+        self.generator.set_state(by_rank[self.ranks.rank] if self.ranks.rank < len(by_rank) else state["state"])
 
 
 def checkpoint_names(keep: int) -> list[str]:

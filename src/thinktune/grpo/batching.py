@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
+from thinktune.distributed import Ranks
 from thinktune.rollout import Rollout
 
 
@@ -79,6 +80,16 @@ class MicroBatchPlan:
             prompt_mask=rollout.prompt_mask[first_rows],
             slot=torch.searchsorted(needed, prompt_of_row),
         )
+
+    def across(self, ranks: Ranks) -> MicroBatchPlan:
+        """With several processes, the normalisers of the whole step (every process's tokens and rows), so the
+        summed gradients are those of one process training on all of it."""
+        if ranks.world > 1:
+            t = self.totals
+            self.totals = {"total_tokens": ranks.sum(t["total_tokens"]), "total_rows": ranks.sum(t["total_rows"]),
+                           "max_tokens": ranks.max(t["max_tokens"])}  # fmt: skip
+            self.trained_tokens = ranks.sum(self.trained_tokens)
+        return self
 
     @property
     def rows(self) -> int:

@@ -24,6 +24,7 @@ from thinktune.allocator import keep_freed_memory
 from thinktune.config import Recipe
 from thinktune.console import progress
 from thinktune.data import DataError, Example, PromptBuilder
+from thinktune.distributed import SINGLE, Ranks
 from thinktune.grpo.advantages import group_advantages
 from thinktune.grpo.batching import MicroBatchPlan
 from thinktune.grpo.losses import LOSSES, LossInputs
@@ -68,11 +69,12 @@ class GRPOTrainer:
         task: TaskMetrics,
         run: RunDir,
         tracker: Tracker,
+        ranks: Ranks = SINGLE,
     ):
         keep_freed_memory()
         self.recipe, self.cfg = recipe, recipe.grpo
         self.backend, self.model, self.tokenizer = backend, model, backend.tokenizer
-        self.rewards, self.task, self.run, self.tracker = rewards, task, run, tracker
+        self.rewards, self.task, self.run, self.tracker, self.ranks = rewards, task, run, tracker, ranks
         if self.cfg.beta > 0:
             reference_policy(model)  # fails early when there is no reference (full fine-tuning)
         data = recipe.data
@@ -90,7 +92,8 @@ class GRPOTrainer:
         self.sampling = SamplingParams.of_recipe(self.cfg)
         # On the model's device: sampling draws its random numbers where the logits are (a CPU generator
         # cannot feed a CUDA draw).
-        self.generator = torch.Generator(device=next(model.parameters()).device).manual_seed(t.seed)
+        device = next(model.parameters()).device
+        self.generator = torch.Generator(device=device).manual_seed(t.seed + ranks.rank)
         self.sampler = PromptSampler(len(self.pool), t.seed, self.cfg.curriculum, self.cfg.curriculum_floor)
         self.last_drawn: Groups | None = None  # the last step's groups, for callers that inspect a step
         self.seconds_scoring = 0.0
@@ -98,18 +101,21 @@ class GRPOTrainer:
         self.guard = NonFiniteGuard(t.max_nonfinite_steps)
 
     @classmethod
-    def from_recipe(cls, recipe: Recipe, train_examples, task_dataset, run: RunDir, tracker: Tracker) -> GRPOTrainer:
+    def from_recipe(
+        cls, recipe: Recipe, train_examples, task_dataset, run: RunDir, tracker: Tracker, ranks: Ranks = SINGLE
+    ) -> GRPOTrainer:
         """The trainer as ``thinktune train`` builds it: the recipe's policy, rollout backend, rewards and task
         metrics (``task_dataset``: the reasoning-gym scorer, or None)."""
         model, tokenizer = load_policy(recipe.model)
         rewards, task = recipe_scoring(recipe, task_dataset, tokenizer)
         backend = make_backend(recipe.rollout.backend, model, tokenizer)
-        return cls(recipe, backend, model, train_examples, rewards, task, run, tracker)
+        return cls(recipe, backend, model, train_examples, rewards, task, run, tracker, ranks)
 
     # ----------------------------------------------------------------- stages
     def sample_prompts(self, count: int) -> PromptBatch:
-        """``count`` prompts from the sampler (a per-epoch shuffle; its state goes into checkpoints)."""
-        indices = self.sampler.draw(count)
+        """``count`` prompts from the sampler (a per-epoch shuffle; its state goes into checkpoints); with
+        several processes, this process's share of them."""
+        indices = self.ranks.share(self.sampler.draw(count))
         examples = [self.pool[i][0] for i in indices]
         return PromptBatch(
             indices, examples, [self.pool[i][1] for i in indices], [self.prompts.text(e.question) for e in examples]
@@ -179,8 +185,8 @@ class GRPOTrainer:
         pad = self.tokenizer.pad_token_id
         info = {
             "sampling_rounds": len(drawn),
-            "sampled_prompts": drawn_count,
-            "kept_groups": kept_count,
+            "sampled_prompts": self.ranks.sum(drawn_count),
+            "kept_groups": self.ranks.sum(kept_count),
             "kept_fraction": kept_count / drawn_count,
             "sampling_shortfall": max(0, cfg.prompts_per_step - kept_count),
             "curriculum_passed_over": self.sampler.rejected - rejected_before,
@@ -191,7 +197,7 @@ class GRPOTrainer:
     def learn(self, rollout: Rollout, advantages: torch.Tensor) -> dict[str, float]:
         """The update stages on one generation: plan the micro-batches, take the old and reference log-probs,
         step the policy μ times, and tell the rollout backend the weights changed."""
-        plan = MicroBatchPlan.build(rollout, advantages, self.cfg)
+        plan = MicroBatchPlan.build(rollout, advantages, self.cfg).across(self.ranks)
         old_logprobs, ref_logprobs = self.reference_logprobs(rollout)
         stats = self.update(rollout, advantages, plan, old_logprobs, ref_logprobs)
         self.backend.weights_changed()
@@ -219,7 +225,7 @@ class GRPOTrainer:
                 gradient_step(self.optimizer, self.scheduler, self.params, self.recipe.train.max_grad_norm)
             return sums
         tokens = plan.totals["total_tokens"]
-        sums["trained_rows"] = plan.trained_rows / plan.rows
+        sums["trained_rows"] = self.ranks.sum(plan.trained_rows) / plan.totals["total_rows"]
         shared = supports_shared_prompts(self.model) and plan.trained_rows > 0
         self.model.train()
         for iteration in range(cfg.iterations):
@@ -265,10 +271,13 @@ class GRPOTrainer:
                     sums["entropy"] += (entropy * m).sum().item() / plan.trained_tokens
             if prompts is not None:
                 prompts.backward()
-            grad_norm = gradient_step(
-                self.optimizer, self.scheduler, self.params, self.recipe.train.max_grad_norm, sums["loss"]
-            )
+            self.ranks.sum_gradients(self.params)
+            loss = self.ranks.sum(sums["loss"])  # NaN in any process reaches every process
+            max_norm = self.recipe.train.max_grad_norm
+            grad_norm = gradient_step(self.optimizer, self.scheduler, self.params, max_norm, loss)
             sums["grad_norm"] += grad_norm / cfg.iterations
+        for key in ("loss", "clip", "kl", "entropy"):  # each process's share of the step's normalised sums
+            sums[key] = self.ranks.sum(sums[key])
         return sums
 
     # ----------------------------------------------------------------- the loop
@@ -285,6 +294,8 @@ class GRPOTrainer:
                 f"{errors} errors; last error: {GRADER.last_error}): the rewards would all be 0"
             )
         stats = self.learn(kept.rollout, kept.advantages)
+        if self.ranks.world > 1:  # the step's record covers every process's groups
+            drawn = Groups.cat(self.ranks.gather(drawn), self.tokenizer.pad_token_id)
         stats["nonfinite_skipped"] = float(not self.guard.check(step + 1, stats["loss"], stats["grad_norm"]))
         t2 = time.perf_counter()
 
@@ -306,7 +317,7 @@ class GRPOTrainer:
     def checkpoint_parts(self) -> dict:
         """What a checkpoint restores besides the weights: optimizer, schedule, sampling RNG, prompt order."""
         return {"optimizer": self.optimizer, "scheduler": self.scheduler, "sampling_generator":
-                GeneratorState(self.generator), "prompt_sampler": self.sampler}  # fmt: skip
+                GeneratorState(self.generator, self.ranks), "prompt_sampler": self.sampler}  # fmt: skip
 
     def train(self, start_step: int = 0, on_eval=None) -> list[dict]:
         """Run the remaining steps; ``on_eval(step)`` is called every ``eval.every`` steps, and stops training
@@ -327,17 +338,20 @@ class GRPOTrainer:
                 done = step + 1
                 halt = False  # on_eval says True to stop here (the regression alarm with eval.stop_on_regression)
                 if self.recipe.eval.every and done % self.recipe.eval.every == 0 and done < t.steps and on_eval:
-                    halt = bool(on_eval(done))
+                    halt = self.ranks.any(bool(on_eval(done)))
+                stopping = self.ranks.any(stop.requested)
                 due = (
                     done == t.steps  # the last one: a rerun with --resume goes straight to the final evaluation
                     or halt
                     or (r.save_every and done % r.save_every == 0)
                     or (r.save_minutes and time.monotonic() - last_saved >= 60 * r.save_minutes)
                 )
-                if stop.requested or due:
-                    self.run.save_checkpoint(done, self.recipe, self.model, self.checkpoint_parts())
+                if stopping or due:
+                    parts = self.checkpoint_parts()  # every process takes part: generator states are gathered
+                    if self.ranks.main:
+                        self.run.save_checkpoint(done, self.recipe, self.model, parts)
                     last_saved = time.monotonic()
-                if stop.requested:
+                if stopping:
                     raise Interrupted(done)
                 if halt:
                     break

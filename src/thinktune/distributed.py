@@ -1,0 +1,92 @@
+"""Several processes, one GRPO run, with PyTorch's own launcher and collectives:
+
+    torchrun --nproc_per_node 2 -m thinktune.cli train RECIPE.yaml [key=value ...]
+
+Every process holds the whole model and draws the same ``prompts_per_step`` prompts; each samples, scores and
+trains on its own contiguous share of them (groups never straddle processes, so advantages stay per group). The
+losses are normalised by the totals of the whole step (tokens, rows), and the gradients are summed across
+processes before clipping and the optimizer step, so the update is the one a single process would make on all
+the prompts, and the weights stay identical everywhere. Process 0 alone logs, evaluates, checkpoints and saves;
+the others wait for it. ``gloo`` on CPUs, ``nccl`` on GPUs. This is the arithmetic of DDP done by hand: the
+shared-prompt backward runs in two passes, which DDP's hooks would all-reduce twice.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class Ranks:
+    """This process's place among ``world`` processes; the single-process default does no communication."""
+
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def share(self, items: list) -> list:
+        """This process's contiguous share of ``items`` (their count must divide by ``world``).
+
+        >>> Ranks(1, 2).share([10, 11, 12, 13])
+        [12, 13]
+        """
+        size = len(items) // self.world
+        return items[self.rank * size : (self.rank + 1) * size]
+
+    def sum(self, value: float) -> float:
+        return self._reduce(value, dist.ReduceOp.SUM)
+
+    def max(self, value: float) -> float:
+        return self._reduce(value, dist.ReduceOp.MAX)
+
+    def any(self, flag: bool) -> bool:
+        return bool(self._reduce(float(flag), dist.ReduceOp.MAX))
+
+    def _reduce(self, value: float, op) -> float:
+        if self.world == 1:
+            return value
+        tensor = torch.tensor([float(value)], dtype=torch.float64)
+        dist.all_reduce(tensor, op=op)
+        return tensor.item()
+
+    def sum_gradients(self, params: list[torch.nn.Parameter]) -> None:
+        """Every parameter's gradient summed over the processes (a process with nothing to train adds zeros)."""
+        if self.world == 1:
+            return
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        dist.all_reduce(flat)
+        for p, piece in zip(params, flat.split([g.numel() for g in grads]), strict=True):
+            p.grad = piece.view_as(p).clone()
+
+    def gather(self, item):
+        """Every process's ``item``, in rank order, on every process."""
+        if self.world == 1:
+            return [item]
+        items = [None] * self.world
+        dist.all_gather_object(items, item)
+        return items
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            dist.barrier()
+
+
+SINGLE = Ranks()
+
+
+def from_environment(device: torch.device) -> Ranks:
+    """The ranks torchrun (or ``accelerate launch``) set in the environment; one process when there are none."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return SINGLE
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return Ranks(dist.get_rank(), dist.get_world_size())
