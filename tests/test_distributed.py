@@ -63,6 +63,7 @@ def test_a_run_under_torchrun_logs_each_step_once_and_resumes(tmp_path, tiny_mod
     done = torchrun(2, "-m", "thinktune.cli", "train", str(recipe), "--resume")
     assert done.returncode == 0, done.stderr[-3000:]
     assert [r["step"] for r in read_lines(run / "metrics.jsonl")] == [1, 2, 3, 4, 5, 6]
+    assert [r["step"] for r in read_lines(run / "resume_changes.jsonl")] == [4]  # recorded once, by process 0
 
 
 def test_what_several_processes_cannot_run_is_refused_by_name(tmp_path, tiny_model_dir):

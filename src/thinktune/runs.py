@@ -68,6 +68,7 @@ class RunDir:
         self.path = Path(recipe.run.output_dir) / recipe.run.name
         self.recipe = recipe
         self.checkpoint = self.path / "checkpoint"
+        self.attached = attach
         if attach:
             return
         done = bool(stage_outputs(recipe, stages))
@@ -161,7 +162,8 @@ class RunDir:
         safe changes are printed and recorded in ``resume_changes.jsonl``.
         """
         state = self.read_checkpoint(stage)
-        check_resumable(state["recipe"], recipe, state["step"], self.file("resume_changes.jsonl"))
+        record = None if self.attached else self.file("resume_changes.jsonl")
+        check_resumable(state["recipe"], recipe, state["step"], record)
         missing = [n for n, p in model.named_parameters() if p.requires_grad and n not in state["trainable"]]
         if missing:
             raise RunError(
@@ -231,7 +233,7 @@ def flatten(tree: dict, prefix: str = "") -> dict:
     return out
 
 
-def check_resumable(saved: dict, recipe: Recipe, step: int, record: Path) -> None:
+def check_resumable(saved: dict, recipe: Recipe, step: int, record: Path | None) -> None:
     """Stop when the recipe changed what training does since the checkpoint (listing old -> new); record safe
     changes. More steps are safe only with a constant schedule (a decaying one would jump)."""
     old, new = flatten(saved), flatten(recipe.model_dump(mode="json"))
@@ -252,5 +254,6 @@ def check_resumable(saved: dict, recipe: Recipe, step: int, record: Path) -> Non
         )
     notes = {key: list(changed[key]) for key in sorted(safe)}
     console.print("resuming with changed settings: " + "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in notes.items()))
-    with record.open("a") as f:
-        f.write(json.dumps({"step": step, "changed": notes}) + "\n")
+    if record is not None:  # None: another process (process 0) records them
+        with record.open("a") as f:
+            f.write(json.dumps({"step": step, "changed": notes}) + "\n")
