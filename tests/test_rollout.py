@@ -178,3 +178,15 @@ def test_pick_tokens_samples_inside_top_k_and_reports_the_unfiltered_log_prob():
     token, logp = pick_tokens(logits, False, 1.0, top_k=2, top_p=1.0, generator=torch.Generator().manual_seed(0))
     assert set(token.tolist()) == {0, 1}
     assert torch.allclose(logp, torch.log(torch.tensor([0.5, 0.3]))[token], atol=1e-6)
+
+
+def test_the_vllm_backend_without_vllm_is_one_clear_error(tiny, monkeypatch):
+    import importlib.util
+
+    from thinktune.rollout import make_backend
+    from thinktune.rollout.vllm_backend import VllmMissing
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "vllm" else real(name, *a))
+    with pytest.raises(VllmMissing, match=r"rollout.backend: vllm needs vLLM: pip install 'thinktune\[vllm\]'"):
+        make_backend("vllm", *tiny)

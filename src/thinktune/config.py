@@ -174,10 +174,11 @@ class GRPOConfig(_Section):
 
 
 class RolloutConfig(_Section):
-    backend: Literal["native"] = Field(
+    backend: Literal["native", "vllm"] = Field(
         "native",
         description="What samples completions in training, evaluation and pairs: native = thinktune's in-process "
-        "KV-cached decoder on the policy's own weights.",
+        "KV-cached decoder on the policy's own weights; vllm = a vLLM engine in this process, the policy's weights "
+        "pushed into it after every update (optional extra).",
     )
 
 

@@ -40,6 +40,8 @@ def step_record(
         "grad_norm": update["grad_norm"],
         "nonfinite_skipped": update["nonfinite_skipped"],  # 1: the update was skipped (NaN/inf loss or gradient)
         "trained_rows": update["trained_rows"],
+        # mean |log-prob| gap between the rollout engine and the trainer (a backend with its own kernels only)
+        **({"logprob_mismatch": update["logprob_mismatch"]} if "logprob_mismatch" in update else {}),
         "lr": lr,
         "completion_length": lengths.mean().item(),
         "completion_length_max": lengths.max().item(),

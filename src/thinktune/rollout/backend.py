@@ -16,6 +16,7 @@ from typing import Protocol
 import torch
 
 from thinktune.rollout.engine import Rollout, generate
+from thinktune.rollout.vllm_backend import VllmBackend
 from thinktune.tokens import eos_token_ids
 
 
@@ -45,6 +46,7 @@ class SamplingParams:
 class RolloutBackend(Protocol):
     tokenizer: object
     device: torch.device  # where sampling draws its random numbers: a generator passed in must live there
+    exact_logprobs: bool  # the rollout's log-probs are the trainer's own (else the update recomputes them)
 
     def generate(
         self, prompts: list[list[int]], params: SamplingParams, generator: torch.Generator | None = None
@@ -57,6 +59,8 @@ class RolloutBackend(Protocol):
 
 class NativeBackend:
     """The in-process KV-cached decoder (:mod:`thinktune.rollout.engine`), reading the policy's live weights."""
+
+    exact_logprobs = True
 
     def __init__(self, model, tokenizer):
         self.model, self.tokenizer = model, tokenizer
@@ -87,7 +91,7 @@ class NativeBackend:
         pass  # the decoder reads the model's parameters at every call
 
 
-BACKENDS = {"native": NativeBackend}
+BACKENDS = {"native": NativeBackend, "vllm": VllmBackend}
 
 
 def make_backend(name: str, model, tokenizer) -> RolloutBackend:

