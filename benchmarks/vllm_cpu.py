@@ -12,7 +12,6 @@ transformers below 5.20, so it lives in its own environment, which `make test-vl
 from __future__ import annotations
 
 import argparse
-import os
 import time
 
 PROMPTS = [f"Calculate {a} + {b}." for a, b in ((12, 5), (7, 3), (40, 2), (9, 9))]
@@ -43,17 +42,27 @@ def native(path: str) -> None:
 
 
 def vllm(path: str) -> None:
-    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # the engine in this process
-    from vllm import LLM, SamplingParams
+    """Through thinktune's vLLM backend, on a LoRA policy: the engine's start, a weight push, then sampling."""
+    import torch
 
+    from thinktune.config import ModelConfig
+    from thinktune.models import load_policy
+    from thinktune.rollout import SamplingParams, make_backend
+
+    model, tokenizer = load_policy(ModelConfig(name=path, device="cpu"))
     began = time.perf_counter()
-    llm = LLM(model=path, dtype="float32", max_model_len=512, enforce_eager=True, seed=0)
+    backend = make_backend("vllm", model, tokenizer)
     print(f"vllm: engine up in {time.perf_counter() - began:.1f} s")
-    params = SamplingParams(temperature=TEMPERATURE, max_tokens=MAX_TOKENS, n=GROUP, logprobs=0, seed=0)
-    llm.generate(PROMPTS, params)  # warm-up
+    began = time.perf_counter()
+    backend.weights_changed()
+    print(f"vllm: policy weights pushed (LoRA merged, layers packed again) in {time.perf_counter() - began:.2f} s")
+    prompts = [tokenizer(p)["input_ids"] for p in PROMPTS]
+    params = SamplingParams(max_new_tokens=MAX_TOKENS, group_size=GROUP, temperature=TEMPERATURE)
+    generator = torch.Generator().manual_seed(0)
+    backend.generate(prompts, params, generator)  # warm-up
     for _ in range(REPEATS):
         began = time.perf_counter()
-        tokens = sum(len(c.token_ids) for o in llm.generate(PROMPTS, params, use_tqdm=False) for c in o.outputs)
+        tokens = int(backend.generate(prompts, params, generator).completion_mask.sum())
         report("vllm", tokens, time.perf_counter() - began)
 
 
