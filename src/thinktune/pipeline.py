@@ -44,7 +44,8 @@ def train(recipe: Recipe, resume: bool = False) -> dict:
     if recipe.run.threads:
         torch.set_num_threads(recipe.run.threads)
     seed_everything(recipe.train.seed)
-    ranks = from_environment(pick_device(recipe.model.device))
+    device = pick_device(recipe.model.device)
+    ranks = from_environment(device)
     check_distributable(recipe, ranks)
     run = RunDir(recipe, resume=resume) if ranks.main else None
     ranks.barrier()  # the others attach to the directory process 0 has checked and set up
@@ -54,7 +55,7 @@ def train(recipe: Recipe, resume: bool = False) -> dict:
     console.print(f"data: {len(train_set)} training, {len(held_out)} {recipe.eval.split.replace('_', '-')} examples")
     tracker = make_tracker(recipe.run.report_to, run) if ranks.main else Trackers([])
     if ranks.main:
-        run.write_json("environment.json", describe(str(pick_device(recipe.model.device)), ranks.world))
+        run.write_json("environment.json", describe(str(device), ranks.world))
     summary: dict = {}
     try:
         if "sft" in recipe.stages:

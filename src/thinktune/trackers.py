@@ -43,10 +43,15 @@ def scalars(metrics: dict, stage: str) -> dict[str, float]:
     }
 
 
-def table_columns(rows: list[dict]) -> list[str]:
-    """The completion table's columns: the fixed ones, then each reward function's score."""
+def completions_table(step: int, rows: list[dict]) -> tuple[list[str], list[list]]:
+    """A step's completions as (columns, data): the fixed columns, then each reward function's score.
+
+    >>> completions_table(3, [{"group": 0, "completion": "yes", "reward/format": 1.0}])[1][0][:5]
+    [3, 0, None, None, 'yes']
+    """
     rewards = [key for key in rows[0] if key.startswith("reward/")] if rows else []
-    return [*COMPLETION_COLUMNS, *rewards]
+    columns = [*COMPLETION_COLUMNS, *rewards]
+    return columns, [[{"step": step, **row}.get(c) for c in columns] for row in rows]
 
 
 class TensorBoardTracker:
@@ -74,10 +79,10 @@ class TensorBoardTracker:
     def log_samples(self, step: int, rows: list[dict]) -> None:
         if not rows:
             return
-        columns = table_columns(rows)
-        cell = lambda v: str(v).replace("|", "\\|").replace("\n", "<br>")  # noqa: E731 - one Markdown cell
+        columns, data = completions_table(step, rows)
+        cell = lambda v: "" if v is None else str(v).replace("|", "\\|").replace("\n", "<br>")  # noqa: E731
         lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-        lines += ["| " + " | ".join(cell({"step": step, **row}.get(c, "")) for c in columns) + " |" for row in rows]
+        lines += ["| " + " | ".join(cell(v) for v in values) + " |" for values in data]
         self.writer.add_text("grpo/completions", "\n".join(lines), step)
 
     def rewind(self, step: int, stage: str = "grpo") -> None:
@@ -129,8 +134,7 @@ class WandbTracker:
 
     def log_samples(self, step: int, rows: list[dict]) -> None:
         if rows:
-            columns = table_columns(rows)
-            data = [[{"step": step, **row}.get(c) for c in columns] for row in rows]
+            columns, data = completions_table(step, rows)
             self.run.log({"step": step, "grpo/completions": self.wandb.Table(columns=columns, data=data)})
 
     def rewind(self, step: int, stage: str = "grpo") -> None:
@@ -174,8 +178,7 @@ class TrackioTracker:
 
     def log_samples(self, step: int, rows: list[dict]) -> None:
         if rows:
-            columns = table_columns(rows)
-            data = [[{"step": step, **row}.get(c) for c in columns] for row in rows]
+            columns, data = completions_table(step, rows)
             self.run.log({"grpo/completions": self.trackio.Table(columns=columns, data=data)}, step=step)
 
     def rewind(self, step: int, stage: str = "grpo") -> None:

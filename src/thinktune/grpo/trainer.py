@@ -201,8 +201,9 @@ class GRPOTrainer:
         old_logprobs, ref_logprobs = self.reference_logprobs(rollout)
         stats = self.update(rollout, advantages, plan, old_logprobs, ref_logprobs)
         self.backend.weights_changed()
-        if not self.backend.exact_logprobs:
-            stats["logprob_mismatch"] = self.logprob_mismatch
+        if not self.backend.exact_logprobs:  # how far the engine's numbers are from the trainer's
+            gap = (old_logprobs - rollout.logprobs)[rollout.completion_mask.bool()].abs()
+            stats["logprob_mismatch"] = gap.mean().item() if gap.numel() else 0.0
         return stats
 
     def reference_logprobs(self, rollout: Rollout) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -212,8 +213,6 @@ class GRPOTrainer:
         old = rollout.logprobs
         if cfg.iterations > 1 or not self.backend.exact_logprobs:
             old = rollout_logprobs(self.model, rollout, cfg.micro_batch_size, cfg.temperature)
-            mask = rollout.completion_mask.bool()  # how far the engine's numbers are from the trainer's
-            self.logprob_mismatch = (old - rollout.logprobs)[mask].abs().mean().item() if mask.any() else 0.0
         ref = None
         if cfg.beta > 0:
             with reference_policy(self.model):

@@ -18,8 +18,11 @@ OVERLAID = [("Total reward", "reward", False)] + [(title, keys[0], unit) for tit
 def labels(runs: list[RunRecord]) -> list[str]:
     """Short names that tell the runs apart: the folder names, with their parents when those repeat.
 
-    >>> labels([RunRecord.__new__(RunRecord)] * 0)
-    []
+    >>> from types import SimpleNamespace as Run
+    >>> labels([Run(path=Path("sweep/a/seed0")), Run(path=Path("sweep/b/seed0"))])
+    ['a/seed0', 'b/seed0']
+    >>> labels([Run(path=Path("runs/seed0")), Run(path=Path("runs/seed1"))])
+    ['seed0', 'seed1']
     """
     names = [run.path.name for run in runs]
     if len(set(names)) == len(names):

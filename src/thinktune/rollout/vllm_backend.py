@@ -58,8 +58,10 @@ def push_weights(engine_model: torch.nn.Module, state: dict[str, torch.Tensor]) 
     head) holds its weight packed for that kernel; linear layers drop the plain weight. Each such layer gets its
     new weight and is packed again; the rest (norms) is copied in place.
     """
-    written = 0
     packed_layers = [(n, m) for n, m in engine_model.named_modules() if hasattr(m, "cpu_linear")]
+    if not packed_layers:  # GPU builds keep vLLM's weight loaders, which stack and shard (not run here: no GPU)
+        return len(engine_model.load_weights(state.items()))
+    written = 0
     for name, module in packed_layers:
         prefix, _, leaf = name.rpartition(".")
         parts = [f"{prefix}.{part}" if prefix else part for part in STACKED.get(leaf, (leaf,))]
@@ -146,5 +148,7 @@ class VllmBackend:
 
     def weights_changed(self) -> None:
         state = merged_state(self.model)
-        self.llm.apply_model(lambda engine_model: push_weights(engine_model, state))
+        written = self.llm.apply_model(lambda engine_model: push_weights(engine_model, state))
+        if not all(written):
+            raise ModelError("rollout.backend: vllm: no weight of the policy matched a layer of the vLLM engine")
         self.llm.reset_prefix_cache()  # cached prompt keys/values were computed with the old weights
