@@ -78,7 +78,7 @@ def model_path(case: Case, scratch: Path) -> str:
     return tiny_model(scratch / "tiny-model") if case.model == "tiny" else resolve_model(case.model)
 
 
-def recipe(case: Case, path: str, run_dir: Path, micro_batch: int = 8):
+def recipe(case: Case, path: str, run_dir: Path, micro_batch: int = 8, overrides: tuple[str, ...] = ()):
     """The demo recipe at the benchmark's shape."""
     from thinktune.config import RewardConfig, load_recipe
 
@@ -99,19 +99,20 @@ def recipe(case: Case, path: str, run_dir: Path, micro_batch: int = 8):
             f"run.output_dir={run_dir}",
             f"run.name={case.name}",
             "run.save_every=0",
+            *overrides,
         ],
     )
     return r.model_copy(update={"rewards": [RewardConfig(name=case.reward)]}) if case.reward else r
 
 
-def build_trainer(case: Case, scratch: Path, run_dir: Path):
+def build_trainer(case: Case, scratch: Path, run_dir: Path, overrides: tuple[str, ...] = ()):
     """thinktune's real trainer on the case, as `thinktune train` would build it."""
     from thinktune.data import load_examples
     from thinktune.grpo.trainer import GRPOTrainer
     from thinktune.runs import RunDir
     from thinktune.tracking import make_tracker
 
-    r = recipe(case, model_path(case, scratch), run_dir)
+    r = recipe(case, model_path(case, scratch), run_dir, overrides=overrides)
     train_set, _, task_dataset = load_examples(r.data)
     run = RunDir(r)
     return GRPOTrainer.from_recipe(r, train_set, task_dataset, run, make_tracker(r.run.report_to, run))

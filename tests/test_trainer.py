@@ -99,6 +99,31 @@ def test_several_iterations_take_one_optimizer_step_each_from_recomputed_old_log
     assert stats["trained_rows"] == 1.0
 
 
+def test_bf16_autocast_recomputes_old_logprobs_logs_their_gap_and_keeps_the_float32_gradient(tmp_path, tiny_model_dir):
+    grads = {}
+    for mode in ("none", "bf16"):
+        (tmp_path / mode).mkdir()
+        trainer = build(tmp_path / mode, tiny_model_dir, f"train.autocast={mode}")
+        groups = trainer.rollout_round(2)  # same seed: the same rollout both times
+        old, _ = trainer.reference_logprobs(groups.rollout)
+        if mode == "none":  # the sampler's own numbers, taken as they are
+            assert old is groups.rollout.logprobs
+        else:  # recomputed in bf16: close to the sampler's float32 numbers, not equal
+            assert not torch.equal(old, groups.rollout.logprobs)
+            torch.testing.assert_close(old, groups.rollout.logprobs, atol=0.1, rtol=0.05)
+        params = trainer.params
+        # the optimizer only records the (clipped) gradient; the float32 weights get float32 gradients
+        trainer.optimizer.step = lambda mode=mode, params=params: grads.__setitem__(
+            mode, torch.cat([p.grad.flatten() for p in params])
+        )
+        stats = trainer.learn(groups.rollout, torch.tensor([1.0, -1.0] * 8))
+        assert ("logprob_mismatch" in stats) == (mode == "bf16")
+        assert grads[mode].dtype == torch.float32 and all(p.dtype == torch.float32 for p in params)
+    assert 0 < stats["logprob_mismatch"] < 0.05
+    cosine = torch.nn.functional.cosine_similarity(grads["none"], grads["bf16"], dim=0)
+    assert cosine > 0.99 and not torch.equal(grads["none"], grads["bf16"])
+
+
 def test_a_step_records_the_drawn_groups_and_logs_samples(tmp_path, tiny_model_dir):
     trainer = build(tmp_path, tiny_model_dir, "run.samples_per_step=3")
     logged = []

@@ -8,6 +8,7 @@ unknown keys, wrong types and impossible values stop with a message naming the k
 
 from __future__ import annotations
 
+import copy
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -180,6 +181,13 @@ class RolloutConfig(_Section):
         "KV-cached decoder on the policy's own weights; vllm = a vLLM engine in this process, the policy's weights "
         "pushed into it after every update (optional extra).",
     )
+    vllm_memory: float = Field(
+        0.3,
+        gt=0,
+        lt=1,
+        description="With backend vllm: the share of the device's memory (on CPU, of RAM) the engine reserves for "
+        "its weights and KV cache. vLLM's own default (0.9) leaves no room for the policy beside it.",
+    )
 
 
 class TrainConfig(_Section):
@@ -197,6 +205,13 @@ class TrainConfig(_Section):
         "state untouched) and counted (nonfinite_skipped); this many in a row stop the run.",
     )
     seed: int = Field(0, description="Seed of sampling, prompt order and initialisation.")
+    autocast: Literal["none", "bf16"] = Field(
+        "none",
+        description="bf16 = the update's forward and backward matmuls in bfloat16 (weights and optimizer stay "
+        "float32); the old log-probs are then recomputed the same way and their gap to the sampler's logged "
+        "(logprob_mismatch). Pays on GPUs and on CPUs with AMX (amx_bf16 in lscpu); slower than float32 on CPUs "
+        "without it. Measure with benchmarks/autocast.py.",
+    )
 
 
 class SFTConfig(_Section):
@@ -399,11 +414,14 @@ def recipe_from_dict(tree: dict, source: str = "recipe") -> Recipe:
     return recipe
 
 
-def load_recipe(path: str | Path | None = None, overrides: list[str] = ()) -> Recipe:
-    """Read a YAML recipe (or the defaults when path is None) and apply ``key.sub=value`` overrides."""
+def load_recipe(path: str | Path | dict | None = None, overrides: list[str] = ()) -> Recipe:
+    """Read a YAML recipe (a dict of sections, or the defaults when path is None) and apply ``key.sub=value``
+    overrides."""
     tree: dict = {}
     source = "defaults"
-    if path is not None:
+    if isinstance(path, dict):
+        tree, source = copy.deepcopy(path), "the recipe dict"
+    elif path is not None:
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"recipe file not found: {path}")

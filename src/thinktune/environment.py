@@ -28,6 +28,17 @@ def cpu_name() -> str:
     return platform.processor() or "unknown"
 
 
+BF16_FLAGS = ("amx_bf16", "avx512_bf16")  # bf16 matmuls fast (AMX), or supported but slower than float32
+
+
+def cpu_flags(wanted=BF16_FLAGS) -> list[str]:
+    """Which of ``wanted`` the CPU reports (``/proc/cpuinfo``): they decide whether bf16 autocast pays."""
+    cpuinfo = Path("/proc/cpuinfo")
+    text = cpuinfo.read_text() if cpuinfo.is_file() else ""
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    return [flag for flag in wanted if flag in flags]
+
+
 def describe(device: str, processes: int = 1) -> dict:
     """Versions, CPU, cores, torch threads, the training device, the training processes and the start time (UTC)."""
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
@@ -37,6 +48,7 @@ def describe(device: str, processes: int = 1) -> dict:
         **{package: package_version(package) for package in PACKAGES},
         "platform": platform.platform(terse=True),
         "cpu": cpu_name(),
+        "cpu_bf16_flags": cpu_flags(),
         "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "device": device,

@@ -85,6 +85,9 @@ class _HeadTokenLogprobs(torch.autograd.Function):
                 ent[chunk] = _entropy(logits, weights, log_norm)
         ctx.save_for_backward(hidden, weight, tokens, log_norms)
         ctx.temperature, ctx.rows = temperature, rows
+        # Autograd runs backward outside any autocast context: the backward's head matmuls (the largest of the
+        # update) take the forward's precision explicitly.
+        ctx.autocast = torch.is_autocast_enabled(hidden.device.type)
         if ent is not None:
             ctx.mark_non_differentiable(ent)
         return logp, ent
@@ -92,6 +95,11 @@ class _HeadTokenLogprobs(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_logp, _grad_entropy):
         hidden, weight, tokens, log_norms = ctx.saved_tensors
+        with torch.autocast(hidden.device.type, dtype=torch.bfloat16, enabled=ctx.autocast):
+            return _HeadTokenLogprobs._backward(ctx, hidden, weight, tokens, log_norms, grad_logp)
+
+    @staticmethod
+    def _backward(ctx, hidden, weight, tokens, log_norms, grad_logp):
         grad_hidden = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
         grad_weight = torch.zeros_like(weight, dtype=torch.float32) if ctx.needs_input_grad[1] else None
         for start in range(0, hidden.shape[0], ctx.rows):

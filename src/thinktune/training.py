@@ -52,6 +52,21 @@ def make_scheduler(optimizer, kind: str, warmup: int, total: int) -> torch.optim
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, kind, warmup, total))
 
 
+def autocast(device: torch.device, mode: str):
+    """The context the update's forward runs in: ``train.autocast`` ("none" or "bf16") on ``device``.
+
+    Inside it matmuls run in bfloat16 while the weights, their gradients and the optimizer stay float32.
+
+    >>> with autocast(torch.device("cpu"), "bf16"):
+    ...     (torch.ones(2, 2) @ torch.ones(2, 2)).dtype
+    torch.bfloat16
+    >>> with autocast(torch.device("cpu"), "none"):
+    ...     (torch.ones(2, 2) @ torch.ones(2, 2)).dtype
+    torch.float32
+    """
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=mode == "bf16")
+
+
 class NonFiniteError(RuntimeError):
     """Training produced non-finite losses or gradients several steps in a row."""
 

@@ -14,6 +14,7 @@ One step, as stages:
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from dataclasses import dataclass
@@ -43,6 +44,7 @@ from thinktune.tracking import Tracker
 from thinktune.training import (
     Interrupted,
     NonFiniteGuard,
+    autocast,
     gradient_step,
     make_optimizer,
     make_scheduler,
@@ -94,6 +96,9 @@ class GRPOTrainer:
         # cannot feed a CUDA draw).
         device = next(model.parameters()).device
         self.generator = torch.Generator(device=device).manual_seed(t.seed + ranks.rank)
+        self.autocast = functools.partial(autocast, device, t.autocast)
+        # The trainer's log-probs are the sampler's only when both run the same weights at the same precision.
+        self.exact_logprobs = backend.exact_logprobs and t.autocast == "none"
         self.sampler = PromptSampler(len(self.pool), t.seed, self.cfg.curriculum, self.cfg.curriculum_floor)
         self.last_drawn: Groups | None = None  # the last step's groups, for callers that inspect a step
         self.seconds_scoring = 0.0
@@ -108,7 +113,7 @@ class GRPOTrainer:
         metrics (``task_dataset``: the reasoning-gym scorer, or None)."""
         model, tokenizer = load_policy(recipe.model)
         rewards, task = recipe_scoring(recipe, task_dataset, tokenizer)
-        backend = make_backend(recipe.rollout.backend, model, tokenizer)
+        backend = make_backend(recipe.rollout, model, tokenizer)
         return cls(recipe, backend, model, train_examples, rewards, task, run, tracker, ranks)
 
     # ----------------------------------------------------------------- stages
@@ -201,7 +206,7 @@ class GRPOTrainer:
         old_logprobs, ref_logprobs = self.reference_logprobs(rollout)
         stats = self.update(rollout, advantages, plan, old_logprobs, ref_logprobs)
         self.backend.weights_changed()
-        if not self.backend.exact_logprobs:  # how far the engine's numbers are from the trainer's
+        if not self.exact_logprobs:  # how far the sampler's numbers are from the trainer's
             gap = (old_logprobs - rollout.logprobs)[rollout.completion_mask.bool()].abs()
             stats["logprob_mismatch"] = gap.mean().item() if gap.numel() else 0.0
         return stats
@@ -211,11 +216,12 @@ class GRPOTrainer:
         the reference policy's."""
         cfg = self.cfg
         old = rollout.logprobs
-        if cfg.iterations > 1 or not self.backend.exact_logprobs:
-            old = rollout_logprobs(self.model, rollout, cfg.micro_batch_size, cfg.temperature)
+        with self.autocast():
+            if cfg.iterations > 1 or not self.exact_logprobs:
+                old = rollout_logprobs(self.model, rollout, cfg.micro_batch_size, cfg.temperature)
         ref = None
         if cfg.beta > 0:
-            with reference_policy(self.model):
+            with reference_policy(self.model), self.autocast():
                 ref = rollout_logprobs(self.model, rollout, cfg.micro_batch_size, cfg.temperature)
         return old, ref
 
@@ -233,24 +239,26 @@ class GRPOTrainer:
         self.model.train()
         for iteration in range(cfg.iterations):
             self.optimizer.zero_grad(set_to_none=True)
-            prompts = SharedPrompts.encode(self.model, plan.prompt_ids, plan.prompt_mask) if shared else None
+            with self.autocast():
+                prompts = SharedPrompts.encode(self.model, plan.prompt_ids, plan.prompt_mask) if shared else None
             for rows in plan.batches:
                 width = max(1, int(rollout.completion_mask[rows].sum(-1).max()))  # trim padding columns
                 completion = rollout.completion_ids[rows, :width], rollout.completion_mask[rows, :width]
                 entropy_wanted = iteration == 0
-                if prompts is not None:
-                    logprobs, entropy = prompts.completion_logprobs(
-                        self.model, plan.slot[rows], *completion, cfg.temperature, with_entropy=entropy_wanted
-                    )
-                else:
-                    logprobs, entropy = completion_logprobs(
-                        self.model,
-                        rollout.prompt_ids[rows],
-                        rollout.prompt_mask[rows],
-                        *completion,
-                        cfg.temperature,
-                        with_entropy=entropy_wanted,
-                    )
+                with self.autocast():
+                    if prompts is not None:
+                        logprobs, entropy = prompts.completion_logprobs(
+                            self.model, plan.slot[rows], *completion, cfg.temperature, with_entropy=entropy_wanted
+                        )
+                    else:
+                        logprobs, entropy = completion_logprobs(
+                            self.model,
+                            rollout.prompt_ids[rows],
+                            rollout.prompt_mask[rows],
+                            *completion,
+                            cfg.temperature,
+                            with_entropy=entropy_wanted,
+                        )
                 m = plan.mask[rows, :width]
                 out = self.loss_fn(
                     LossInputs(

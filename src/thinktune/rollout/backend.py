@@ -15,6 +15,7 @@ from typing import Protocol
 
 import torch
 
+from thinktune.config import RolloutConfig
 from thinktune.rollout.engine import Rollout, generate
 from thinktune.rollout.vllm_backend import VllmBackend
 from thinktune.tokens import eos_token_ids
@@ -62,7 +63,7 @@ class NativeBackend:
 
     exact_logprobs = True
 
-    def __init__(self, model, tokenizer):
+    def __init__(self, model, tokenizer, cfg: RolloutConfig | None = None):
         self.model, self.tokenizer = model, tokenizer
         self.eos_ids = eos_token_ids(tokenizer)
 
@@ -94,6 +95,7 @@ class NativeBackend:
 BACKENDS = {"native": NativeBackend, "vllm": VllmBackend}
 
 
-def make_backend(name: str, model, tokenizer) -> RolloutBackend:
-    """The backend ``rollout.backend`` names, sampling from ``model``."""
-    return BACKENDS[name](model, tokenizer)
+def make_backend(cfg: RolloutConfig | str, model, tokenizer) -> RolloutBackend:
+    """The backend the recipe's ``rollout`` section (or just a backend's name) asks for, sampling from ``model``."""
+    cfg = RolloutConfig(backend=cfg) if isinstance(cfg, str) else cfg
+    return BACKENDS[cfg.backend](model, tokenizer, cfg)

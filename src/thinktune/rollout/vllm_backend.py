@@ -19,15 +19,13 @@ import os
 
 import torch
 
+from thinktune.config import RolloutConfig
 from thinktune.models import ModelError
 from thinktune.rollout.decoders import base_model, effective_weight
 from thinktune.rollout.engine import Rollout, left_pad
 from thinktune.tokens import eos_token_ids
 
 STACKED = {"qkv_proj": ("q_proj", "k_proj", "v_proj"), "gate_up_proj": ("gate_proj", "up_proj")}
-# Share of the device's memory (on CPU: of RAM) the engine reserves for its weights and KV cache. vLLM's default
-# (0.9) leaves nothing for the policy it sits beside.
-MEMORY_FRACTION = 0.3
 
 
 class VllmMissing(ModelError):
@@ -87,7 +85,7 @@ def push_weights(engine_model: torch.nn.Module, state: dict[str, torch.Tensor]) 
 class VllmBackend:
     exact_logprobs = False  # vLLM's kernels, not the trainer's: the trainer recomputes the old log-probs
 
-    def __init__(self, model, tokenizer):
+    def __init__(self, model, tokenizer, cfg: RolloutConfig):
         if importlib.util.find_spec("vllm") is None:
             raise VllmMissing(
                 "rollout.backend: vllm needs vLLM: pip install 'thinktune[vllm]' on a GPU, or vLLM's CPU build in "
@@ -105,7 +103,7 @@ class VllmBackend:
             max_model_len=min(getattr(base.config, "max_position_embeddings", 2048), 4096),
             enforce_eager=True,
             logprobs_mode="processed_logprobs",
-            gpu_memory_utilization=MEMORY_FRACTION,
+            gpu_memory_utilization=cfg.vllm_memory,
             seed=0,
         )
         self.weights_changed()  # the policy may already differ from its folder (adapters, a resumed run)
