@@ -15,6 +15,10 @@ runner = CliRunner()
         (["train", "recipes/demo.yaml", "grpo.group_size=0"], "grpo.group_size"),
         (["train", "recipes/demo.yaml", "model.name=./no/such/model", "eval.before=false"], "no such folder"),
         (["train", "recipes/demo.yaml", "data.task=nope", "run.output_dir=RUNS"], "unknown reasoning-gym task 'nope'"),
+        (["merge", "RUNS", "RUNS/merged"], "is not a peft adapter folder"),
+        (["export", "smollm2-135m-instruct", "--gguf", "RUNS/m.gguf", "--type", "q4"], "--type: 'q4' is not one of"),
+        (["export", "smollm2-135m-instruct", "--gguf", "RUNS/m.bin"], "a GGUF file name ends in .gguf"),
+        (["chat", "./no/such/model"], "no such folder"),
     ],
 )
 def test_bad_input_exits_2_with_a_message(args, message, tmp_path):
@@ -25,6 +29,20 @@ def test_bad_input_exits_2_with_a_message(args, message, tmp_path):
     assert result.exit_code == 2, result.output
     assert message in result.output
     assert "Traceback" not in result.output
+
+
+def test_every_command_has_help_with_an_example():
+    commands = [c.name or c.callback.__name__ for c in app.registered_commands]
+    assert {"train", "eval", "generate", "chat", "merge", "export", "report", "compare"} <= set(commands)
+    for command in commands:
+        result = runner.invoke(app, [command, "--help"])
+        assert result.exit_code == 0 and "Example: thinktune " in result.output, command
+
+
+def test_export_of_a_model_whose_tokenizer_it_cannot_write_names_it_and_leaves_no_file(tmp_path, tiny_model_dir):
+    result = runner.invoke(app, ["export", tiny_model_dir, "--gguf", str(tmp_path / "tiny.gguf")])
+    assert result.exit_code == 2 and "writes BPE tokenizers; this one is WordLevel" in result.output
+    assert not list(tmp_path.iterdir())
 
 
 def test_eval_and_generate_on_a_saved_model(tmp_path, tiny_model_dir):

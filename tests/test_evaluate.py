@@ -4,7 +4,7 @@ import pytest
 
 from thinktune.config import RewardConfig
 from thinktune.data import Example, PromptBuilder
-from thinktune.evaluate import Sampling, evaluate
+from thinktune.evaluation import Sampling, evaluate
 from thinktune.rewards import RewardSet
 from thinktune.rollout import NativeBackend, SamplingParams
 from thinktune.scoring import TaskMetrics

@@ -38,10 +38,12 @@ def qwen_2_5(vocab, special):
     return model
 
 
-def qwen_3(vocab, special):
+def qwen_3(vocab, special, head_dim=16):
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
-    model = Qwen3ForCausalLM(Qwen3Config(vocab_size=vocab, **SHAPE, **special, head_dim=16, initializer_range=0.1))
+    model = Qwen3ForCausalLM(
+        Qwen3Config(vocab_size=vocab, **SHAPE, **special, head_dim=head_dim, initializer_range=0.1)
+    )
     for layer in model.model.layers:  # the q/k norms start at one; make them count
         layer.self_attn.q_norm.weight.data.normal_(1, 0.5)
         layer.self_attn.k_norm.weight.data.normal_(1, 0.5)

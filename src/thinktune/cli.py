@@ -1,4 +1,5 @@
-"""Command line: ``thinktune train|sft|pairs|reward-model|sweep|eval|demo|generate|report|compare``."""
+"""Command line: ``thinktune train|sft|pairs|reward-model|sweep|eval|demo|generate|chat|merge|export|report|
+compare``."""
 
 from __future__ import annotations
 
@@ -68,7 +69,10 @@ def train(
     overrides: list[str] = typer.Argument(None, help="key.sub=value overrides, e.g. train.steps=20"),
     resume: bool = typer.Option(False, "--resume", help="Continue the run from its last checkpoint."),
 ):
-    """Train with GRPO: evaluate before, train, evaluate after, save the model."""
+    """Train with GRPO: evaluate before, train, evaluate after, save the model.
+
+    Example: thinktune train recipes/demo.yaml train.steps=20 run.name=short
+    """
     from thinktune.pipeline import train as run_train
 
     r = _fail_cleanly(load_recipe, recipe, overrides or [])
@@ -82,7 +86,10 @@ def sft(
     recipe: Path = typer.Argument(..., help="YAML recipe (its sft section)."),
     overrides: list[str] = typer.Argument(None, help="key.sub=value overrides, e.g. sft.steps=50"),
 ):
-    """Supervised fine-tuning on worked answers (loss on completion tokens only); saves <run>/sft for `train`."""
+    """Supervised fine-tuning on worked answers (loss on completion tokens only); saves <run>/sft for `train`.
+
+    Example: thinktune sft recipes/math_sft_grpo.yaml sft.steps=50
+    """
     from thinktune.pipeline import train as run_train
 
     r = _fail_cleanly(load_recipe, recipe, [*(overrides or []), "stages=[sft]"])
@@ -95,7 +102,10 @@ def pairs(
     overrides: list[str] = typer.Argument(None, help="key.sub=value overrides, e.g. pairs.limit=200"),
 ):
     """Preference pairs: chosen = the dataset's reasoning + answer, rejected = the model's direct answer.
-    A rerun continues after the last pair written."""
+    A rerun continues after the last pair written.
+
+    Example: thinktune pairs recipes/cot_reward_model.yaml pairs.limit=200
+    """
     from thinktune.pipeline import train as run_train
 
     r = _fail_cleanly(load_recipe, recipe, [*(overrides or []), "stages=[pairs]"])
@@ -108,7 +118,10 @@ def reward_model(
     recipe: Path = typer.Argument(..., help="YAML recipe (its model and reward_model sections)."),
     overrides: list[str] = typer.Argument(None, help="key.sub=value overrides, e.g. reward_model.steps=50"),
 ):
-    """Train a Bradley-Terry reward model on preference pairs; held-out pair accuracy before and after."""
+    """Train a Bradley-Terry reward model on preference pairs; held-out pair accuracy before and after.
+
+    Example: thinktune reward-model recipes/cot_reward_model.yaml reward_model.steps=50
+    """
     from thinktune.pipeline import train as run_train
 
     r = _fail_cleanly(load_recipe, recipe, [*(overrides or []), "stages=[reward_model]"])
@@ -128,7 +141,10 @@ def sweep(
 ):
     """Train every combination of values on the validation split (never the held-out set) and tabulate the
     gains with per-seed sign tests; finished runs are reused, so a stopped sweep continues. With --held-out,
-    the chosen recipe once per seed on the held-out set."""
+    the chosen recipe once per seed on the held-out set.
+
+    Example: thinktune sweep recipes/demo.yaml grpo.temperature=0.7,1.0 --seeds 0,1,2 --set train.steps=20
+    """
     from thinktune.sweep import sweep as run_sweep
 
     def run():
@@ -143,7 +159,10 @@ def sweep(
 
 @app.command()
 def demo(overrides: list[str] = typer.Argument(None, help="key.sub=value overrides")):
-    """The offline demo: SmolLM2-135M-Instruct (packaged) learns a reasoning-gym task with LoRA."""
+    """The offline demo: SmolLM2-135M-Instruct (packaged) learns a reasoning-gym task with LoRA.
+
+    Example: thinktune demo train.steps=40
+    """
     from thinktune.pipeline import train as run_train
 
     r = _fail_cleanly(lambda: load_recipe(demo_recipe_path(), overrides or []))
@@ -173,22 +192,15 @@ def eval_(
         None, "--samples", help="Also k samples per problem at the recipe's temperature: pass@k, mean@k, maj@k."
     ),
 ):
-    """Greedy evaluation on the recipe's held-out set: accuracy, format accuracy, mean reward (per function)."""
-    from thinktune.data import load_examples
-    from thinktune.evaluate import evaluate_recipe
-    from thinktune.models import load_for_inference
-    from thinktune.rollout import make_backend
-    from thinktune.scoring import recipe_scoring, with_reward_model
+    """Greedy evaluation on the recipe's held-out set: accuracy, format accuracy, mean reward (per function).
+
+    Example: thinktune eval runs/demo/final --recipe recipes/demo.yaml --samples 8 --out eval.json
+    """
+    from thinktune import api
 
     def run():
-        sampled = [f"eval.samples={samples}"] if samples is not None else []
-        r = load_recipe(recipe, [*(overrides or []), *sampled])
-        if reward_model:
-            r = with_reward_model(r, str(reward_model))
-        _, held_out, task_dataset = load_examples(r.data, r.eval.split)
-        m, tok = load_for_inference(model, r.model.device, r.model.dtype)
-        backend = make_backend(r.rollout.backend, m, tok)
-        result = evaluate_recipe(backend, r, held_out, *recipe_scoring(r, task_dataset, tok))
+        r = load_recipe(recipe, overrides or [])
+        result = api.evaluate(model, r, samples=samples, reward_model=reward_model)
         json.dump(result.metrics, sys.stdout, indent=1)
         print()
         if out:
@@ -204,20 +216,67 @@ def generate(
     recipe: Path = typer.Option(None, "--recipe", "-r", help="Recipe whose prompt (system, few-shot) to use."),
     max_new_tokens: int = typer.Option(256),
 ):
-    """Answer one question greedily, prompted as the recipe prompts (default recipe if none)."""
-    from thinktune.data import PromptBuilder
-    from thinktune.models import load_for_inference
-    from thinktune.rollout import SamplingParams, make_backend
-    from thinktune.tokens import decode
+    """Answer one question greedily, prompted as the recipe prompts (default recipe if none).
+
+    Example: thinktune generate runs/demo/final "What is 17 + 25?" --recipe recipes/demo.yaml
+    """
+    from thinktune import api
+
+    _fail_cleanly(lambda: print(api.generate(model, question, load_recipe(recipe), max_new_tokens)))
+
+
+@app.command()
+def chat(
+    model: str = typer.Argument(..., help="Model: folder (HF model or peft adapter), alias or hub id."),
+    recipe: Path = typer.Option(None, "--recipe", "-r", help="Recipe whose system prompt and format to use."),
+    max_new_tokens: int = typer.Option(512, help="Longest reply, in tokens."),
+    temperature: float = typer.Option(0.7, help="Sampling temperature; 0 = greedy."),
+    seed: int = typer.Option(0, help="Seed of the sampling."),
+):
+    """Talk to a model in the terminal, replies streamed as they are generated; /reset starts over, /exit quits.
+
+    Example: thinktune chat runs/demo/final --recipe recipes/demo.yaml
+    """
+    from thinktune import api, conversation
 
     def run():
-        r = load_recipe(recipe)
-        m, tok = load_for_inference(model)
-        ids = PromptBuilder.from_config(tok, r.data.model_copy(update={"max_prompt_tokens": 10**6})).ids(question)
-        out = make_backend(r.rollout.backend, m, tok).generate([ids], SamplingParams(max_new_tokens, greedy=True))
-        print(decode(tok, out.completion_ids, out.completion_mask)[0])
+        r = load_recipe(recipe) if recipe else None
+        conversation.run(api.chat(model, r, max_new_tokens, temperature, seed))
 
     _fail_cleanly(run)
+
+
+@app.command()
+def merge(
+    adapter: Path = typer.Argument(..., help="A LoRA adapter folder, e.g. runs/demo/final."),
+    out: Path = typer.Argument(..., help="Folder to write the merged model to."),
+):
+    """Fold a LoRA adapter into its base model: a plain Hugging Face folder (config, safetensors, tokenizer, chat
+    template) that AutoModelForCausalLM loads without peft.
+
+    Example: thinktune merge runs/demo/final merged/ && thinktune generate merged/ "What is 2 + 3?"
+    """
+    from thinktune.export import merge_adapter
+
+    print(_fail_cleanly(merge_adapter, adapter, out))
+
+
+@app.command()
+def export(
+    model: str = typer.Argument(..., help="A trained adapter or model folder (or alias)."),
+    gguf: Path = typer.Option(..., "--gguf", help="The GGUF file to write, e.g. demo.gguf."),
+    type_: str = typer.Option("f16", "--type", help="Weights: f32, f16 or q8_0 (8-bit, about half of f16)."),
+    recipe: Path = typer.Option(None, "--recipe", "-r", help="Recipe whose system prompt the Modelfile carries."),
+):
+    """Write a model (adapters merged in) as one GGUF file for llama.cpp and Ollama, tokenizer and chat template
+    included, with an Ollama Modelfile beside it. Llama-family, Qwen2 and Qwen3 models.
+
+    Example: thinktune export runs/demo/final --gguf out/demo.gguf --type q8_0 --recipe recipes/demo.yaml
+    (then: ollama create demo -f out/Modelfile)
+    """
+    from thinktune.export import export_gguf
+
+    print(_fail_cleanly(lambda: export_gguf(model, gguf, type_, load_recipe(recipe) if recipe else None)))
 
 
 @app.command()

@@ -41,7 +41,7 @@ def build_pairs(recipe: Recipe, train_set: list[Example]) -> Path:
     if done:
         console.print(f"{out}: {done} pairs already written, continuing")
     model, tokenizer = load_for_inference(recipe.model.name, recipe.model.device, recipe.model.dtype)
-    backend = make_backend(recipe.rollout.backend, model, tokenizer)
+    backend = make_backend(recipe.rollout, model, tokenizer)
     greedy = SamplingParams(cfg.max_new_tokens, greedy=True)
     prompt = PromptBuilder.from_config(tokenizer, data)
     direct = PromptBuilder(

@@ -15,7 +15,7 @@ from thinktune.console import console, peak_rss_gb
 from thinktune.data import load_examples
 from thinktune.distributed import SINGLE, Ranks, from_environment
 from thinktune.environment import describe
-from thinktune.evaluate import evaluate_recipe
+from thinktune.evaluation import evaluate_recipe
 from thinktune.grpo.trainer import GRPOTrainer
 from thinktune.jsonl import read_jsonl
 from thinktune.models import load_for_inference, load_policy, pick_device, save_model
@@ -129,7 +129,7 @@ def sft_stage(recipe: Recipe, run: RunDir, tracker: Tracker, resume: bool, train
     rewards, task = recipe_scoring(recipe, task_dataset, tokenizer)
     base = run.read_json("eval_base.json") if resume else None
     if recipe.eval.before and held_out and base is None:
-        backend = make_backend(recipe.rollout.backend, model, tokenizer)
+        backend = make_backend(recipe.rollout, model, tokenizer)
         base = evaluate_and_save(run, "base", backend, recipe, held_out, rewards, task)
     start = time.perf_counter()
     records = run_sft(recipe, model, tokenizer, train_set, tracker, run, resume)
@@ -141,7 +141,7 @@ def sft_stage(recipe: Recipe, run: RunDir, tracker: Tracker, resume: bool, train
     if records:  # this process's steps (after a resume, from the checkpoint on)
         summary.update(first_loss=records[0]["loss"], last_loss=records[-1]["loss"])
     if held_out and (recipe.eval.after or "grpo" in recipe.stages):
-        backend = make_backend(recipe.rollout.backend, model, tokenizer)
+        backend = make_backend(recipe.rollout, model, tokenizer)
         after = evaluate_and_save(run, "sft", backend, recipe, held_out, rewards, task)
         summary["after"] = after["metrics"]
         if "grpo" in recipe.stages and recipe.eval.before:

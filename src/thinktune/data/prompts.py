@@ -53,16 +53,22 @@ class PromptBuilder:
             [(shot.question, shot.response) for shot in data.fewshot],
         )
 
-    def text(self, question: str) -> str:
-        messages = []
+    def messages(self, turns: list[dict]) -> list[dict]:
+        """The conversation as the model sees it: system prompt, few-shot exchanges, then ``turns``."""
+        messages = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
         for shot_question, shot_response in self.fewshot:
             messages += [{"role": "user", "content": shot_question}, {"role": "assistant", "content": shot_response}]
-        messages.append({"role": "user", "content": question})
-        if self.system_prompt:
-            messages.insert(0, {"role": "system", "content": self.system_prompt})
+        return messages + turns
+
+    def render(self, turns: list[dict]) -> str:
+        """:meth:`messages` through the chat template, ending where the assistant's next reply begins."""
+        messages = self.messages(turns)
         if self.tokenizer.chat_template:
             return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         return "\n\n".join(m["content"] for m in messages) + "\n\n"
+
+    def text(self, question: str) -> str:
+        return self.render([{"role": "user", "content": question}])
 
     def ids(self, question: str) -> list[int] | None:
         """Token ids of the prompt, or None when it is over budget and the policy is to skip."""

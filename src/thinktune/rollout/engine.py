@@ -9,6 +9,7 @@ are the "old" log-probs and no extra forward pass is needed.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 
 import torch
@@ -143,13 +144,15 @@ def generate(
     top_p: float = 1.0,
     generator: torch.Generator | None = None,
     fast: bool = True,
+    on_tokens: Callable[[torch.Tensor, torch.Tensor], None] | None = None,
 ) -> Rollout:
     """Sample ``group_size`` completions for each prompt (token-id lists).
 
     Each prompt is prefilled once and its KV cache copied to the rows of its group; a row that has ended
     leaves the decode batch (and the cache) at once, so later steps only pay for rows still generating.
     ``fast`` uses the merged-weights decoder for Llama-family models (see ``decoders``); off, or for
-    other architectures, the Hugging Face model runs each step itself.
+    other architectures, the Hugging Face model runs each step itself. ``on_tokens(rows, tokens)`` sees each
+    step's new tokens as they are picked (to stream them).
     """
     was_training = model.training
     model.eval()
@@ -173,6 +176,8 @@ def generate(
         token, logp = pick_tokens(logits, greedy, temperature, top_k, top_p, generator)
         completion_ids[active, step] = token
         logprobs[active, step] = logp
+        if on_tokens is not None:
+            on_tokens(active, token)
         width = step + 1
         ended = torch.isin(token, eos)
         if ended.all() or width == max_new_tokens:
