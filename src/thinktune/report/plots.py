@@ -71,12 +71,13 @@ def held_out_line(label: str, curve: list[dict], key: str) -> Line:
 def svg(chart: Chart) -> str:
     """The chart as an ``<svg>`` element (text kept as text, so the page stays small and searchable)."""
     import matplotlib
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    with plt.rc_context({"svg.fonttype": "none", "font.size": 9, "axes.spines.top": False, "axes.spines.right": False}):
-        figure, axes = plt.subplots(figsize=(5.4, 2.9))
+    # A Figure of its own, not pyplot's: no backend is chosen, so a notebook's inline plots keep working
+    style = {"svg.fonttype": "none", "font.size": 9, "axes.spines.top": False, "axes.spines.right": False}
+    with matplotlib.rc_context(style):
+        figure = Figure(figsize=(5.4, 2.9))
+        axes = figure.subplots()
         for colour, line in zip(COLOURS * 4, chart.lines, strict=False):
             _draw(axes, line, colour, several=len(chart.lines) > 1)
         axes.set_title(chart.title, loc="left", fontsize=10, fontweight="bold")
@@ -91,7 +92,6 @@ def svg(chart: Chart) -> str:
         figure.tight_layout()
         buffer = io.StringIO()
         figure.savefig(buffer, format="svg")
-        plt.close(figure)
     text = buffer.getvalue()
     return text[text.index("<svg") :]
 
