@@ -136,8 +136,18 @@ def test_an_ollama_modelfile_is_written_beside_the_gguf(smollm2_f32):
     assert modelfile.startswith(f"FROM ./{smollm2_f32.name}\n")
     assert "<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>" in modelfile  # ChatML, in Ollama's template syntax
     assert 'PARAMETER stop "<|im_end|>"' in modelfile
-    system = load_recipe(None).data
-    assert 'SYSTEM """Respond in the following format:' in modelfile and system.answer_format == "xml"
+    assert 'SYSTEM """Respond in the following format:\n<reasoning>' in modelfile  # the recipe's (xml) format
+
+
+def test_the_modelfile_carries_the_recipes_few_shot_exchanges(tmp_path):
+    from thinktune.data import PromptBuilder
+    from thinktune.export import ollama_modelfile
+
+    recipe = load_recipe("recipes/demo.yaml")
+    tokenizer = load_tokenizer(resolve_model("smollm2-135m-instruct"))
+    modelfile = ollama_modelfile("demo.gguf", tokenizer, PromptBuilder.from_config(tokenizer, recipe.data))
+    shot = recipe.data.fewshot[0]
+    assert f'MESSAGE user """{shot.question}"""\nMESSAGE assistant """{shot.response}"""' in modelfile
 
 
 def test_export_refuses_what_it_cannot_write_and_names_it(tmp_path, tiny):

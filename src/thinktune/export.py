@@ -175,10 +175,11 @@ def write_gguf(model, tokenizer, out: Path, quantization: str, name: str) -> Non
     writer.close()
 
 
-def ollama_modelfile(gguf_name: str, tokenizer, system_prompt: str | None) -> str:
+def ollama_modelfile(gguf_name: str, tokenizer, prompts=None) -> str:
     """An Ollama ``Modelfile`` for the GGUF file beside it: the chat template in Ollama's syntax where the model
     uses ChatML (``<|im_start|>``) or Llama-3 headers (otherwise Ollama reads the GGUF's own template), the
-    end-of-turn tokens as stops, and the recipe's system prompt."""
+    end-of-turn tokens as stops, and, given the recipe's ``PromptBuilder``, its system prompt and few-shot
+    exchanges, so the model is prompted as it was trained."""
     template = tokenizer.chat_template or ""
     lines = [f"FROM ./{gguf_name}", ""]
     if "<|im_start|>" in template:
@@ -198,8 +199,10 @@ def ollama_modelfile(gguf_name: str, tokenizer, system_prompt: str | None) -> st
         ]  # fmt: skip
     if tokenizer.eos_token and tokenizer.eos_token not in "\n".join(lines):
         lines.append(f'PARAMETER stop "{tokenizer.eos_token}"')
-    if system_prompt:
-        lines.append(f'SYSTEM """{system_prompt}"""')
+    if prompts is not None:
+        lines += [f'SYSTEM """{prompts.system_prompt}"""'] if prompts.system_prompt else []
+        for question, response in prompts.fewshot:
+            lines += [f'MESSAGE user """{question}"""', f'MESSAGE assistant """{response}"""']
     return "\n".join(lines) + "\n"
 
 
@@ -223,8 +226,8 @@ def export_gguf(model_or_adapter: str | Path, out: str | Path, quantization: str
         partial.unlink(missing_ok=True)
         raise
     partial.replace(out)
-    system = PromptBuilder.from_config(tokenizer, recipe.data).system_prompt if recipe else None
-    (out.parent / "Modelfile").write_text(ollama_modelfile(out.name, tokenizer, system))
+    prompts = PromptBuilder.from_config(tokenizer, recipe.data) if recipe else None
+    (out.parent / "Modelfile").write_text(ollama_modelfile(out.name, tokenizer, prompts))
     return out
 
 
