@@ -7,7 +7,7 @@ import thinktune
 from tests.helpers import tiny_recipe
 from tests.user_rewards import yes_fraction
 from thinktune.config import ConfigError
-from thinktune.rewards.registry import REWARDS
+from thinktune.rewards.registry import REWARDS, RewardError, resolve_reward
 
 
 def test_only_the_api_is_public():
@@ -39,6 +39,8 @@ def test_a_callable_reward_is_named_by_its_import_path_or_registered_in_the_proc
     assert REWARDS["python:notebook_reward"] is notebook_reward
     with pytest.raises(ConfigError, match="neither a reward name nor a callable"):
         thinktune.reward(3)
+    with pytest.raises(RewardError, match="'python:gone' was a Python function given to thinktune.train"):
+        resolve_reward("python:gone")  # a run resumed by a process that never registered it
 
 
 def test_train_with_a_callable_reward_learns_and_returns_a_summary(tmp_path, tiny_model_dir):

@@ -16,13 +16,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from thinktune.models import ModelError, load_for_inference
+from thinktune.models import ModelError, load_for_inference, save_model
 
 # model_type -> what llama.cpp calls the architecture; the families whose GGUF transformers can read back.
 ARCHITECTURES = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3"}
 QUANTIZATIONS = ("f32", "f16", "q8_0")
-# llama.cpp picks its pre-tokenizer (the regex that splits text before BPE) by name.
-PRE_TOKENIZERS = {"qwen2": "qwen2", "qwen3": "qwen2"}
 
 
 class ExportError(ModelError):
@@ -44,10 +42,7 @@ def merge_adapter(adapter: str | Path, out: str | Path) -> Path:
     if not (adapter / "adapter_config.json").is_file():
         raise ExportError(f"{adapter} is not a peft adapter folder (no adapter_config.json); nothing to merge")
     model, tokenizer = merged_model(adapter)
-    model.config.name_or_path = str(out)
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
+    save_model(model, tokenizer, out)  # whole or absent: written beside it, then renamed
     return out
 
 
@@ -116,6 +111,20 @@ def write_hyperparameters(writer, config, name: str, quantization: str) -> None:
     writer.add_file_type(file_types[quantization])
 
 
+def pre_tokenizer(arch: str, vocab_size: int) -> str:
+    """The name llama.cpp knows the tokenizer's pre-tokenizer by (the regex that splits text before BPE).
+
+    llama.cpp's converter recognises a tokenizer family by hashing its output on a test text; these are the
+    families of the models thinktune trains: Qwen2/Qwen3's, Llama-3's (128,256 tokens) and SmolLM's (49,152).
+
+    >>> pre_tokenizer("qwen3", 151936), pre_tokenizer("llama", 128256), pre_tokenizer("llama", 49152)
+    ('qwen2', 'llama-bpe', 'smollm')
+    """
+    if arch in ("qwen2", "qwen3"):
+        return "qwen2"
+    return {128256: "llama-bpe", 49152: "smollm"}.get(vocab_size, "default")
+
+
 def write_tokenizer(writer, tokenizer, arch: str) -> None:
     """A GPT-2-style BPE vocabulary: tokens by id with their kinds, merges, special ids and the chat template."""
     from gguf import SpecialVocab, TokenType
@@ -136,7 +145,7 @@ def write_tokenizer(writer, tokenizer, arch: str) -> None:
         else:
             types.append(TokenType.NORMAL if i in by_id else TokenType.UNUSED)
     writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre(PRE_TOKENIZERS.get(arch, "smollm" if len(tokens) == 49152 else "default"))
+    writer.add_tokenizer_pre(pre_tokenizer(arch, len(tokens)))
     writer.add_token_list(tokens)
     writer.add_token_types(types)
     with tempfile.TemporaryDirectory() as folder:

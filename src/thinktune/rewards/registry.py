@@ -37,6 +37,11 @@ def resolve_reward(name: str) -> RewardFn:
     """A registry name, or an import path ``pkg.module:function``."""
     if name in REWARDS:
         return REWARDS[name]
+    if name.startswith("python:"):
+        raise RewardError(
+            f"rewards: {name!r} was a Python function given to thinktune.train in another process; give it again "
+            "(thinktune.train(recipe, rewards=[...], resume=True)), or make it importable as 'pkg.module:function'"
+        )
     if ":" not in name:
         raise RewardError(
             f"rewards: unknown reward {name!r}; registered: {sorted(REWARDS)}, or give 'pkg.module:function'"
