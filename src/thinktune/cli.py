@@ -1,5 +1,5 @@
-"""Command line: ``thinktune train|sft|pairs|reward-model|sweep|eval|demo|generate|chat|merge|export|report|
-compare``."""
+"""Command line: ``thinktune train|sft|pairs|reward-model|sweep|eval|demo|generate|chat|merge|export|memory|
+report|compare``."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import shlex
 import sys
 import warnings
 from pathlib import Path
+from types import SimpleNamespace
 
 import typer
 
@@ -277,6 +278,43 @@ def export(
     from thinktune.export import export_gguf
 
     print(_fail_cleanly(lambda: export_gguf(model, gguf, type_, load_recipe(recipe) if recipe else None)))
+
+
+@app.command()
+def memory(
+    recipe: Path = typer.Argument(..., help="YAML recipe."),
+    overrides: list[str] = typer.Argument(None, help="key.sub=value overrides, e.g. model.dtype=bfloat16"),
+    config: Path = typer.Option(
+        None, "--config", help="The model's config.json (architecture fields); default: the recipe model's own."
+    ),
+):
+    """Estimate the device memory a recipe's GRPO step needs at its peak, part by part, from the model's
+    architecture (arithmetic, an upper bound at full prompt and completion lengths; not a measurement).
+
+    Example: thinktune memory recipes/math_format_accuracy.yaml model.dtype=bfloat16 grpo.prompts_per_step=16
+    grpo.max_new_tokens=512 --config recipes/models/llama-3.2-1b.json
+    """
+    from thinktune.memory import Architecture, estimate
+
+    def run():
+        r = load_recipe(recipe, overrides or [])
+        if config:
+            try:
+                arch = Architecture.of(SimpleNamespace(**json.loads(config.read_text())))
+            except (OSError, ValueError, AttributeError, TypeError) as err:
+                raise ConfigError(
+                    f"--config {config}: not a model config with the architecture's fields ({err})"
+                ) from None
+        else:
+            from transformers import AutoConfig
+
+            from thinktune.models import resolve_model
+
+            arch = Architecture.of(AutoConfig.from_pretrained(resolve_model(r.model.name)))
+        for part, gb in estimate(r, arch).items():
+            print(f"{part:<30} {gb:6.2f} GB")
+
+    _fail_cleanly(run)
 
 
 @app.command()

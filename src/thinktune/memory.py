@@ -1,0 +1,98 @@
+"""``thinktune memory``: what a recipe should need in device memory, estimated from the model's architecture.
+
+An estimate, by arithmetic, of the tensors a GRPO step holds at its peak, not a measurement:
+
+- always: the weights; the trained parameters' gradients and AdamW's two moments (LoRA adapters are kept in
+  float32 by peft, 16 bytes per trained parameter; full fine-tuning keeps them in the weights' precision); a
+  reference copy of the weights when full fine-tuning has a KL term;
+- then the larger of two passes, which never overlap: sampling (the decoder's merged, fused copy of the linear
+  weights, the KV cache of every completion of the step at full length, and a row of logits each) and the update
+  (one micro-batch's saved activations at full length, per layer and token: the norms' inputs and outputs, q, k,
+  v and the attention output, gate, up, their product and the activation; the LM head's logits a 64 MB chunk at a
+  time, in forward and backward).
+
+The CUDA context and the allocator's slack come on top (typically 0.5-1 GB).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from thinktune.config import Recipe
+from thinktune.logits import CHUNK_ELEMENTS
+
+GB = 1e9
+
+
+@dataclass(frozen=True)
+class Architecture:
+    layers: int
+    hidden: int
+    intermediate: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    vocab: int
+    tied: bool
+
+    @classmethod
+    def of(cls, config) -> Architecture:
+        """From a transformers config (or anything with its attribute names)."""
+        heads = config.num_attention_heads
+        return cls(
+            layers=config.num_hidden_layers,
+            hidden=config.hidden_size,
+            intermediate=config.intermediate_size,
+            heads=heads,
+            kv_heads=getattr(config, "num_key_value_heads", None) or heads,
+            head_dim=getattr(config, "head_dim", None) or config.hidden_size // heads,
+            vocab=config.vocab_size,
+            tied=bool(getattr(config, "tie_word_embeddings", False)),
+        )
+
+    def linear_shapes(self) -> list[tuple[int, int]]:
+        """(in, out) of one layer's linear projections: q, k, v, o, gate, up, down."""
+        h, q, kv, i = self.hidden, self.heads * self.head_dim, self.kv_heads * self.head_dim, self.intermediate
+        return [(h, q), (h, kv), (h, kv), (q, h), (h, i), (h, i), (i, h)]
+
+    def parameters(self) -> int:
+        """Every weight: embeddings, the LM head unless tied, the layers' projections and norms.
+
+        >>> Architecture(1, 4, 8, 2, 1, 2, 10, tied=True).parameters()  # 40 + (16+8+8+16+96) + 8 + 4 (norms)
+        196
+        """
+        linear = sum(a * b for a, b in self.linear_shapes())
+        return (
+            self.vocab * self.hidden * (1 if self.tied else 2) + self.layers * (linear + 2 * self.hidden) + self.hidden
+        )
+
+    def lora_parameters(self, rank: int) -> int:
+        """LoRA on every linear layer but the head: r x (in + out) per projection."""
+        return self.layers * sum(rank * (a + b) for a, b in self.linear_shapes())
+
+
+def estimate(recipe: Recipe, arch: Architecture) -> dict[str, float]:
+    """The parts of a GRPO step's peak, in GB, and their ``total`` (see the module doc)."""
+    width = 2 if recipe.model.dtype == "bfloat16" else 4
+    g = recipe.grpo
+    params = arch.parameters()
+    parts = {"weights": params * width / GB}
+    if recipe.model.finetune == "lora":
+        parts["trained state (grad + AdamW)"] = arch.lora_parameters(recipe.model.lora.r) * 16 / GB
+    else:
+        parts["trained state (grad + AdamW)"] = params * 3 * width / GB
+        if g.beta > 0:
+            parts["reference weights"] = params * width / GB
+    length = recipe.data.max_prompt_tokens + g.max_new_tokens
+    rows = g.prompts_per_step * g.group_size
+    kv = arch.layers * 2 * arch.kv_heads * arch.head_dim * width
+    linear = arch.layers * sum(a * b for a, b in arch.linear_shapes())
+    sampling = (linear * width + rows * length * kv + rows * arch.vocab * 4) / GB
+    q, kvd = arch.heads * arch.head_dim, arch.kv_heads * arch.head_dim
+    per_token = arch.layers * (width * (4 * arch.hidden + 2 * q + 2 * kvd + 4 * arch.intermediate) + 8 * arch.hidden)
+    tokens = g.micro_batch_size * length
+    head = 3 * 4 * min(CHUNK_ELEMENTS, tokens * arch.vocab)  # logits, their exp, their gradient
+    update = (tokens * per_token + head) / GB
+    parts["sampling pass" if sampling >= update else "update pass"] = max(sampling, update)
+    parts["total"] = sum(parts.values())
+    return parts
