@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 TORCH := torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-gpu test-vllm lint install bench clean browser
+.PHONY: demo test test-gpu test-vllm lint install bench clean browser notebook
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -47,6 +47,12 @@ browser:
 
 test: lint browser
 	$(BIN)/python -m pytest -q
+
+# notebooks/quickstart.ipynb run in full (about 10 minutes here), its outputs saved in it.
+notebook: $(STAMP)
+	PYTHONWARNINGS=ignore $(BIN)/python -c "import nbformat, nbclient; nb = nbformat.read('notebooks/quickstart.ipynb', 4); \
+	nbclient.NotebookClient(nb, timeout=3600, resources={'metadata': {'path': 'notebooks'}}).execute(); \
+	nbformat.write(nb, 'notebooks/quickstart.ipynb')"
 
 # The tests that need CUDA (bfloat16 training with resume, rollouts on the device); on a machine without a GPU
 # they are skipped with the reason. `make test` runs them too.
