@@ -72,12 +72,12 @@ def _register(fn: Callable) -> str:
     return name
 
 
-def with_rewards(r: Recipe, rewards: Iterable[RewardLike] | None) -> Recipe:
+def with_rewards(recipe: Recipe, rewards: Iterable[RewardLike] | None) -> Recipe:
     """``r`` scoring with ``rewards`` instead of its own (None keeps its own)."""
     if rewards is None:
-        return r
+        return recipe
     configs = [item if isinstance(item, RewardConfig) else reward(item) for item in rewards]
-    return load_recipe(r.model_copy(update={"rewards": configs}))
+    return load_recipe(recipe.model_copy(update={"rewards": configs}))
 
 
 @dataclass
@@ -100,13 +100,13 @@ class Summary:
         return read_jsonl(self.run_dir / "eval_curve.jsonl")
 
 
-def train(r: Recipe, rewards: Iterable[RewardLike] | None = None, resume: bool = False) -> Summary:
+def train(recipe: Recipe, rewards: Iterable[RewardLike] | None = None, resume: bool = False) -> Summary:
     """Run the recipe's stages, as ``thinktune train`` does, and return the :class:`Summary`."""
     from thinktune.pipeline import train as run_train
 
-    r = with_rewards(r, rewards)
-    details = run_train(r, resume=resume)
-    run_dir = Path(r.run.output_dir) / r.run.name
+    recipe = with_rewards(recipe, rewards)
+    details = run_train(recipe, resume=resume)
+    run_dir = Path(recipe.run.output_dir) / recipe.run.name
     final = run_dir / "final"
     return Summary(
         run_dir=run_dir,
@@ -120,7 +120,7 @@ def train(r: Recipe, rewards: Iterable[RewardLike] | None = None, resume: bool =
 
 def evaluate(
     model: str | Path,
-    r: Recipe | None = None,
+    recipe: Recipe | None = None,
     rewards: Iterable[RewardLike] | None = None,
     samples: int | None = None,
     reward_model: str | Path | None = None,
@@ -134,18 +134,20 @@ def evaluate(
     from thinktune.rollout import make_backend
     from thinktune.scoring import recipe_scoring, with_reward_model
 
-    r = with_rewards(r or load_recipe(), rewards)
+    recipe = with_rewards(recipe or load_recipe(), rewards)
     if samples is not None:
-        r = load_recipe(r, [f"eval.samples={samples}"])
+        recipe = load_recipe(recipe, [f"eval.samples={samples}"])
     if reward_model:
-        r = with_reward_model(r, str(reward_model))
-    _, held_out, task_dataset = load_examples(r.data, r.eval.split)
-    m, tok = load_for_inference(str(model), r.model.device, r.model.dtype)
-    return evaluate_recipe(make_backend(r.rollout, m, tok), r, held_out, *recipe_scoring(r, task_dataset, tok))
+        recipe = with_reward_model(recipe, str(reward_model))
+    _, held_out, task_dataset = load_examples(recipe.data, recipe.eval.split)
+    m, tok = load_for_inference(str(model), recipe.model.device, recipe.model.dtype)
+    return evaluate_recipe(
+        make_backend(recipe.rollout, m, tok), recipe, held_out, *recipe_scoring(recipe, task_dataset, tok)
+    )
 
 
 def generate(
-    model: str | Path, questions: str | list[str], r: Recipe | None = None, max_new_tokens: int = 256
+    model: str | Path, questions: str | list[str], recipe: Recipe | None = None, max_new_tokens: int = 256
 ) -> str | list[str]:
     """Greedy answers of ``model`` to one question (a string back) or several (a list), prompted as the recipe
     prompts (its system prompt, format and few-shot examples)."""
@@ -154,18 +156,18 @@ def generate(
     from thinktune.rollout import SamplingParams, make_backend
     from thinktune.tokens import decode
 
-    r = r or load_recipe()
-    m, tok = load_for_inference(str(model), r.model.device, r.model.dtype)
-    builder = PromptBuilder.from_config(tok, r.data.model_copy(update={"max_prompt_tokens": 10**6}))
+    recipe = recipe or load_recipe()
+    m, tok = load_for_inference(str(model), recipe.model.device, recipe.model.dtype)
+    builder = PromptBuilder.from_config(tok, recipe.data.model_copy(update={"max_prompt_tokens": 10**6}))
     many = [questions] if isinstance(questions, str) else list(questions)
-    out = make_backend(r.rollout, m, tok).generate(
+    out = make_backend(recipe.rollout, m, tok).generate(
         [builder.ids(q) for q in many], SamplingParams(max_new_tokens, greedy=True)
     )
     answers = decode(tok, out.completion_ids, out.completion_mask)
     return answers[0] if isinstance(questions, str) else answers
 
 
-def chat(model: str | Path, r: Recipe | None = None, max_new_tokens: int = 512, temperature: float = 0.7,
+def chat(model: str | Path, recipe: Recipe | None = None, max_new_tokens: int = 512, temperature: float = 0.7,
          seed: int = 0):  # fmt: skip
     """A conversation with ``model``, prompted with the recipe's system prompt and few-shot examples (none
     without a recipe): ``.reply(text)`` answers with the conversation so far, ``.reset()`` starts over.
@@ -177,9 +179,9 @@ def chat(model: str | Path, r: Recipe | None = None, max_new_tokens: int = 512, 
     from thinktune.data import PromptBuilder
     from thinktune.models import load_for_inference
 
-    data = (r or load_recipe(None, ["data.system_prompt=''"])).data
-    m, tok = load_for_inference(str(model))
-    return Chat(m, tok, PromptBuilder.from_config(tok, data), max_new_tokens, temperature, seed)
+    recipe = recipe or load_recipe(None, ["data.system_prompt=''"])  # no recipe: no system prompt either
+    m, tok = load_for_inference(str(model), recipe.model.device, recipe.model.dtype)
+    return Chat(m, tok, PromptBuilder.from_config(tok, recipe.data), max_new_tokens, temperature, seed)
 
 
 def merge(adapter: str | Path, out: str | Path) -> Path:
@@ -189,9 +191,9 @@ def merge(adapter: str | Path, out: str | Path) -> Path:
     return merge_adapter(adapter, out)
 
 
-def export_gguf(model: str | Path, out: str | Path, quantization: str = "f16", r: Recipe | None = None) -> Path:
+def export_gguf(model: str | Path, out: str | Path, quantization: str = "f16", recipe: Recipe | None = None) -> Path:
     """Write ``model`` (an adapter or a model folder) as one GGUF file for llama.cpp and Ollama, with an Ollama
     ``Modelfile`` beside it (see ``thinktune export``)."""
     from thinktune.export import export_gguf as write
 
-    return write(model, out, quantization, r)
+    return write(model, out, quantization, recipe)

@@ -18,8 +18,8 @@ import torch
 
 from thinktune.models import ModelError, load_for_inference, save_model
 
-# model_type -> what llama.cpp calls the architecture; the families whose GGUF transformers can read back.
-ARCHITECTURES = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3"}
+# The families written, by model_type (llama.cpp calls them the same), whose GGUF transformers can read back.
+ARCHITECTURES = ("llama", "qwen2", "qwen3")
 QUANTIZATIONS = ("f32", "f16", "q8_0")
 
 
@@ -72,10 +72,10 @@ def tensor_data(name: str, tensor: torch.Tensor, quantization: str):
 
 
 def gguf_architecture(config) -> str:
-    arch = ARCHITECTURES.get(config.model_type)
-    if arch is None:
+    arch = config.model_type
+    if arch not in ARCHITECTURES:
         raise ExportError(
-            f"GGUF export supports {sorted(ARCHITECTURES)} models; this one is {config.model_type!r}. "
+            f"GGUF export supports {list(ARCHITECTURES)} models; this one is {arch!r}. "
             "Merge it (thinktune merge) and convert the folder with llama.cpp's convert_hf_to_gguf.py"
         )
     rope = getattr(config, "rope_parameters", None) or {}
