@@ -1,7 +1,9 @@
-"""Where a thinktune GRPO step spends its time: `python benchmarks/profile_step.py [smollm2-lora|smollm2-full]`.
+"""Where a thinktune GRPO step spends its time:
+`python benchmarks/profile_step.py [smollm2-lora|smollm2-full] [key=value ...]`, e.g. `train.autocast=bf16`.
 
-Runs one warm-up step of the benchmark workload, then profiles one step with torch's profiler and prints the
-operators by self time, grouped by input shape, for the rollout and for the update separately.
+Runs one warm-up step of the benchmark workload (with the recipe overrides given), then profiles one step with
+torch's profiler and prints the operators by self time, grouped by input shape, for the rollout and for the update
+separately, and then by operator alone.
 """
 
 from __future__ import annotations
@@ -18,11 +20,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from workload import CASES, build_trainer  # noqa: E402
 
 
-def main(case_name: str = "smollm2-lora", rows: int = 12) -> None:
+def main(case_name: str = "smollm2-lora", *overrides: str, rows: int = 12) -> None:
     from thinktune.grpo.advantages import group_advantages
 
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = build_trainer(CASES[case_name], Path(tmp), Path(tmp) / "runs")
+        trainer = build_trainer(CASES[case_name], Path(tmp), Path(tmp) / "runs", overrides)
         r = trainer.recipe
         trainer.step(0)  # warm-up
         batch = trainer.sample_prompts(r.grpo.prompts_per_step)
@@ -42,7 +44,8 @@ def main(case_name: str = "smollm2-lora", rows: int = 12) -> None:
                 sort_by="self_cpu_time_total", row_limit=rows, max_name_column_width=45, max_shapes_column_width=60
             )
             print(table)
+            print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows, max_name_column_width=45))
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:2])
+    main(*sys.argv[1:])
