@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from tests.test_model_families import gemma_3, qwen_2_5, qwen_3
+from tests.test_model_families import gemma_3, llama_3_2, qwen_2_5, qwen_3
 from thinktune.config import load_recipe
 from thinktune.export import ExportError, export_gguf, fidelity, merge_adapter, permute_for_rope
 from thinktune.models import _packaged_gguf, load_for_inference, load_tokenizer, resolve_model, save_model
@@ -129,6 +129,28 @@ def test_qwen_family_ggufs_read_back_to_the_same_weights_and_answers(build, tmp_
     ours, theirs = source.state_dict(), model.state_dict()
     assert all(torch.equal(ours[name], theirs[name]) for name in ours if name in theirs)
     assert greedy(model, tokenizer, new_tokens=8) == greedy(source, tokenizer, new_tokens=8)
+
+
+def test_llama_3_2_rope_scaling_travels_as_llamacpps_rope_freqs(tmp_path):
+    """transformers' GGUF reader does not apply rope_freqs, so the factors are checked against transformers' own
+    llama3 frequencies, the way llama.cpp uses them (each base frequency divided by its factor)."""
+    from gguf import GGUFReader
+
+    tokenizer = load_tokenizer(resolve_model("smollm2-135m-instruct"))
+    torch.manual_seed(0)
+    source = llama_3_2(len(tokenizer), {"pad_token_id": tokenizer.pad_token_id, "eos_token_id": tokenizer.eos_token_id})
+    source.save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+    out = export_gguf(tmp_path / "model", tmp_path / "out" / "llama.gguf", "f32")
+    (factors,) = [t for t in GGUFReader(out).tensors if t.name == "rope_freqs.weight"]
+    head_dim, theta = 16, source.config.rope_parameters["rope_theta"]
+    base = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
+    scaled = source.model.rotary_emb.inv_freq.double()
+    assert not torch.allclose(scaled, base)  # the scaling changes some frequencies at this size
+    torch.testing.assert_close(base / torch.from_numpy(factors.data.copy()).double(), scaled, rtol=1e-6, atol=0)
+    model, _ = read_gguf(out)  # the rest reads back to the same weights
+    ours, theirs = source.state_dict(), model.state_dict()
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[name], theirs[name]) for name in ours)
 
 
 def test_an_ollama_modelfile_is_written_beside_the_gguf(smollm2_f32):

@@ -10,6 +10,7 @@ special tokens and chat template.
 from __future__ import annotations
 
 import json
+import math
 import tempfile
 from pathlib import Path
 
@@ -78,13 +79,38 @@ def gguf_architecture(config) -> str:
             f"GGUF export supports {list(ARCHITECTURES)} models; this one is {arch!r}. "
             "Merge it (thinktune merge) and convert the folder with llama.cpp's convert_hf_to_gguf.py"
         )
-    rope = getattr(config, "rope_parameters", None) or {}
-    if rope.get("rope_type", "default") != "default":
+    rope_type = (getattr(config, "rope_parameters", None) or {}).get("rope_type", "default")
+    if rope_type != "default" and not (arch == "llama" and rope_type == "llama3"):
         raise ExportError(
-            f"GGUF export: rope scaling {rope.get('rope_type')!r} (config rope_parameters) is not written yet; "
-            "only models without rope scaling export"
+            f"GGUF export: rope scaling {rope_type!r} (config rope_parameters) is not written yet; only Llama-3's "
+            "llama3 scaling and models without rope scaling export"
         )
     return arch
+
+
+def llama3_rope_factors(config) -> torch.Tensor:
+    """Llama-3's rope scaling as llama.cpp carries it: a ``rope_freqs`` tensor that divides each rotary frequency.
+
+    Wavelengths shorter than ``original_max_position_embeddings / high_freq_factor`` keep their frequency, longer
+    than ``... / low_freq_factor`` are divided by ``factor``, and those between are interpolated smoothly.
+
+    >>> from types import SimpleNamespace
+    >>> rope = {"rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0, "low_freq_factor": 1.0,
+    ...         "high_freq_factor": 4.0, "original_max_position_embeddings": 64}
+    >>> factors = llama3_rope_factors(SimpleNamespace(rope_parameters=rope, head_dim=8))  # wavelengths 6, 63, 628, 6283
+    >>> [round(f, 3) for f in factors.tolist()]  # 63 lies between 64/4 and 64/1: 1 / ((1 - s)/8 + s), s = 0.0062
+    [1.0, 7.667, 8.0, 8.0]
+    """
+    rope = config.rope_parameters
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    inv_freq = 1.0 / rope["rope_theta"] ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
+    context, factor = rope["original_max_position_embeddings"], rope["factor"]
+    low, high = rope["low_freq_factor"], rope["high_freq_factor"]
+    wavelength = 2 * math.pi / inv_freq
+    smooth = (context / wavelength - low) / (high - low)
+    factors = 1 / ((1 - smooth) / factor + smooth)
+    factors = torch.where(wavelength < context / high, 1.0, factors)
+    return torch.where(wavelength > context / low, factor, factors).float()
 
 
 def write_hyperparameters(writer, config, name: str, quantization: str) -> None:
@@ -178,6 +204,8 @@ def write_gguf(model, tokenizer, out: Path, quantization: str, name: str) -> Non
             tensor = permute_for_rope(tensor, config.num_key_value_heads if kv else config.num_attention_heads)
         array, ggml_type = tensor_data(hf_name, tensor, quantization)
         writer.add_tensor(f"{gguf_name}.{suffix}", array, raw_dtype=ggml_type)
+    if (getattr(config, "rope_parameters", None) or {}).get("rope_type") == "llama3":
+        writer.add_tensor("rope_freqs.weight", llama3_rope_factors(config).numpy())
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
