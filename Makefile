@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 TORCH := torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-gpu test-vllm lint install bench clean browser notebook
+.PHONY: demo test test-gpu test-vllm lint install bench clean browser notebook llamacpp
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -45,7 +45,15 @@ browser:
 	      || echo "could not install chromium: the browser test will be skipped"; \
 	  else echo "no chromium, and apt-get needs root: the browser test will be skipped"; fi; }
 
-test: lint browser
+# llama.cpp itself, to run the GGUF files thinktune exports: llama-cpp-python compiles it (about 3 minutes, once;
+# a portable build, not tuned to this CPU). Where it does not build, the tests that use it are skipped, saying why.
+LLAMA_CPP := llama-cpp-python==0.3.36
+llamacpp: $(STAMP)
+	@$(BIN)/python -c "import llama_cpp" 2>/dev/null || { echo "building $(LLAMA_CPP) (about 3 minutes)"; \
+	  CMAKE_ARGS="-DGGML_NATIVE=OFF" $(BIN)/pip install -q $(LLAMA_CPP) \
+	    || echo "could not build $(LLAMA_CPP): the llama.cpp tests will be skipped"; }
+
+test: lint browser llamacpp
 	$(BIN)/python -m pytest -q
 
 # notebooks/quickstart.ipynb run in full (about 10 minutes here), its outputs saved in it.
