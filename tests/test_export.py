@@ -116,18 +116,29 @@ def qwen_3_real_head_dim(vocab, special):
     return qwen_3(vocab, special, head_dim=128)
 
 
-@pytest.mark.parametrize("build", [qwen_2_5, qwen_3_real_head_dim], ids=["qwen2", "qwen3"])
-def test_qwen_family_ggufs_read_back_to_the_same_weights_and_answers(build, tmp_path):
-    tokenizer = load_tokenizer(resolve_model("smollm2-135m-instruct"))  # a real BPE tokenizer
+def tiny_with_bpe(build, folder):
+    """A tiny random model of a family (``tests.test_model_families``) with SmolLM2's real BPE tokenizer, saved
+    to ``folder``; returns the model and the tokenizer."""
+    tokenizer = load_tokenizer(resolve_model("smollm2-135m-instruct"))
     torch.manual_seed(0)
     special = {"pad_token_id": tokenizer.pad_token_id, "eos_token_id": tokenizer.eos_token_id,
                "bos_token_id": tokenizer.bos_token_id}  # fmt: skip
     source = build(len(tokenizer), special).eval()
-    source.save_pretrained(tmp_path / "model")
-    tokenizer.save_pretrained(tmp_path / "model")
-    model, read_tokenizer = read_gguf(export_gguf(tmp_path / "model", tmp_path / "out" / "model.gguf", "f32"))
+    source.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return source, tokenizer
+
+
+def assert_same_weights(source, model):
     ours, theirs = source.state_dict(), model.state_dict()
-    assert all(torch.equal(ours[name], theirs[name]) for name in ours if name in theirs)
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[name], theirs[name]) for name in ours)
+
+
+@pytest.mark.parametrize("build", [qwen_2_5, qwen_3_real_head_dim], ids=["qwen2", "qwen3"])
+def test_qwen_family_ggufs_read_back_to_the_same_weights_and_answers(build, tmp_path):
+    source, tokenizer = tiny_with_bpe(build, tmp_path / "model")
+    model, _ = read_gguf(export_gguf(tmp_path / "model", tmp_path / "out" / "model.gguf", "f32"))
+    assert_same_weights(source, model)
     assert greedy(model, tokenizer, new_tokens=8) == greedy(source, tokenizer, new_tokens=8)
 
 
@@ -136,11 +147,7 @@ def test_llama_3_2_rope_scaling_travels_as_llamacpps_rope_freqs(tmp_path):
     llama3 frequencies, the way llama.cpp uses them (each base frequency divided by its factor)."""
     from gguf import GGUFReader
 
-    tokenizer = load_tokenizer(resolve_model("smollm2-135m-instruct"))
-    torch.manual_seed(0)
-    source = llama_3_2(len(tokenizer), {"pad_token_id": tokenizer.pad_token_id, "eos_token_id": tokenizer.eos_token_id})
-    source.save_pretrained(tmp_path / "model")
-    tokenizer.save_pretrained(tmp_path / "model")
+    source, _ = tiny_with_bpe(llama_3_2, tmp_path / "model")
     out = export_gguf(tmp_path / "model", tmp_path / "out" / "llama.gguf", "f32")
     (factors,) = [t for t in GGUFReader(out).tensors if t.name == "rope_freqs.weight"]
     head_dim, theta = 16, source.config.rope_parameters["rope_theta"]
@@ -148,9 +155,7 @@ def test_llama_3_2_rope_scaling_travels_as_llamacpps_rope_freqs(tmp_path):
     scaled = source.model.rotary_emb.inv_freq.double()
     assert not torch.allclose(scaled, base)  # the scaling changes some frequencies at this size
     torch.testing.assert_close(base / torch.from_numpy(factors.data.copy()).double(), scaled, rtol=1e-6, atol=0)
-    model, _ = read_gguf(out)  # the rest reads back to the same weights
-    ours, theirs = source.state_dict(), model.state_dict()
-    assert ours.keys() == theirs.keys() and all(torch.equal(ours[name], theirs[name]) for name in ours)
+    assert_same_weights(source, read_gguf(out)[0])  # the rest reads back to the same weights
 
 
 def test_an_ollama_modelfile_is_written_beside_the_gguf(smollm2_f32):

@@ -7,14 +7,14 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from tests.test_model_families import llama_3_2, qwen_2_5, qwen_3
+from tests.test_export import QUESTIONS, greedy, qwen_3_real_head_dim, tiny_with_bpe
+from tests.test_model_families import llama_3_2, qwen_2_5
 from thinktune.export import export_gguf
 from thinktune.models import load_tokenizer, resolve_model
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("llama_cpp") is None, reason="llama-cpp-python is not installed (make test builds it)"
 )
-QUESTIONS = ["What is 12 + 30?", "Name a prime number above 10.", "Say hello in French."]
 
 
 def llama(path, **kwargs):
@@ -31,27 +31,16 @@ def test_llamacpp_tokenizes_templates_and_answers_as_the_source(tmp_path):
     model = llama(export_gguf("smollm2-135m-instruct", tmp_path / "smollm2.gguf", "f32"))
     for text in ["Solve 3x + 7 = 22.\n<answer>5</answer> café 12345", "Tabs\tand  spaces, 1234567 digits!"]:
         assert model.tokenize(text.encode(), add_bos=False, special=True) == tokenizer(text)["input_ids"]
-    for question in QUESTIONS:
-        messages = [{"role": "user", "content": question}]
-        # llama.cpp renders the chat template stored in the file; Hugging Face the tokenizer's own
-        reply = model.create_chat_completion(messages=messages, temperature=0.0, max_tokens=24)
-        ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
-                                            return_dict=True)["input_ids"]  # fmt: skip
-        expected = source.generate(ids, max_new_tokens=24, do_sample=False, pad_token_id=tokenizer.pad_token_id)
-        assert reply["choices"][0]["message"]["content"] == tokenizer.decode(
-            expected[0, ids.shape[1] :], skip_special_tokens=True
-        )
+    # llama.cpp renders the chat template stored in the file; Hugging Face the tokenizer's own
+    replies = [model.create_chat_completion(messages=[{"role": "user", "content": q}], temperature=0.0, max_tokens=24)
+               for q in QUESTIONS]  # fmt: skip
+    expected = [tokenizer.decode(ids, skip_special_tokens=True) for ids in greedy(source, tokenizer, new_tokens=24)]
+    assert [r["choices"][0]["message"]["content"] for r in replies] == expected
 
 
-@pytest.mark.parametrize(
-    "build", [llama_3_2, qwen_2_5, lambda v, s: qwen_3(v, s, head_dim=128)], ids=["llama-3.2", "qwen2.5", "qwen3"]
-)
+@pytest.mark.parametrize("build", [llama_3_2, qwen_2_5, qwen_3_real_head_dim], ids=["llama-3.2", "qwen2.5", "qwen3"])
 def test_llamacpps_logits_equal_the_sources_for_each_family(build, tmp_path):
-    tokenizer = load_tokenizer(resolve_model("smollm2-135m-instruct"))
-    torch.manual_seed(0)
-    source = build(len(tokenizer), {"pad_token_id": tokenizer.pad_token_id, "eos_token_id": tokenizer.eos_token_id})
-    source.eval().save_pretrained(tmp_path / "model")
-    tokenizer.save_pretrained(tmp_path / "model")
+    source, tokenizer = tiny_with_bpe(build, tmp_path / "model")
     ids = tokenizer("The quick brown fox jumps over the lazy dog, then adds 12 + 30 = 42 twice over.")["input_ids"]
     model = llama(export_gguf(tmp_path / "model", tmp_path / "model.gguf", "f32"), logits_all=True)
     model.eval(ids)

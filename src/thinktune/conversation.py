@@ -67,7 +67,7 @@ class Chat:
         return answer
 
 
-def run(chat: Chat, read: Callable[[str], str] = input, write: Callable[[str], None] = print) -> None:
+def run(chat: Chat, read: Callable[[str], str] = input, write: Callable[..., None] = print) -> None:
     """The terminal loop: read a line, answer it streamed, until ``/exit`` or end of input."""
 
     def stream(piece: str) -> None:

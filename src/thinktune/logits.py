@@ -87,7 +87,8 @@ class _HeadTokenLogprobs(torch.autograd.Function):
         ctx.temperature, ctx.rows = temperature, rows
         # Autograd runs backward outside any autocast context: the backward's head matmuls (the largest of the
         # update) take the forward's precision explicitly.
-        ctx.autocast = torch.is_autocast_enabled(hidden.device.type)
+        device = hidden.device.type
+        ctx.autocast = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None
         if ent is not None:
             ctx.mark_non_differentiable(ent)
         return logp, ent
@@ -95,7 +96,7 @@ class _HeadTokenLogprobs(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_logp, _grad_entropy):
         hidden, weight, tokens, log_norms = ctx.saved_tensors
-        with torch.autocast(hidden.device.type, dtype=torch.bfloat16, enabled=ctx.autocast):
+        with torch.autocast(hidden.device.type, dtype=ctx.autocast, enabled=ctx.autocast is not None):
             return _HeadTokenLogprobs._backward(ctx, hidden, weight, tokens, log_norms, grad_logp)
 
     @staticmethod
