@@ -69,7 +69,7 @@ def test_parquet(tmp_path):
     import datasets
 
     path = tmp_path / "d.parquet"
-    datasets.Dataset.from_list([{"question": "1+1", "answer": "2"}] * 4).to_parquet(str(path))
+    datasets.Dataset.from_list([{"question": f"{i}+1", "answer": str(i + 1)} for i in range(4)]).to_parquet(str(path))
     train, held_out, _ = load_examples(DataConfig(source="file", path=str(path), eval_size=1))
     assert (len(train), len(held_out)) == (3, 1)
 
@@ -77,7 +77,7 @@ def test_parquet(tmp_path):
 def test_bad_files_name_the_problem(tmp_path):
     path = tmp_path / "d.jsonl"
     path.write_text('{"question": "a", "answer": "1"}\n{"question": "b", "solution": "2"}\n')
-    with pytest.raises(DataError, match="row 1 has an empty 'answer'"):
+    with pytest.raises(DataError, match="row 1 has no column 'answer'"):
         load_examples(DataConfig(source="file", path=str(path), eval_size=0))
     with pytest.raises(DataError, match="row 0 has no column 'problem' \\(mapped to question\\)"):
         load_examples(
@@ -93,3 +93,49 @@ def test_bad_files_name_the_problem(tmp_path):
         text = tmp_path / "d.txt"
         text.write_text("hello")
         load_examples(DataConfig(source="file", path=str(text)))
+
+
+def test_json_lines_fail_in_one_line_naming_the_file_line_and_byte(tmp_path):
+    path = tmp_path / "d.jsonl"
+    path.write_bytes(b'{"question": "a", "answer": "1"}\n{"question": "b\xff", "answer": "2"}\n')
+    with pytest.raises(DataError, match=r"d.jsonl: line 2 is not UTF-8 text \(byte 48 of the file\)"):
+        load_examples(DataConfig(source="file", path=str(path), eval_size=0))
+    path.write_text('{"question": "a", "answer": "1"}\n\n{"question": "b", "answer": 2\n')
+    with pytest.raises(DataError, match=r"d.jsonl: line 3 is not JSON \(Expecting ',' delimiter, column 30\)"):
+        load_examples(DataConfig(source="file", path=str(path), eval_size=0))
+    path.write_text("")
+    with pytest.raises(DataError, match=r"d.jsonl: the file is empty"):
+        load_examples(DataConfig(source="file", path=str(path), eval_size=0))
+    path.write_text('{"question": "a", "answer": "1"}\n{"question": "  ", "answer": "2"}\n')
+    with pytest.raises(DataError, match=r"row 1 has an empty 'question'"):
+        load_examples(DataConfig(source="file", path=str(path), eval_size=0))
+
+
+def test_answers_keep_the_type_they_have_in_the_file(tmp_path):
+    path = tmp_path / "d.jsonl"
+    path.write_text("".join(json.dumps({"question": f"q{i}", "answer": a}) + "\n" for i, a in enumerate([9, 9.5, "9"])))
+    train, _, _ = load_examples(DataConfig(source="file", path=str(path), eval_size=0))
+    assert [e.answer for e in train] == ["9", "9.5", "9"]  # not "9.0": the int stays an int
+
+
+def test_a_huge_row_is_read_in_bounded_memory(tmp_path):
+    import tracemalloc
+
+    path = tmp_path / "d.jsonl"
+    with path.open("w") as f:
+        f.write(json.dumps({"question": "x" * 50_000_000, "answer": "1"}) + "\n")
+        f.writelines(json.dumps({"question": f"q{i}", "answer": str(i)}) + "\n" for i in range(100))
+    tracemalloc.start()
+    train, _, _ = load_examples(DataConfig(source="file", path=str(path), eval_size=0))
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert len(train) == 101 and peak < 300e6  # the 50 MB row about three times over, not gigabytes
+
+
+def test_held_out_questions_that_also_occur_in_training_are_dropped_and_counted(tmp_path, capsys):
+    path = tmp_path / "d.jsonl"
+    questions = ["a", "b", "c", "d", "e", "a", "f", "b"]  # the last three are held out; "a" and "b" repeat
+    path.write_text("".join(json.dumps({"question": q, "answer": "1"}) + "\n" for q in questions))
+    train, held_out, _ = load_examples(DataConfig(source="file", path=str(path), eval_size=3))
+    assert [e.question for e in held_out] == ["f"] and len(train) == 5
+    assert "held-out: 2 of 3 questions also occur in training" in capsys.readouterr().err

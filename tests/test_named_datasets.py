@@ -43,7 +43,7 @@ def test_cooking_keeps_the_reasoning_from_metadata_object_or_json_string():
 
 def test_cooking_without_reasoning_names_the_field_and_row(tmp_path):
     rows = [{"question": "q", "answer": "a", "metadata": {"reasoning": "r"}}, {"question": "q", "answer": "a"}]
-    with pytest.raises(DataError, match=r"row 1 has an empty 'metadata'"):  # a JSON file's missing key reads as null
+    with pytest.raises(DataError, match=r"row 1 has no column 'metadata'"):
         load("cooking_cot", write_jsonl(tmp_path / "c.jsonl", rows))
     rows[1]["metadata"] = {"difficulty": 3}
     with pytest.raises(DataError, match=r"row 1 has no \(or an empty\) 'metadata.reasoning'"):
@@ -76,9 +76,17 @@ def test_smoltldr_from_parquet_and_a_missing_column(tmp_path):
         load("smoltldr", write_jsonl(tmp_path / "t.jsonl", [{"prompt": "p"}]))
 
 
-def test_an_explicit_eval_file_is_the_held_out_set():
-    train, held_out, _ = load("gsm8k", FIXTURES / "gsm8k.jsonl", eval_path=str(FIXTURES / "gsm8k.jsonl"), eval_size=2)
-    assert len(train) == 3 and [e.answer for e in held_out] == ["72", "4800"]
+def test_an_explicit_eval_file_is_the_held_out_set(tmp_path):
+    rows = FIXTURES.joinpath("gsm8k.jsonl").read_text().splitlines()
+    (tmp_path / "train.jsonl").write_text("\n".join(rows[1:]) + "\n")
+    (tmp_path / "test.jsonl").write_text(rows[0] + "\n")
+    train, held_out, _ = load("gsm8k", tmp_path / "train.jsonl", eval_path=str(tmp_path / "test.jsonl"), eval_size=2)
+    assert len(train) == 2 and [e.answer for e in held_out] == ["72"]
+
+
+def test_a_held_out_file_that_repeats_the_training_file_is_refused():
+    with pytest.raises(DataError, match="every one of the 2 held-out questions also occurs in training"):
+        load("gsm8k", FIXTURES / "gsm8k.jsonl", eval_path=str(FIXTURES / "gsm8k.jsonl"), eval_size=2)
 
 
 def test_named_dataset_offline_without_a_file_says_to_set_the_path(monkeypatch):

@@ -50,7 +50,7 @@ def reward(fn: str | Callable, weight: float = 1.0, **args) -> RewardConfig:
     under ``python:<name>``.
 
     >>> reward("format", weight=0.5)
-    RewardConfig(name='format', weight=0.5, args={})
+    RewardConfig(name='format', weight=0.5, args={}, timeout=60.0)
     """
     return RewardConfig(name=fn if isinstance(fn, str) else _register(fn), weight=weight, args=args)
 
@@ -184,16 +184,19 @@ def chat(model: str | Path, recipe: Recipe | None = None, max_new_tokens: int = 
     return Chat(m, tok, PromptBuilder.from_config(tok, recipe.data), max_new_tokens, temperature, seed)
 
 
-def merge(adapter: str | Path, out: str | Path) -> Path:
-    """Fold a LoRA adapter into its base: a plain Hugging Face folder at ``out`` (see ``thinktune merge``)."""
+def merge(adapter: str | Path, out: str | Path, overwrite: bool = False) -> Path:
+    """Fold a LoRA adapter into its base: a plain Hugging Face folder at ``out`` (see ``thinktune merge``); an
+    existing non-empty ``out`` is refused unless ``overwrite``, a run folder always."""
     from thinktune.export import merge_adapter
 
-    return merge_adapter(adapter, out)
+    return merge_adapter(adapter, out, overwrite)
 
 
-def export_gguf(model: str | Path, out: str | Path, quantization: str = "f16", recipe: Recipe | None = None) -> Path:
+def export_gguf(
+    model: str | Path, out: str | Path, quantization: str = "f16", recipe: Recipe | None = None, overwrite: bool = False
+) -> Path:
     """Write ``model`` (an adapter or a model folder) as one GGUF file for llama.cpp and Ollama, with an Ollama
-    ``Modelfile`` beside it (see ``thinktune export``)."""
+    ``Modelfile`` beside it (see ``thinktune export``); existing files are refused unless ``overwrite``."""
     from thinktune.export import export_gguf as write
 
-    return write(model, out, quantization, recipe)
+    return write(model, out, quantization, recipe, overwrite)

@@ -3,6 +3,7 @@ report|compare``."""
 
 from __future__ import annotations
 
+import errno
 import json
 import shlex
 import sys
@@ -16,6 +17,9 @@ from thinktune.config import ConfigError, load_recipe
 
 # peft calls a transformers method that transformers 5 marks deprecated; nothing a user can act on.
 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+
+# A full disk or quota, a read-only or forbidden folder, a file where a folder should be: the user's to fix.
+WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.ENOTDIR, errno.EISDIR, errno.EFBIG}
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Teach small language models to reason with GRPO.")
 
@@ -43,12 +47,20 @@ def _fail_cleanly(fn, *args, again: list[str] | None = None, **kwargs):
     """Run ``fn``; a user error prints one clear line and exits 2 instead of a traceback; a run stopped by
     Ctrl-C or SIGTERM after a checkpointed step prints the command that continues it (``again``, else this
     command line) and exits 130."""
+    from thinktune.outputs import WriteError
     from thinktune.training import Interrupted
 
     try:
         return fn(*args, **kwargs)
-    except _user_errors() as err:
-        typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
+    except (*_user_errors(), OSError) as err:
+        if isinstance(err, OSError) and not isinstance(err, WriteError):
+            if err.errno not in WRITE_ERRNOS:
+                raise
+            err = WriteError(err.filename or "a file", err)  # a write no site names (a library's own file)
+        message = f"error: {err}"
+        if isinstance(err, WriteError) and again:
+            message += f"; what was saved is intact, and {shlex.join(again)} continues from the last checkpoint"
+        typer.secho(message, fg=typer.colors.RED, err=True)
         raise typer.Exit(2) from None
     except Interrupted as stop:
         command = shlex.join(again or ["thinktune", *sys.argv[1:]])
@@ -177,7 +189,7 @@ def demo(overrides: list[str] = typer.Argument(None, help="key.sub=value overrid
     resume = bool(stage_outputs(r))  # killed at any point: carry on from what is there
     if resume:
         typer.echo(f"resuming the unfinished demo in {run_dir} (delete it to start over)")
-    _fail_cleanly(run_train, r, resume=resume)
+    _fail_cleanly(run_train, r, resume=resume, again=["thinktune", "demo", *(overrides or [])])
 
 
 @app.command("eval")
@@ -250,7 +262,8 @@ def chat(
 @app.command()
 def merge(
     adapter: Path = typer.Argument(..., help="A LoRA adapter folder, e.g. runs/demo/final."),
-    out: Path = typer.Argument(..., help="Folder to write the merged model to."),
+    out: Path = typer.Argument(..., help="A new (or empty) folder to write the merged model to."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT if it already holds files."),
 ):
     """Fold a LoRA adapter into its base model: a plain Hugging Face folder (config, safetensors, tokenizer, chat
     template) that AutoModelForCausalLM loads without peft.
@@ -259,7 +272,7 @@ def merge(
     """
     from thinktune.export import merge_adapter
 
-    print(_fail_cleanly(merge_adapter, adapter, out))
+    print(_fail_cleanly(merge_adapter, adapter, out, overwrite))
 
 
 @app.command()
@@ -268,6 +281,7 @@ def export(
     gguf: Path = typer.Option(..., "--gguf", help="The GGUF file to write, e.g. demo.gguf."),
     type_: str = typer.Option("f16", "--type", help="Weights: f32, f16 or q8_0 (8-bit, about half of f16)."),
     recipe: Path = typer.Option(None, "--recipe", "-r", help="Recipe whose system prompt the Modelfile carries."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing GGUF file and Modelfile."),
 ):
     """Write a model (adapters merged in) as one GGUF file for llama.cpp and Ollama, tokenizer and chat template
     included, with an Ollama Modelfile beside it. Llama-family, Qwen2 and Qwen3 models.
@@ -277,7 +291,7 @@ def export(
     """
     from thinktune.export import export_gguf
 
-    print(_fail_cleanly(lambda: export_gguf(model, gguf, type_, load_recipe(recipe) if recipe else None)))
+    print(_fail_cleanly(lambda: export_gguf(model, gguf, type_, load_recipe(recipe) if recipe else None, overwrite)))
 
 
 @app.command()

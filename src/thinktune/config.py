@@ -16,7 +16,10 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from thinktune.outputs import expand_path
+
 STAGE_ORDER = ["sft", "pairs", "reward_model", "grpo"]
+MAX_RUN_NAME = 200
 
 
 class ConfigError(ValueError):
@@ -25,6 +28,11 @@ class ConfigError(ValueError):
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+
+def _expanded(path: str | None) -> str | None:
+    """A path field as a shell would have read it: ``~`` and ``$VARS`` expanded (never a folder named ``~``)."""
+    return None if path is None else expand_path(path)
 
 
 class LoraConfig(_Section):
@@ -51,6 +59,8 @@ class ModelConfig(_Section):
         "float32",
         description="Weights and compute precision. bf16 pays on GPUs; fp32 is the safe CPU default.",
     )
+
+    _expand_name = field_validator("name")(_expanded)
 
 
 class FewShot(_Section):
@@ -112,6 +122,8 @@ class DataConfig(_Section):
         description="What to do with a prompt over the budget: cut from the left, or drop it. Counted.",
     )
 
+    _expand_paths = field_validator("path", "eval_path")(_expanded)
+
     @model_validator(mode="before")
     @classmethod
     def _default_task(cls, values: Any) -> Any:
@@ -132,6 +144,14 @@ class RewardConfig(_Section):
     )
     weight: float = Field(1.0, description="Weight in the summed reward.")
     args: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments bound to the function.")
+    timeout: float = Field(
+        60.0,
+        gt=0,
+        description="Seconds one call of a user's function (an import path or a Python callable) may take; past "
+        "it the call is abandoned, its batch scores None from this function, and it is counted "
+        "(reward_timeouts); a step whose every call times out stops the run. thinktune's own rewards are "
+        "bounded per completion instead (the grader process).",
+    )
 
 
 class GRPOConfig(_Section):
@@ -246,6 +266,8 @@ class PairsConfig(_Section):
     batch_size: int = Field(32, gt=0, description="Questions per greedy generation batch.")
     limit: int | None = Field(None, gt=0, description="Use only the first N training examples.")
 
+    _expand_out = field_validator("out")(_expanded)
+
 
 class RewardModelConfig(_Section):
     pairs: str | None = Field(
@@ -261,6 +283,8 @@ class RewardModelConfig(_Section):
     )
     learning_rate: float = Field(1e-4, gt=0)
     max_length: int = Field(512, gt=0, description="Tokens of prompt + response; longer ones are cut from the left.")
+
+    _expand_pairs = field_validator("pairs")(_expanded)
 
 
 class EvalConfig(_Section):
@@ -294,9 +318,11 @@ class EvalConfig(_Section):
 
 class RunConfig(_Section):
     name: str = Field(
-        "run", description="Run directory name under output_dir: a plain folder name (letters, digits, _ . = , + -)."
+        "run",
+        description="Run directory name under output_dir: a plain folder name (letters, digits, _ . = , + -; not "
+        "dots alone; at most 200 characters).",
     )
-    output_dir: str = Field("runs", description="Parent folder of run directories.")
+    output_dir: str = Field("runs", description="Parent folder of run directories (~ and $VARS are expanded).")
     samples_per_step: int = Field(
         2,
         ge=-1,
@@ -320,11 +346,15 @@ class RunConfig(_Section):
         "trackio = those libraries (pip install 'thinktune[tensorboard]' etc.).",
     )
 
+    _expand_output_dir = field_validator("output_dir")(_expanded)
+
     @field_validator("name")
     @classmethod
     def _plain_folder_name(cls, name: str) -> str:
-        if name in (".", "..") or not re.fullmatch(r"[A-Za-z0-9_.=,+-]+", name):
+        if not re.fullmatch(r"[A-Za-z0-9_.=,+-]+", name) or not name.strip("."):
             raise ValueError(f"must be a plain folder name (letters, digits, _ . = , + -), got {name!r}")
+        if len(name) > MAX_RUN_NAME:  # the folder's own files add suffixes (final.partial) within the OS's 255
+            raise ValueError(f"at most {MAX_RUN_NAME} characters, got {len(name)}")
         return name
 
 
@@ -355,7 +385,7 @@ class Recipe(_Section):
         if self.grpo.loss not in LOSSES:
             raise ValueError(f"grpo.loss: unknown loss {self.grpo.loss!r}; allowed: {sorted(LOSSES)}")
         from thinktune.data.sources import source_errors
-        from thinktune.rewards.registry import RewardError, resolve_reward
+        from thinktune.rewards.registry import NEEDS_SOURCE, RewardError, resolve_reward
 
         errors = source_errors(self.data)
         for index, reward in enumerate(self.rewards):
@@ -363,6 +393,12 @@ class Recipe(_Section):
                 resolve_reward(reward.name)
             except RewardError as err:
                 errors.append(f"rewards[{index}].name: {str(err).removeprefix('rewards: ')}")
+            needed = NEEDS_SOURCE.get(reward.name)
+            if needed and self.data.source != needed:
+                errors.append(
+                    f"rewards[{index}].name: {reward.name} needs data.source={needed}, this recipe's is "
+                    f"{self.data.source}; choose another reward (e.g. accuracy)"
+                )
         if errors:
             raise ValueError("\n  ".join(errors))
         if not self.stages or self.stages != sorted(set(self.stages), key=STAGE_ORDER.index):
@@ -440,9 +476,37 @@ def load_recipe(path: str | Path | dict | None = None, overrides: list[str] = ()
         if not isinstance(tree, dict):
             raise ConfigError(f"{path}: a recipe is a mapping of sections, got {type(tree).__name__}")
         source = str(path)
-    for text in overrides:
-        _set_dotted(tree, *parse_override(text))
+    source_before = _data_source(tree)
+    parsed = [parse_override(text) for text in overrides]
+    for key, value in parsed:
+        _set_dotted(tree, key, value)
+    if _data_source(tree) != source_before and "data.source" in dict(parsed):
+        _drop_fields_of_the_old_source(tree["data"], source_before, {key for key, _ in parsed})
     return recipe_from_dict(tree, source)
+
+
+def _data_source(tree: dict) -> Any:
+    data = tree.get("data")
+    return data.get("source", "reasoning_gym") if isinstance(data, dict) else "reasoning_gym"
+
+
+def _drop_fields_of_the_old_source(data: dict, old: str, overridden: set[str]) -> None:
+    """An override switched ``data.source``: the recipe's fields of the old source that the new one does not read
+    go (said in one line), unless an override set them too."""
+    from thinktune.console import console
+    from thinktune.data.sources import SOURCES, SPECIFIC_FIELDS
+
+    if data["source"] not in SOURCES:
+        return  # the unknown source is the error to report
+    uses = SOURCES[data["source"]].uses
+    dropped = [k for k in SPECIFIC_FIELDS if k in data and k not in uses and f"data.{k}" not in overridden]
+    for key in dropped:
+        del data[key]
+    if dropped:
+        console.print(
+            f"data.source={data['source']} (was {old}): dropped the recipe's "
+            + ", ".join(f"data.{key}" for key in dropped)
+        )
 
 
 def dump_recipe(recipe: Recipe) -> str:

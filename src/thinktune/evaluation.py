@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass, field
 
 import torch
@@ -15,6 +17,34 @@ from thinktune.rollout import RolloutBackend, SamplingParams
 from thinktune.scoring import TaskMetrics
 from thinktune.stats import majority_correct, sampled_metrics
 from thinktune.tokens import decode
+
+# What an evaluation's result depends on besides the rewards: equal parts, equal evaluation.
+EVALUATED_WITH = {
+    "model": ("name", "dtype"),
+    "data": None,  # every field
+    "eval": ("split", "samples", "seed", "max_new_tokens", "batch_size"),
+    "grpo": ("max_new_tokens", "temperature", "top_k", "top_p"),
+    "rollout": ("backend",),
+}
+
+
+def evaluation_key(recipe) -> str:
+    """A fingerprint of what an evaluation of the recipe's starting model depends on: the model, the data, the
+    evaluation settings, the sampling settings it borrows and the rewards. Saved with each evaluation, so one on
+    disk is reused only when it was made the same way.
+
+    >>> from thinktune.config import load_recipe
+    >>> evaluation_key(load_recipe(None)) == evaluation_key(load_recipe(None, ["train.steps=5", "eval.every=2"]))
+    True
+    >>> evaluation_key(load_recipe(None)) == evaluation_key(load_recipe(None, ["data.eval_size=10"]))
+    False
+    """
+    parts = {}
+    for section, keys in EVALUATED_WITH.items():
+        values = getattr(recipe, section).model_dump(mode="json")
+        parts[section] = values if keys is None else {key: values[key] for key in keys}
+    parts["rewards"] = [r.model_dump(mode="json", exclude={"timeout"}) for r in recipe.rewards]
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 
 @dataclass

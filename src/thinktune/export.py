@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from thinktune.models import ModelError, load_for_inference, save_model
+from thinktune.outputs import expand_path, refuse_existing, writing
 
 # The families written, by model_type (llama.cpp calls them the same), whose GGUF transformers can read back.
 ARCHITECTURES = ("llama", "qwen2", "qwen3")
@@ -36,12 +37,14 @@ def merged_model(model_or_adapter: str | Path):
     return model.eval(), tokenizer
 
 
-def merge_adapter(adapter: str | Path, out: str | Path) -> Path:
+def merge_adapter(adapter: str | Path, out: str | Path, overwrite: bool = False) -> Path:
     """Fold the LoRA ``adapter`` into its base and save a plain Hugging Face folder at ``out`` (config,
-    safetensors weights, tokenizer and chat template), loadable by ``AutoModelForCausalLM`` alone."""
-    adapter, out = Path(adapter), Path(out)
+    safetensors weights, tokenizer and chat template), loadable by ``AutoModelForCausalLM`` alone. An existing
+    non-empty ``out`` is refused unless ``overwrite``; a run folder always is."""
+    adapter, out = Path(expand_path(str(adapter))), Path(expand_path(str(out)))
     if not (adapter / "adapter_config.json").is_file():
         raise ExportError(f"{adapter} is not a peft adapter folder (no adapter_config.json); nothing to merge")
+    refuse_existing(out, overwrite, "merge output")
     model, tokenizer = merged_model(adapter)
     save_model(model, tokenizer, out)  # whole or absent: written beside it, then renamed
     return out
@@ -243,28 +246,35 @@ def ollama_modelfile(gguf_name: str, tokenizer, prompts=None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def export_gguf(model_or_adapter: str | Path, out: str | Path, quantization: str = "f16", recipe=None) -> Path:
+def export_gguf(
+    model_or_adapter: str | Path, out: str | Path, quantization: str = "f16", recipe=None, overwrite: bool = False
+) -> Path:
     """Write ``model_or_adapter`` (adapters merged first) as the GGUF file ``out`` and an Ollama ``Modelfile``
-    beside it (with the recipe's system prompt when a recipe is given). Returns the GGUF path."""
+    beside it (with the recipe's system prompt when a recipe is given). Returns the GGUF path. An existing GGUF
+    file or Modelfile is refused unless ``overwrite``."""
     from thinktune.data import PromptBuilder
 
     if quantization not in QUANTIZATIONS:
         raise ExportError(f"--type: {quantization!r} is not one of {', '.join(QUANTIZATIONS)}")
-    out = Path(out)
+    out = Path(expand_path(str(out)))
     if out.suffix != ".gguf":
         raise ExportError(f"{out}: a GGUF file name ends in .gguf")
+    for target in (out, out.parent / "Modelfile"):
+        refuse_existing(target, overwrite, "export output")
     model, tokenizer = merged_model(model_or_adapter)
     gguf_architecture(model.config)  # refuse before writing anything
-    out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_name(out.name + ".partial")
     try:
-        write_gguf(model, tokenizer, partial, quantization, Path(str(model_or_adapter)).name)
+        with writing(out):
+            out.parent.mkdir(parents=True, exist_ok=True)
+            write_gguf(model, tokenizer, partial, quantization, Path(str(model_or_adapter)).name)
     except BaseException:
         partial.unlink(missing_ok=True)
         raise
     partial.replace(out)
     prompts = PromptBuilder.from_config(tokenizer, recipe.data) if recipe else None
-    (out.parent / "Modelfile").write_text(ollama_modelfile(out.name, tokenizer, prompts))
+    with writing(out.parent / "Modelfile"):
+        (out.parent / "Modelfile").write_text(ollama_modelfile(out.name, tokenizer, prompts))
     return out
 
 

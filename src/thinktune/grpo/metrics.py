@@ -24,7 +24,8 @@ def step_record(
     drawn: Groups, format_ok: list[float], update: dict, sampling: dict, lr: float, times: StepTimes, incidents
 ) -> dict:
     """The step's record: the policy as sampled (every drawn completion, kept or not), the update's statistics,
-    how sampling went, grading incidents (``(timeouts, errors)`` this step) and where the time went."""
+    how sampling went, grading incidents (``(grader timeouts, grader errors, reward timeouts)`` this step) and
+    where the time went."""
     lengths = drawn.rollout.completion_lengths.float()
     generated = lengths.sum().item()
     return {
@@ -51,6 +52,8 @@ def step_record(
         # completions whose grading hit the time bound or failed (scored 0), this step
         "grader_timeouts": incidents[0],
         "grader_errors": incidents[1],
+        # calls of a user's reward function abandoned at rewards[].timeout (their batch scored None), this step
+        "reward_timeouts": incidents[2],
         "seconds_rollout": times.rollout,
         "seconds_score": times.score,
         "seconds_update": times.update,

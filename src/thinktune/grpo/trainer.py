@@ -14,8 +14,10 @@ One step, as stages:
 
 from __future__ import annotations
 
+import copy
 import functools
 import math
+import random
 import time
 from dataclasses import dataclass
 
@@ -34,6 +36,7 @@ from thinktune.grpo.sampling import Groups, PromptSampler
 from thinktune.logprobs import SharedPrompts, completion_logprobs, rollout_logprobs, supports_shared_prompts
 from thinktune.models import load_policy, reference_policy
 from thinktune.rewards import RewardError, RewardSet
+from thinktune.rewards.bounded import StopRequested
 from thinktune.rewards.guard import GRADER
 from thinktune.rewards.registry import RewardScores
 from thinktune.rollout import Rollout, RolloutBackend, SamplingParams, make_backend
@@ -295,6 +298,7 @@ class GRPOTrainer:
     def step(self, step: int) -> dict[str, float]:
         t0 = time.perf_counter()
         incidents_before = GRADER.counts()
+        user_calls, user_timeouts = self.rewards.calls, self.rewards.timeouts
         self.seconds_scoring = 0.0
         drawn, kept, sampling = self.collect()
         t1 = time.perf_counter()
@@ -303,6 +307,12 @@ class GRPOTrainer:
             raise RewardError(
                 f"step {step + 1}: every one of the {calls} grader calls timed out or failed ({timeouts} time-outs, "
                 f"{errors} errors; last error: {GRADER.last_error}): the rewards would all be 0"
+            )
+        user_calls, user_timeouts = self.rewards.calls - user_calls, self.rewards.timeouts - user_timeouts
+        if user_calls and user_timeouts == user_calls:
+            raise RewardError(
+                f"step {step + 1}: every one of the {user_calls} calls of the reward functions timed out "
+                f"({self.rewards.last_timeout}); raise rewards[].timeout, or make the function faster"
             )
         stats = self.learn(kept.rollout, kept.advantages)
         if self.ranks.world > 1:  # the step's record covers every process's groups
@@ -318,12 +328,40 @@ class GRPOTrainer:
             sampling,
             self.scheduler.get_last_lr()[0],
             times,
-            (timeouts, errors),
+            (timeouts, errors, user_timeouts),
         )
         self.tracker.log(step + 1, record)
         self.tracker.log_samples(step + 1, sample_rows(drawn, self.recipe.run.samples_per_step))
         self.last_drawn = drawn
         return {"step": step + 1, **record}
+
+    def stoppable_step(self, step: int, stop) -> dict:
+        """:meth:`step`, except that a stop requested while a reward function runs drops the step at once: the
+        weights are as the last finished step left them (rewards come before the update), so the sampling state
+        is put back as it was, checkpointed as that step's, and the run stops."""
+        began = self.sampling_state()
+        self.rewards.stop = stop
+        try:
+            return self.step(step)
+        except StopRequested:
+            self.restore_sampling_state(began)
+            parts = self.checkpoint_parts()
+            if self.ranks.main:
+                self.run.save_checkpoint(step, self.recipe, self.model, parts)
+            raise Interrupted(step) from None
+        finally:
+            self.rewards.stop = None
+
+    def sampling_state(self) -> dict:
+        """What a step's sampling moves on: the prompt sampler, the sampling generator and the global RNGs."""
+        return {"sampler": copy.deepcopy(self.sampler.state_dict()), "generator": self.generator.get_state(),
+                "python": random.getstate(), "torch": torch.get_rng_state()}  # fmt: skip
+
+    def restore_sampling_state(self, state: dict) -> None:
+        self.sampler.load_state_dict(state["sampler"])
+        self.generator.set_state(state["generator"])
+        random.setstate(state["python"])
+        torch.set_rng_state(state["torch"])
 
     def checkpoint_parts(self) -> dict:
         """What a checkpoint restores besides the weights: optimizer, schedule, sampling RNG, prompt order."""
@@ -339,7 +377,7 @@ class GRPOTrainer:
         with progress("train", total=t.steps) as bar, stop_requests() as stop:
             bar.advance(start_step)
             for step in range(start_step, t.steps):
-                record = self.step(step)
+                record = self.stoppable_step(step, stop)
                 records.append(record)
                 bar.advance()
                 bar.show(

@@ -6,7 +6,9 @@ try to build a number with more digits than atoms in the universe. math-verify's
 parse model output run in a separate process: when one call takes longer than the bound, the process is
 killed and restarted, the completion scores 0, and the time-out is counted (the trainer logs the count
 per step as ``grader_timeouts``). A grader that raises scores 0 too, counted as ``grader_errors``. The process
-starts without the environment's credentials, under memory and CPU limits, and is replaced whenever it dies.
+starts without the environment's credentials, under memory and CPU limits, and is replaced whenever it dies. It
+has a process group of its own and ignores SIGINT: a Ctrl-C in the terminal reaches the trainer alone, which
+finishes the step it is on (its grading included) before it stops.
 
     >>> from thinktune.rewards.answers import math_equal
     >>> GRADER.call(math_equal, "0.5", "\\\\frac{1}{2}")
@@ -20,6 +22,7 @@ import multiprocessing
 import os
 import re
 import resource
+import signal
 import sys
 import threading
 import types
@@ -54,7 +57,27 @@ def _without_secrets():
         os.environ.update(hidden)
 
 
+@contextlib.contextmanager
+def _sigint_blocked():
+    """SIGINT held back in this thread while a child starts: the child inherits the mask, so a Ctrl-C in that
+    window waits for the parent instead of reaching the child."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
 def _serve(conn, preload: tuple[str, ...]) -> None:
+    # The terminal's Ctrl-C is the trainer's to handle: in a process group of its own, ignoring SIGINT, the
+    # grader finishes the call it is on, and the trainer stops it itself. (SIGINT was blocked while this process
+    # started, so none slipped in before this line.)
+    os.setpgrp()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT, MEMORY_LIMIT))
     resource.setrlimit(resource.RLIMIT_CPU, (CPU_SECONDS, CPU_SECONDS + 10))
     for module in preload:
@@ -113,7 +136,7 @@ class BoundedCalls:
         context = multiprocessing.get_context("spawn")  # no forked copy of torch's threads and memory
         parent, child = context.Pipe()
         self._process = context.Process(target=_serve, args=(child, self.preload), daemon=True)
-        with _without_secrets(), _without_the_callers_script():  # graders get no credentials, and no script
+        with _without_secrets(), _without_the_callers_script(), _sigint_blocked():  # no credentials, no script
             self._process.start()
         child.close()
         self._conn = parent

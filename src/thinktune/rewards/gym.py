@@ -6,7 +6,7 @@ from thinktune.rewards.extract import extract_answer
 from thinktune.rewards.registry import register_reward
 
 
-@register_reward("task_score")
+@register_reward("task_score", needs_source="reasoning_gym")
 def task_score_reward(
     prompts, completions, answer, metadata=None, question=None, task_dataset=None, answer_format="xml", **_
 ) -> list[float | None]:

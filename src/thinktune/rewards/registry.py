@@ -13,21 +13,26 @@ from typing import Any
 import torch
 
 from thinktune.config import RewardConfig
+from thinktune.rewards.bounded import RewardRaised, RewardTimeout, StopRequested, call_bounded
 
 RewardFn = Callable[..., list]
 FLOAT32_MAX = 3.4028234663852886e38  # rewards are summed and normalised in float32: larger ones become inf
 REWARDS: dict[str, RewardFn] = {}
+NEEDS_SOURCE: dict[str, str] = {}  # reward name -> the data.source it cannot work without
 
 
 class RewardError(RuntimeError):
     """A reward function that failed or returned something unusable, naming it and the first bad sample."""
 
 
-def register_reward(name: str):
-    """Decorator: make a reward function available by ``name`` in recipes."""
+def register_reward(name: str, needs_source: str | None = None):
+    """Decorator: make a reward function available by ``name`` in recipes; ``needs_source``: the
+    ``data.source`` it works with alone (a recipe with another is refused when it loads)."""
 
     def wrap(fn: RewardFn) -> RewardFn:
         REWARDS[name] = fn
+        if needs_source:
+            NEEDS_SOURCE[name] = needs_source
         return fn
 
     return wrap
@@ -57,6 +62,11 @@ def resolve_reward(name: str) -> RewardFn:
     return fn
 
 
+def is_builtin(fn: RewardFn) -> bool:
+    """One of thinktune's own rewards (``rewards/``), as opposed to a user's function."""
+    return (getattr(fn, "__module__", None) or "").startswith("thinktune.rewards.")
+
+
 def _accepts(fn: RewardFn, keyword: str) -> bool:
     params = inspect.signature(fn).parameters
     return keyword in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
@@ -79,7 +89,7 @@ class RewardSet:
     """
 
     def __init__(self, configs: list[RewardConfig], context: dict[str, Any] | None = None):
-        self.names, self.weights, self.fns = [], [], []
+        self.names, self.weights, self.fns, self.bounds = [], [], [], []
         for cfg in configs:
             fn = resolve_reward(cfg.name)
             bound = dict(cfg.args)
@@ -89,21 +99,38 @@ class RewardSet:
             self.names.append(cfg.name)
             self.weights.append(cfg.weight)
             self.fns.append(partial(fn, **bound))
+            # The built-ins are bounded where they parse (the grader process); a user's function as a whole.
+            self.bounds.append(None if is_builtin(fn) else cfg.timeout)
         self.weight_tensor = torch.tensor(self.weights, dtype=torch.float32)
+        self.calls = self.timeouts = 0  # bounded calls so far, and those abandoned at their bound
+        self.last_timeout: str | None = None
+        self.stop = None  # set while a training step runs: a stop request abandons the reward being waited for
 
     def score(self, prompts: list[str], completions: list[str], columns: list[dict]) -> RewardScores:
-        """Call every function on the batch; ``columns[i]`` is the dataset row of completion ``i``."""
+        """Call every function on the batch; ``columns[i]`` is the dataset row of completion ``i``. A user's
+        function past its ``timeout`` scores NaN (not applicable) for the batch and is counted."""
         keys = columns[0].keys() if columns else ()
         batched = {k: [row[k] for row in columns] for k in keys}
         table = torch.full((len(self.fns), len(completions)), math.nan)
-        for f, (name, fn) in enumerate(zip(self.names, self.fns, strict=True)):
+        for f, (name, fn, seconds) in enumerate(zip(self.names, self.fns, self.bounds, strict=True)):
             try:
-                values = fn(prompts, completions, **batched)
+                if seconds is None:
+                    values = fn(prompts, completions, **batched)
+                else:
+                    self.calls += 1
+                    values = call_bounded(fn, (prompts, completions), batched, seconds, name, self.stop)
+            except RewardTimeout as err:
+                self.timeouts += 1
+                self.last_timeout = str(err)
+                continue
+            except StopRequested:
+                raise
             except Exception as err:
+                cause = err.error if isinstance(err, RewardRaised) else err
                 raise RewardError(
-                    f"reward {name!r} raised {type(err).__name__}: {err} "
+                    f"reward {name!r} raised {type(cause).__name__}: {cause} "
                     f"(first completion of the batch: {completions[0][:200]!r})"
-                ) from err
+                ) from cause
             table[f] = torch.tensor(self._check(name, values, completions), dtype=torch.float32)
         weighted = table * self.weight_tensor[:, None]
         total = torch.nansum(weighted, dim=0)
