@@ -70,3 +70,16 @@ def assert_peft_adapter_loads(base_dir, adapter_dir) -> None:
         ours, _ = load_for_inference(str(adapter_dir), device="cpu")
         torch.testing.assert_close(after, ours(ids).logits)
     assert not torch.allclose(before, after), "the adapter does not change the model"
+
+
+def save_tiny_adapter(tiny_model_dir, folder: Path) -> Path:
+    """A LoRA adapter on the tiny model with random (not zero) weights, so it changes the model's answers."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from thinktune.models import load_tokenizer, save_model
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    config = LoraConfig(r=4, target_modules=["q_proj", "v_proj", "up_proj"], init_lora_weights=False)
+    save_model(get_peft_model(base, config), load_tokenizer(tiny_model_dir), folder)
+    return Path(folder)

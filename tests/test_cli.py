@@ -79,7 +79,7 @@ def test_every_prompt_over_budget_is_a_clear_error(tmp_path, tiny_model_dir):
     import json
 
     data = tmp_path / "d.jsonl"
-    data.write_text("\n".join(json.dumps({"question": "say one two three", "answer": "yes"}) for _ in range(4)))
+    data.write_text("\n".join(json.dumps({"question": f"say one two three {i}", "answer": "yes"}) for i in range(4)))
     recipe = tmp_path / "r.yaml"
     recipe.write_text(f"model: {{name: {tiny_model_dir}}}\ndata: {{source: file, path: {data}, eval_size: 1}}\n")
     result = runner.invoke(app, ["train", str(recipe), "data.max_prompt_tokens=3", f"run.output_dir={tmp_path}"])

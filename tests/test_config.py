@@ -45,6 +45,19 @@ def test_a_generated_task_defaults_to_basic_arithmetic_and_a_file_has_no_task():
         ("", ["grpo"], "expected key.sub=value"),
         ("", ["run.name=../../elsewhere"], "run.name: must be a plain folder name"),
         ("", ["run.name=.."], "run.name: must be a plain folder name"),
+        ("", ["run.name='...'"], "run.name: must be a plain folder name"),
+        ("", ["run.name=..."], "override 'run.name=...': the value is not YAML"),
+        ("", ["run.name=" + "a" * 201], "run.name: at most 200 characters, got 201"),
+        (
+            "",
+            ["data.source=file", "data.path=x", "rewards=[{name: task_score}]"],
+            "rewards[0].name: task_score needs data.source=reasoning_gym, this recipe's is file",
+        ),
+        (
+            "",
+            ["rewards=[{name: 'tests.user_rewards:hangs', timeout: 0}]"],
+            "rewards.0.timeout: Input should be greater",
+        ),
         ("", ["train.learning_rate=.inf"], "train.learning_rate: Input should be a finite number"),
         ("", ["rewards=[{name: format, weight: .nan}]"], "rewards.0.weight: Input should be a finite number"),
         ("grpo:\n  beta: [1,\n", [], "line 3, column 1 is not valid YAML"),
@@ -64,3 +77,24 @@ def test_bad_recipes_name_the_key(tmp_path, text, overrides, message):
 def test_missing_recipe_file(tmp_path):
     with pytest.raises(ConfigError, match="recipe file not found"):
         load_recipe(tmp_path / "nope.yaml")
+
+
+def test_an_override_that_switches_the_source_drops_the_old_sources_fields(tmp_path, capsys):
+    recipe = write(tmp_path, "data:\n  task: chain_sum\n  task_config: {min_terms: 2}\n")
+    r = load_recipe(recipe, ["data.source=file", "data.path=mine.jsonl"])
+    assert (r.data.source, r.data.path, r.data.task, r.data.task_config) == ("file", "mine.jsonl", None, {})
+    assert "data.source=file (was reasoning_gym): dropped the recipe's data.task, data.task_config" in " ".join(
+        capsys.readouterr().err.split()
+    )
+
+
+def test_a_recipe_file_that_sets_both_names_the_override_that_clears_each_field(tmp_path):
+    recipe = write(tmp_path, "data:\n  source: file\n  path: x.jsonl\n  task: chain_sum\n  task_config: {a: 1}\n")
+    with pytest.raises(ConfigError) as caught:
+        load_recipe(recipe)
+    assert (
+        "data.task: not used by data.source file (it reads path, eval_path, columns); clear it with data.task=null"
+        in (str(caught.value))
+    )
+    assert "clear it with 'data.task_config={}'" in str(caught.value)
+    assert load_recipe(recipe, ["data.task=null", "data.task_config={}"]).data.task is None  # the way out works

@@ -6,10 +6,11 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from tests.helpers import save_tiny_adapter
 from tests.test_model_families import gemma_3, llama_3_2, qwen_2_5, qwen_3
 from thinktune.config import load_recipe
 from thinktune.export import ExportError, export_gguf, fidelity, merge_adapter, permute_for_rope
-from thinktune.models import _packaged_gguf, load_for_inference, load_tokenizer, resolve_model, save_model
+from thinktune.models import _packaged_gguf, load_for_inference, load_tokenizer, resolve_model
 
 QUESTIONS = ["What is 12 + 30?", "Name a prime number above 10.", "Say hello in French."]
 
@@ -41,14 +42,8 @@ def test_permute_for_rope_is_the_inverse_of_the_readers_permutation():
 
 
 def test_merge_gives_a_plain_folder_that_answers_as_the_adapter_on_its_base(tmp_path, tiny_model_dir):
-    from peft import LoraConfig, get_peft_model
-
-    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-    model = get_peft_model(
-        base, LoraConfig(r=4, target_modules=["q_proj", "v_proj", "up_proj"], init_lora_weights=False)
-    )
     tokenizer = load_tokenizer(tiny_model_dir)
-    save_model(model, tokenizer, tmp_path / "adapter")
+    save_tiny_adapter(tiny_model_dir, tmp_path / "adapter")
     merged = merge_adapter(tmp_path / "adapter", tmp_path / "merged")
 
     assert not (merged / "adapter_config.json").exists() and (merged / "model.safetensors").is_file()
@@ -104,7 +99,7 @@ def test_f32_and_f16_gguf_answer_as_the_source_and_q8_0_closely(smollm2_f32, tmp
     f16 = export_gguf("smollm2-135m-instruct", tmp_path / "f16.gguf", "f16")
     half = fidelity(read_gguf(f16)[0], source, tokenizer, QUESTIONS)
     assert half["top1_agreement"] >= 0.97 and half["logprob_gap"] < 0.01  # rounding moves a near-tie at most
-    q8 = export_gguf("smollm2-135m-instruct", tmp_path / "q8.gguf", "q8_0")
+    q8 = export_gguf("smollm2-135m-instruct", tmp_path / "q8" / "q8.gguf", "q8_0")  # its own Modelfile beside it
     assert q8.stat().st_size < 0.6 * f16.stat().st_size
     close = fidelity(read_gguf(q8)[0], source, tokenizer, QUESTIONS)
     assert close["top1_agreement"] >= 0.9 and close["logprob_gap"] < 0.1  # benchmarks/gguf_export.py measures it

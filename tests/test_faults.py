@@ -20,9 +20,19 @@ pytestmark = pytest.mark.slow
 STEPS = ["train.steps=6", "run.save_every=2", "eval.every=3", "eval.after=true"]
 
 
-def start(recipe_file, *extra):
+def start(recipe_file, *extra, env=None):
+    """``thinktune train`` in a process group of its own, as a terminal would start it (Ctrl-C: ``killpg``)."""
     command = [sys.executable, "-m", "thinktune.cli", "train", str(recipe_file), *extra]
-    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True, env=env
+    )
+
+
+def wait_for(ready, timeout=120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not ready():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
 
 
 def lines(path):
@@ -89,3 +99,110 @@ def test_sigkill_then_resume_gives_the_uninterrupted_run(tmp_path, tiny_model_di
     assert all(torch.equal(final[name], whole[name]) for name in whole)
     assert (run / "final" / "config.json").is_file() and not (run / "final.partial").exists()
     assert killed, f"the run finished before the kill point ({point})"
+
+
+# Two user rewards: yes_or_hang (hangs on one call when told to) and graded_yes (weight 0, but every completion
+# goes through the grader process, so every step grades).
+SIGNALLED = [
+    "train.steps=4",
+    "run.save_every=2",
+    "rewards=[{name: 'tests.user_rewards:yes_or_hang', timeout: 600}, {name: 'tests.user_rewards:graded_yes', "
+    "weight: 0.0}]",
+]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_graded(tmp_path_factory, tiny_model_dir):
+    folder = tmp_path_factory.mktemp("graded")
+    recipe = folder / "r.yaml"
+    recipe.write_text(dump_recipe(tiny_recipe(folder, tiny_model_dir, *SIGNALLED)))
+    process = start(recipe)
+    assert process.wait() == 0, process.stderr.read()
+    return folder / "tiny"
+
+
+def test_ctrl_c_never_reaches_the_grader_and_a_resumed_run_equals_the_uninterrupted(
+    tmp_path, tiny_model_dir, uninterrupted_graded
+):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(dump_recipe(tiny_recipe(tmp_path, tiny_model_dir, *SIGNALLED)))
+    run = tmp_path / "tiny"
+    process = start(recipe)
+    wait_for(lambda: lines(run / "metrics.jsonl") >= 1)  # in step 2
+    os.killpg(process.pid, signal.SIGINT)  # what the terminal's Ctrl-C sends: the whole foreground group
+    assert process.wait() == 130, process.stderr.read()
+    resumed = start(recipe, "--resume")
+    assert resumed.wait() == 0, resumed.stderr.read()
+    assert numbers(run) == numbers(uninterrupted_graded)  # grader_errors and grader_timeouts included
+    assert all(r["grader_errors"] == 0 for r in read_lines(run / "metrics.jsonl"))
+
+
+def test_ctrl_c_inside_a_hanging_reward_stops_at_once_with_the_last_step_checkpointed(
+    tmp_path, tiny_model_dir, uninterrupted_graded
+):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(dump_recipe(tiny_recipe(tmp_path, tiny_model_dir, *SIGNALLED)))
+    run = tmp_path / "tiny"
+    process = start(recipe, env={**os.environ, "THINKTUNE_TEST_HANG_AT": "3"})  # step 3's call never returns
+    wait_for(lambda: lines(run / "metrics.jsonl") >= 2)
+    time.sleep(1.0)  # well inside the hanging call
+    os.killpg(process.pid, signal.SIGINT)
+    began = time.monotonic()
+    assert process.wait(timeout=30) == 130, process.stderr.read()
+    assert time.monotonic() - began < 5.0
+    assert torch.load(run / "checkpoint" / "state.pt", weights_only=True)["step"] == 2
+    resumed = start(recipe, "--resume")  # the reward behaves this time
+    assert resumed.wait() == 0, resumed.stderr.read()
+    assert numbers(run) == numbers(uninterrupted_graded)  # the dropped step's sampling was put back exactly
+
+
+def test_two_runs_started_together_on_one_folder_exactly_one_runs(tmp_path, tiny_model_dir):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(dump_recipe(tiny_recipe(tmp_path, tiny_model_dir, "train.steps=4")))
+    first, second = start(recipe), start(recipe)
+    codes = sorted([first.wait(), second.wait()])
+    errors = first.stderr.read() + second.stderr.read()
+    assert codes == [0, 2], errors
+    assert any(f"is in use by process {p.pid} (" in errors for p in (first, second)) and f"train {recipe}" in errors
+    assert [r["step"] for r in read_lines(tmp_path / "tiny" / "metrics.jsonl")] == [1, 2, 3, 4]
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 64 MB tmpfs (root can mount one; elsewhere the test is skipped)."""
+    folder = tmp_path / "disk"
+    folder.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(folder)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    yield folder
+    subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+def test_a_full_disk_mid_run_is_one_line_and_resume_continues(tmp_path, tiny_model_dir, small_disk):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        dump_recipe(
+            tiny_recipe(tmp_path, tiny_model_dir, "train.steps=6", "run.save_every=1", f"run.output_dir={small_disk}")
+        )
+    )
+    run = small_disk / "tiny"
+    process = start(recipe)
+    wait_for(lambda: lines(run / "metrics.jsonl") >= 2)
+    filler = small_disk / "filler"
+    descriptor = os.open(filler, os.O_WRONLY | os.O_CREAT)
+    for size in (1 << 20, 4096, 1):  # fill the disk to the last byte
+        try:
+            while True:
+                os.write(descriptor, b"\0" * size)
+        except OSError:
+            pass
+    os.close(descriptor)
+    assert process.wait() == 2
+    error = process.stderr.read()
+    assert "Traceback" not in error
+    (line,) = [line for line in error.splitlines() if line.startswith("error:")]
+    assert "cannot write" in line and "No space left on device" in line and "--resume" in line
+    filler.unlink()
+    resumed = start(recipe, "--resume")
+    assert resumed.wait() == 0, resumed.stderr.read()
+    assert [r["step"] for r in read_lines(run / "metrics.jsonl")] == [1, 2, 3, 4, 5, 6]

@@ -59,3 +59,61 @@ def test_recipe_scoring_gives_length_rewards_the_tokenizer_and_the_limit(tiny):
     recipe = recipe.model_copy(update={"rewards": [RewardConfig(name="overlong", args={"buffer": 4})]})
     rewards, _ = recipe_scoring(recipe, None, tokenizer)
     assert rewards.score(["p"] * 2, ["yes " * 4, "yes " * 8], [{"answer": "a"}] * 2).total.tolist() == [0.0, -1.0]
+
+
+def user(name: str, timeout: float = 60.0) -> RewardConfig:
+    return RewardConfig(name=f"tests.user_rewards:{name}", timeout=timeout)
+
+
+def test_a_reward_that_hangs_is_abandoned_at_its_bound_and_counted():
+    import time
+
+    rs = RewardSet([user("yes_fraction"), user("hangs", timeout=0.3)])
+    began = time.monotonic()
+    scores = rs.score(["p"] * 2, ["yes", "no"], [{}, {}])
+    assert time.monotonic() - began < 2.0
+    assert scores.total.tolist() == [1.0, 0.0] and math.isnan(scores.per_function[1, 0].item())
+    assert (rs.calls, rs.timeouts) == (2, 1) and "'tests.user_rewards:hangs' did not return within 0.3 s" in (
+        rs.last_timeout
+    )
+
+
+def test_a_slow_reward_within_its_bound_scores_as_usual():
+    rs = RewardSet([user("slow_yes", timeout=5.0)])
+    assert rs.score(["p"] * 2, ["yes", "no"], [{}, {}]).total.tolist() == [1.0, 0.0] and rs.timeouts == 0
+
+
+@pytest.mark.parametrize("fn, raised", [("exits", "SystemExit"), ("interrupts", "KeyboardInterrupt")])
+def test_exit_and_keyboard_interrupt_from_a_reward_are_errors_naming_it(fn, raised):
+    rs = RewardSet([user(fn)])
+    with pytest.raises(RewardError, match=f"reward 'tests.user_rewards:{fn}' raised {raised}"):
+        rs.score(["p"], ["yes"], [{}])
+
+
+def test_a_stop_request_abandons_the_reward_being_waited_for():
+    import threading
+    import time
+
+    from thinktune.rewards.bounded import StopRequested
+
+    class Stop:
+        requested = False
+
+    rs = RewardSet([user("hangs")])
+    rs.stop = Stop()
+    threading.Timer(0.3, lambda: setattr(rs.stop, "requested", True)).start()
+    began = time.monotonic()
+    with pytest.raises(StopRequested):
+        rs.score(["p"], ["yes"], [{}])
+    assert time.monotonic() - began < 1.0
+
+
+def test_a_notebook_lambda_is_bounded_too():
+    from thinktune.api import reward
+
+    rs = RewardSet([reward(lambda prompts, completions, **_: [len(c) for c in completions])])
+    assert rs.score(["p"], ["four"], [{}]).total.tolist() == [4.0] and rs.bounds == [60.0]
+
+
+def test_builtin_rewards_are_not_wrapped():
+    assert RewardSet([RewardConfig(name="format"), RewardConfig(name="accuracy")]).bounds == [None, None]

@@ -65,7 +65,9 @@ def test_sft_then_grpo_in_one_run(tmp_path, tiny_model_dir):
     assert (run / "sft" / "config.json").is_file() and not (run / "sft" / "adapter_config.json").exists()
     sft_eval = json.loads((run / "eval_sft.json").read_text())
     assert all(s["completion"].startswith("yes") for s in sft_eval["samples"]), sft_eval["samples"]
-    assert json.loads((run / "eval_before.json").read_text()) == sft_eval  # GRPO's before is the SFT model
+    before = json.loads((run / "eval_before.json").read_text())
+    assert before.pop("made_by") != sft_eval.pop("made_by")  # made of the SFT folder as GRPO's starting model
+    assert before == sft_eval  # GRPO's before is the SFT model
     assert (run / "eval_base.json").is_file() and (run / "comparison_sft.md").is_file()
     assert summary["sft"]["last_loss"] < summary["sft"]["first_loss"]
     # GRPO started from the SFT folder and saved its adapter over it

@@ -124,3 +124,38 @@ def test_a_tracker_whose_library_is_missing_is_one_clear_error(tmp_path, tiny_mo
     with pytest.raises(MissingTracker, match=r"run.report_to: wandb needs the wandb package.*thinktune\[wandb\]"):
         train(tiny_recipe(tmp_path, tiny_model_dir, "run.report_to=[wandb]"))
     assert not (tmp_path / "tiny" / "metrics.jsonl").exists()  # stopped before any step
+
+
+def test_after_a_resume_wandb_and_trackio_show_every_step_once(tmp_path, tiny_model_dir, monkeypatch):
+    from trackio.sqlite_storage import SQLiteStorage
+
+    from thinktune.grpo.trainer import GRPOTrainer
+
+    overrides = [*STEPS, "run.save_every=2", "run.report_to=[wandb, trackio]", "run.name=resumed"]
+    original = GRPOTrainer.step
+
+    def killed_in_step_4(self, step):
+        if step == 3:  # steps 1-3 sent to every tracker, the checkpoint holds step 2
+            raise KeyboardInterrupt
+        return original(self, step)
+
+    monkeypatch.setattr(GRPOTrainer, "step", killed_in_step_4)
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny_recipe(tmp_path, tiny_model_dir, *overrides))
+    monkeypatch.undo()
+    train(tiny_recipe(tmp_path, tiny_model_dir, *overrides), resume=True)
+    run = tmp_path / "resumed"
+
+    (run_file,) = run.glob("wandb/offline-run-*/run-*.wandb")  # the crashed run's folder is gone
+    history = wandb_history(run_file)
+    read = [(h["step"], h["grpo/reward"]) for h in history if "grpo/reward" in h]
+    assert [s for s, _ in read] == [1, 2, 3, 4] and same_curve(read, logged(run, "reward"))
+    read = [(h["step"], h["eval/accuracy"]) for h in history if "eval/accuracy" in h]
+    assert same_curve(read, logged(run, "accuracy", "eval_curve"))
+    assert [h["step"] for h in history if h.get("grpo/completions/_type") == "table-file"] == [1, 2, 3, 4]
+
+    logs = SQLiteStorage.get_logs("thinktune", "resumed")
+    read = [(r["step"], r["grpo/reward"]) for r in logs if "grpo/reward" in r]
+    assert [s for s, _ in read] == [1, 2, 3, 4] and same_curve(read, logged(run, "reward"))
+    read = [(r["step"], r["eval/accuracy"]) for r in logs if "eval/accuracy" in r]
+    assert same_curve(read, logged(run, "accuracy", "eval_curve"))

@@ -60,3 +60,50 @@ def grader_always_fails(prompts, completions, **_):
     from thinktune.rewards.guard import GRADER
 
     return [GRADER.call(divmod, 1, 0, default=0.0) for _ in completions]
+
+
+def hangs(prompts, completions, **_):
+    """Never returns (well, after an hour)."""
+    import time
+
+    time.sleep(3600)
+
+
+def slow_yes(prompts, completions, **_):
+    """yes_fraction, a quarter of a second late: slow, but within any sensible bound."""
+    import time
+
+    time.sleep(0.25)
+    return yes_fraction(prompts, completions)
+
+
+def exits(prompts, completions, **_):
+    import sys
+
+    sys.exit(0)
+
+
+def interrupts(prompts, completions, **_):
+    raise KeyboardInterrupt
+
+
+CALLS = {"yes_or_hang": 0}
+
+
+def yes_or_hang(prompts, completions, **_):
+    """yes_fraction, except that call number $THINKTUNE_TEST_HANG_AT of this process never returns."""
+    import os
+    import time
+
+    CALLS["yes_or_hang"] += 1
+    if str(CALLS["yes_or_hang"]) == os.environ.get("THINKTUNE_TEST_HANG_AT"):
+        time.sleep(3600)
+    return yes_fraction(prompts, completions)
+
+
+def graded_yes(prompts, completions, **_):
+    """yes_fraction with every score passed through the grader process, so that every step grades."""
+    from thinktune.rewards.answers import math_equal
+    from thinktune.rewards.guard import GRADER
+
+    return [share * GRADER.call(math_equal, "1", "1") for share in yes_fraction(prompts, completions)]

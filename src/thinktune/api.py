@@ -41,9 +41,9 @@ def load_recipe(source: str | Path | dict | Recipe | None = None, overrides: Ite
     return read_recipe(source, list(overrides))
 
 
-def reward(fn: str | Callable, weight: float = 1.0, **args) -> RewardConfig:
+def reward(fn: str | Callable, weight: float = 1.0, timeout: float | None = 60.0, **args) -> RewardConfig:
     """A reward for a recipe: ``fn`` (a name, ``pkg.module:function`` or a callable), its weight in the summed
-    reward, and keyword arguments bound to it.
+    reward, the seconds one call may take (``timeout``, None: unbounded) and keyword arguments bound to it.
 
     A callable importable by its module and name is recorded that way, so the run's ``recipe.yaml`` can be
     resumed from the command line; any other (a notebook's function, a lambda) is registered in this process
@@ -52,7 +52,7 @@ def reward(fn: str | Callable, weight: float = 1.0, **args) -> RewardConfig:
     >>> reward("format", weight=0.5)
     RewardConfig(name='format', weight=0.5, args={}, timeout=60.0)
     """
-    return RewardConfig(name=fn if isinstance(fn, str) else _register(fn), weight=weight, args=args)
+    return RewardConfig(name=fn if isinstance(fn, str) else _register(fn), weight=weight, args=args, timeout=timeout)
 
 
 def _register(fn: Callable) -> str:

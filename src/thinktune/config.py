@@ -144,13 +144,14 @@ class RewardConfig(_Section):
     )
     weight: float = Field(1.0, description="Weight in the summed reward.")
     args: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments bound to the function.")
-    timeout: float = Field(
+    timeout: float | None = Field(
         60.0,
         gt=0,
         description="Seconds one call of a user's function (an import path or a Python callable) may take; past "
         "it the call is abandoned, its batch scores None from this function, and it is counted "
-        "(reward_timeouts); a step whose every call times out stops the run. thinktune's own rewards are "
-        "bounded per completion instead (the grader process).",
+        "(reward_timeouts); a step whose every call times out stops the run. None: called directly, unbounded "
+        "(e.g. to step through it in a debugger). thinktune's own rewards are bounded per completion instead "
+        "(the grader process).",
     )
 
 
@@ -431,7 +432,11 @@ def parse_override(text: str) -> tuple[str, Any]:
     key, sep, raw = text.partition("=")
     if not sep or not key.strip():
         raise ConfigError(f"override {text!r}: expected key.sub=value")
-    return key.strip(), yaml.safe_load(raw) if raw.strip() else None
+    try:
+        return key.strip(), yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as err:
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"override {text!r}: the value is not YAML ({problem}); quote it, e.g. key='text'") from None
 
 
 def _format_errors(err: ValidationError) -> str:

@@ -26,9 +26,9 @@ class WriteError(RunError):
     """A file or folder that could not be written (a full disk, a read-only folder, a file where a folder
     should be); what was saved before is intact."""
 
-    def __init__(self, path: Path | str, err: OSError | Exception):
+    def __init__(self, path: Path | str, err: OSError | Exception, note: str = ""):
         reason = getattr(err, "strerror", None) or (str(err).splitlines() or [type(err).__name__])[0][:160]
-        super().__init__(f"cannot write {path} ({reason})")
+        super().__init__(f"cannot write {path} ({reason}){note}")
         self.path = Path(path)
 
 

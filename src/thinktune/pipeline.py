@@ -242,7 +242,7 @@ def grpo_stage(
     records = trainer.train(start, on_eval=eval_during_training)
     seconds = time.perf_counter() - began if records else previous.get("seconds", 0.0)
     # Over every step of the run, those before a resume too (process 0's record holds them all).
-    steps = read_jsonl(run.file("metrics.jsonl")) if ranks.main else records
+    steps = (read_jsonl(run.file("metrics.jsonl")) if ranks.main else []) or records
     step_seconds, signal, peak = None, {}, peak_rss_gb()
     if steps:
         step_seconds = statistics.median(r["seconds_rollout"] + r["seconds_score"] + r["seconds_update"] for r in steps)

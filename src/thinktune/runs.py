@@ -34,7 +34,7 @@ import yaml
 from thinktune.config import Recipe, dump_recipe
 from thinktune.console import console
 from thinktune.distributed import SINGLE, Ranks
-from thinktune.outputs import RunError, RunLock, writing
+from thinktune.outputs import RunError, RunLock, WriteError, writing
 
 # What each stage leaves in a run directory; finding them means the stage already ran there. Other files (the
 # pairs written by `thinktune pairs`, a reward model) are inputs a later stage may use.
@@ -137,10 +137,7 @@ class RunDir:
         except (OSError, RuntimeError) as err:  # torch reports a full disk as RuntimeError
             if partial.is_file():
                 partial.unlink()
-            raise RunError(
-                f"cannot write the step-{step} checkpoint to {folder} ({str(err).splitlines()[0][:160]}); "
-                f"the previous checkpoint is intact"
-            ) from None
+            raise WriteError(partial, err, note=f": the step-{step} checkpoint; the previous one is intact") from None
         names = checkpoint_names(recipe.run.keep_checkpoints)
         for older in sorted(folder.glob("previous*.pt")):
             if older.name not in names:  # kept when run.keep_checkpoints was larger

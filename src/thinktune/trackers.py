@@ -10,9 +10,12 @@ logged in.
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import netrc
 import os
+import shutil
 
+from thinktune.console import console
 from thinktune.runs import RunDir, RunError
 
 COMPLETION_COLUMNS = ("step", "group", "question", "answer", "completion", "reward", "advantage", "length", "truncated")
@@ -104,44 +107,98 @@ def wandb_logged_in() -> bool:
         return False
 
 
-class WandbTracker:
+class Replaying:
+    """A tracker whose library cannot take back what it was sent (W&B, trackio). On resume, the run there is
+    rebuilt instead: at :meth:`rewind`, after the run directory's own record (the JSONL files) was rewound to the
+    checkpoint, the library's run is started anew (:meth:`start`) and that record is sent to it again, so every
+    step appears there once, as in ``metrics.jsonl``. A fresh run starts the library's run at its first record."""
+
+    def __init__(self, run: RunDir):
+        self.run_dir, self.run = run, None
+
+    def rewind(self, step: int, stage: str = "grpo") -> None:
+        if self.run is not None:  # a later stage of this process: it logged nothing before its rewind
+            return
+        self.run = self.start(rebuild=True)
+        for logged_step, kind, record in recorded(self.run_dir):
+            if kind == "samples":
+                self.send(logged_step, {"grpo/completions": self.table(*completions_table(logged_step, record))})
+            else:
+                self.send(logged_step, scalars(record, kind))
+
+    def log(self, step: int, metrics: dict, stage: str = "grpo") -> None:
+        self.started().send(step, scalars(metrics, stage))
+
+    def log_samples(self, step: int, rows: list[dict]) -> None:
+        if rows:
+            self.started().send(step, {"grpo/completions": self.table(*completions_table(step, rows))})
+
+    def started(self):
+        if self.run is None:
+            self.run = self.start(rebuild=False)
+        return self
+
+    def close(self) -> None:
+        if self.run is not None:
+            self.run.finish()
+
+
+def recorded(run: RunDir):
+    """``(step, stage, record)`` for every record of the run directory's JSONL files, stage by stage; a GRPO
+    step's completions come as ``(step, "samples", rows)``."""
+    from thinktune.jsonl import read_jsonl
+    from thinktune.tracking import JsonlTracker
+
+    for stage, name in JsonlTracker.FILES.items():
+        for record in read_jsonl(run.file(name)):
+            yield record["step"], stage, {k: v for k, v in record.items() if k != "step"}
+    rows = read_jsonl(run.file("samples.jsonl"))
+    for step, group in itertools.groupby(rows, key=lambda row: row["step"]):
+        yield step, "samples", [{k: v for k, v in row.items() if k != "step"} for row in group]
+
+
+class WandbTracker(Replaying):
     """A W&B run named after the run directory, offline unless logged in (``WANDB_MODE`` decides when set), its
     files in ``runs/<name>/wandb``. Every record carries ``step`` as its x-axis, so evaluations and SFT steps can
-    be logged out of W&B's own step order; a resumed run continues the same W&B run (steps replayed after a
-    crash then appear twice there; ``metrics.jsonl`` stays the exact record)."""
+    be logged out of W&B's own step order. A resumed run is a new W&B run holding the whole record once (see
+    :class:`Replaying`); offline, the old run's folder is removed, so ``wandb sync`` sends only the new one."""
 
     def __init__(self, run: RunDir):
         require("wandb", "wandb")
         import wandb
 
-        mode = os.environ.get("WANDB_MODE") or ("online" if wandb_logged_in() else "offline")
+        super().__init__(run)
         self.wandb = wandb
-        self.run = wandb.init(
+        self.mode = os.environ.get("WANDB_MODE") or ("online" if wandb_logged_in() else "offline")
+
+    def start(self, rebuild: bool):
+        run = self.run_dir
+        if rebuild:
+            old = _wandb_id(run)
+            for folder in run.file("wandb").glob(f"offline-run-*-{old}"):
+                shutil.rmtree(folder)
+            run.file("wandb_run_id").unlink()
+        started = self.wandb.init(
             project=os.environ.get("WANDB_PROJECT", "thinktune"),
             name=run.path.name,
             id=_wandb_id(run),
             dir=str(run.path),
-            mode=mode,
+            mode=self.mode,
             resume="allow",
             config=run.recipe.model_dump(mode="json"),
             reinit="create_new",
         )
-        self.run.define_metric("step")
-        self.run.define_metric("*", step_metric="step")
+        if rebuild and self.mode == "online":
+            console.print(f"W&B: the resumed run is {started.id}, with every step once; run {old} stops at the crash")
+        started.define_metric("step")
+        started.define_metric("*", step_metric="step")
+        return started
 
-    def log(self, step: int, metrics: dict, stage: str = "grpo") -> None:
-        self.run.log({"step": step, **scalars(metrics, stage)})
+    def send(self, step: int, values: dict) -> None:
+        self.run.log({"step": step, **values})
 
-    def log_samples(self, step: int, rows: list[dict]) -> None:
-        if rows:
-            columns, data = completions_table(step, rows)
-            self.run.log({"step": step, "grpo/completions": self.wandb.Table(columns=columns, data=data)})
-
-    def rewind(self, step: int, stage: str = "grpo") -> None:
-        pass  # W&B keeps what it was sent; see the class doc
-
-    def close(self) -> None:
-        self.run.finish()
+    def table(self, columns: list[str], data: list[list]):
+        return self.wandb.Table(columns=columns, data=data)
 
 
 def _wandb_id(run: RunDir) -> str:
@@ -154,35 +211,36 @@ def _wandb_id(run: RunDir) -> str:
     return path.read_text().strip()
 
 
-class TrackioTracker:
+class TrackioTracker(Replaying):
     """A local trackio run (project ``thinktune``, named after the run directory; ``TRACKIO_DIR`` says where
-    trackio keeps its database). Resumed runs continue the same trackio run."""
+    trackio keeps its database). A resumed run replaces the trackio run of that name with the whole record,
+    each step once (see :class:`Replaying`)."""
 
     def __init__(self, run: RunDir):
         require("trackio", "trackio")
         import trackio
 
+        super().__init__(run)
         self.trackio = trackio
-        self.run = trackio.init(
-            project=os.environ.get("TRACKIO_PROJECT", "thinktune"),
-            name=run.path.name,
-            config=run.recipe.model_dump(mode="json"),
+        self.project = os.environ.get("TRACKIO_PROJECT", "thinktune")
+
+    def start(self, rebuild: bool):
+        if rebuild:
+            from trackio.sqlite_storage import SQLiteStorage
+
+            SQLiteStorage.delete_run(self.project, self.run_dir.path.name)
+        return self.trackio.init(
+            project=self.project,
+            name=self.run_dir.path.name,
+            config=self.run_dir.recipe.model_dump(mode="json"),
             resume="allow",
             embed=False,
             auto_log_cpu=False,
             auto_log_gpu=False,
         )
 
-    def log(self, step: int, metrics: dict, stage: str = "grpo") -> None:
-        self.run.log(scalars(metrics, stage), step=step)
+    def send(self, step: int, values: dict) -> None:
+        self.run.log(values, step=step)
 
-    def log_samples(self, step: int, rows: list[dict]) -> None:
-        if rows:
-            columns, data = completions_table(step, rows)
-            self.run.log({"grpo/completions": self.trackio.Table(columns=columns, data=data)}, step=step)
-
-    def rewind(self, step: int, stage: str = "grpo") -> None:
-        pass  # trackio keeps what it was sent
-
-    def close(self) -> None:
-        self.run.finish()
+    def table(self, columns: list[str], data: list[list]):
+        return self.trackio.Table(columns=columns, data=data)
