@@ -20,9 +20,9 @@ pytestmark = pytest.mark.slow
 STEPS = ["train.steps=6", "run.save_every=2", "eval.every=3", "eval.after=true"]
 
 
-def start(recipe_file, *extra, env=None):
+def start(recipe, *extra, env=None):
     """``thinktune train`` in a process group of its own, as a terminal would start it (Ctrl-C: ``killpg``)."""
-    command = [sys.executable, "-m", "thinktune.cli", "train", str(recipe_file), *extra]
+    command = [sys.executable, "-m", "thinktune.cli", "train", str(recipe), *extra]
     return subprocess.Popen(
         command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True, env=env
     )
@@ -60,14 +60,23 @@ def kill_when(process, ready, timeout=120.0) -> bool:
     return False
 
 
-@pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory, tiny_model_dir):
-    folder = tmp_path_factory.mktemp("whole")
-    recipe = folder / "r.yaml"
-    recipe.write_text(dump_recipe(tiny_recipe(folder, tiny_model_dir, *STEPS)))
-    process = start(recipe)
+def recipe_file(folder, tiny_model_dir, *overrides):
+    """The tiny recipe with ``overrides``, written to ``folder/r.yaml`` for the command line."""
+    path = folder / "r.yaml"
+    path.write_text(dump_recipe(tiny_recipe(folder, tiny_model_dir, *overrides)))
+    return path
+
+
+def finished_run(folder, tiny_model_dir, *overrides):
+    """The run folder of a run never interrupted."""
+    process = start(recipe_file(folder, tiny_model_dir, *overrides))
     assert process.wait() == 0, process.stderr.read()
     return folder / "tiny"
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, tiny_model_dir):
+    return finished_run(tmp_path_factory.mktemp("whole"), tiny_model_dir, *STEPS)
 
 
 KILL_POINTS = {
@@ -86,8 +95,7 @@ KILL_POINTS = {
 
 @pytest.mark.parametrize("point", sorted(KILL_POINTS))
 def test_sigkill_then_resume_gives_the_uninterrupted_run(tmp_path, tiny_model_dir, uninterrupted, point):
-    recipe = tmp_path / "r.yaml"
-    recipe.write_text(dump_recipe(tiny_recipe(tmp_path, tiny_model_dir, *STEPS)))
+    recipe = recipe_file(tmp_path, tiny_model_dir, *STEPS)
     run = tmp_path / "tiny"
     killed = kill_when(start(recipe), lambda: KILL_POINTS[point](run))
     resumed = start(recipe, "--resume")
@@ -113,19 +121,13 @@ SIGNALLED = [
 
 @pytest.fixture(scope="module")
 def uninterrupted_graded(tmp_path_factory, tiny_model_dir):
-    folder = tmp_path_factory.mktemp("graded")
-    recipe = folder / "r.yaml"
-    recipe.write_text(dump_recipe(tiny_recipe(folder, tiny_model_dir, *SIGNALLED)))
-    process = start(recipe)
-    assert process.wait() == 0, process.stderr.read()
-    return folder / "tiny"
+    return finished_run(tmp_path_factory.mktemp("graded"), tiny_model_dir, *SIGNALLED)
 
 
 def test_ctrl_c_never_reaches_the_grader_and_a_resumed_run_equals_the_uninterrupted(
     tmp_path, tiny_model_dir, uninterrupted_graded
 ):
-    recipe = tmp_path / "r.yaml"
-    recipe.write_text(dump_recipe(tiny_recipe(tmp_path, tiny_model_dir, *SIGNALLED)))
+    recipe = recipe_file(tmp_path, tiny_model_dir, *SIGNALLED)
     run = tmp_path / "tiny"
     process = start(recipe)
     wait_for(lambda: lines(run / "metrics.jsonl") >= 1)  # in step 2
@@ -140,8 +142,7 @@ def test_ctrl_c_never_reaches_the_grader_and_a_resumed_run_equals_the_uninterrup
 def test_ctrl_c_inside_a_hanging_reward_stops_at_once_with_the_last_step_checkpointed(
     tmp_path, tiny_model_dir, uninterrupted_graded
 ):
-    recipe = tmp_path / "r.yaml"
-    recipe.write_text(dump_recipe(tiny_recipe(tmp_path, tiny_model_dir, *SIGNALLED)))
+    recipe = recipe_file(tmp_path, tiny_model_dir, *SIGNALLED)
     run = tmp_path / "tiny"
     process = start(recipe, env={**os.environ, "THINKTUNE_TEST_HANG_AT": "3"})  # step 3's call never returns
     wait_for(lambda: lines(run / "metrics.jsonl") >= 2)
@@ -157,8 +158,7 @@ def test_ctrl_c_inside_a_hanging_reward_stops_at_once_with_the_last_step_checkpo
 
 
 def test_two_runs_started_together_on_one_folder_exactly_one_runs(tmp_path, tiny_model_dir):
-    recipe = tmp_path / "r.yaml"
-    recipe.write_text(dump_recipe(tiny_recipe(tmp_path, tiny_model_dir, "train.steps=4")))
+    recipe = recipe_file(tmp_path, tiny_model_dir, "train.steps=4")
     first, second = start(recipe), start(recipe)
     codes = sorted([first.wait(), second.wait()])
     errors = first.stderr.read() + second.stderr.read()
@@ -179,12 +179,7 @@ def small_disk(tmp_path):
 
 
 def test_a_full_disk_mid_run_is_one_line_and_resume_continues(tmp_path, tiny_model_dir, small_disk):
-    recipe = tmp_path / "r.yaml"
-    recipe.write_text(
-        dump_recipe(
-            tiny_recipe(tmp_path, tiny_model_dir, "train.steps=6", "run.save_every=1", f"run.output_dir={small_disk}")
-        )
-    )
+    recipe = recipe_file(tmp_path, tiny_model_dir, "train.steps=6", "run.save_every=1", f"run.output_dir={small_disk}")
     run = small_disk / "tiny"
     process = start(recipe)
     wait_for(lambda: lines(run / "metrics.jsonl") >= 2)

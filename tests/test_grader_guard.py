@@ -1,6 +1,8 @@
 """Every grader on hostile completions: a finite score in bounded time, never a hang (the grader process)."""
 
 import math
+import os
+import signal
 import threading
 import time
 
@@ -65,6 +67,33 @@ def test_a_grader_over_its_bound_is_killed_counted_and_replaced():
     assert bounded.call(divmod, 7, 2) == (3, 1)  # a fresh process answers the next call
     assert bounded.call(divmod, 1, 0, default=-1) == -1  # an exception scores the default, counted as an error
     assert bounded.counts() == (3, 1, 1) and "ZeroDivisionError" in bounded.last_error
+
+
+def test_a_stop_request_abandons_the_grader_call_and_the_next_call_gets_its_own_answer():
+    from thinktune.rewards.bounded import StopRequested
+
+    class Stop:
+        requested = False
+
+    bounded = BoundedCalls(seconds=30, preload=())
+    bounded.call(divmod, 1, 1)  # started
+    bounded.stop = Stop()
+    threading.Timer(0.3, lambda: setattr(bounded.stop, "requested", True)).start()
+    began = time.monotonic()
+    with pytest.raises(StopRequested):
+        bounded.call(time.sleep, 30)
+    assert time.monotonic() - began < 1.5
+    bounded.stop = None
+    assert bounded.call(divmod, 7, 2) == (3, 1)  # not the abandoned call's late answer
+
+
+def test_the_grader_ignores_the_terminals_ctrl_c():
+    bounded = BoundedCalls(seconds=5, preload=())
+    bounded.call(divmod, 1, 1)
+    child = bounded._process.pid
+    assert os.getpgid(child) == child != os.getpgid(0)  # a process group of its own: the terminal's SIGINT misses it
+    os.kill(child, signal.SIGINT)  # and sent to it directly, it is ignored
+    assert bounded.call(divmod, 7, 2) == (3, 1) and bounded.counts()[2] == 0 and bounded._process.pid == child
 
 
 def test_the_grader_process_gets_no_credentials_and_is_replaced_when_it_dies(monkeypatch):

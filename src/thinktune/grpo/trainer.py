@@ -336,11 +336,11 @@ class GRPOTrainer:
         return {"step": step + 1, **record}
 
     def stoppable_step(self, step: int, stop) -> dict:
-        """:meth:`step`, except that a stop requested while a reward function runs drops the step at once: the
-        weights are as the last finished step left them (rewards come before the update), so the sampling state
-        is put back as it was, checkpointed as that step's, and the run stops."""
+        """:meth:`step`, except that a stop requested while a reward function or a grader runs drops the step at
+        once: the weights are as the last finished step left them (rewards come before the update), so the sampling
+        state is put back as it was, checkpointed as that step's, and the run stops."""
         began = self.sampling_state()
-        self.rewards.stop = stop
+        self.rewards.stop = GRADER.stop = stop
         try:
             return self.step(step)
         except StopRequested:
@@ -350,7 +350,7 @@ class GRPOTrainer:
                 self.run.save_checkpoint(step, self.recipe, self.model, parts)
             raise Interrupted(step) from None
         finally:
-            self.rewards.stop = None
+            self.rewards.stop = GRADER.stop = None
 
     def sampling_state(self) -> dict:
         """What a step's sampling moves on: the prompt sampler, the sampling generator and the global RNGs."""

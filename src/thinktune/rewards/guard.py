@@ -25,9 +25,12 @@ import resource
 import signal
 import sys
 import threading
+import time
 import types
 from collections.abc import Callable
 from typing import Any
+
+from thinktune.rewards.bounded import POLL_SECONDS, StopRequested
 
 STARTUP_SECONDS = 120.0  # importing sympy in a fresh process on a loaded 2-core machine
 MEMORY_LIMIT = 4 << 30  # a grader that builds a giant number fails with MemoryError, not the machine
@@ -102,15 +105,17 @@ class BoundedCalls:
         self.last_error: str | None = None
         self._lock = threading.Lock()
         self._process = self._conn = None
+        self.stop = None  # set while a training step runs: a stop request abandons the call being waited for
 
     def call(self, fn: Callable, *args, default: Any = False) -> Any:
-        """``fn(*args)`` from the child, or ``default`` when it times out, raises or kills the child."""
+        """``fn(*args)`` from the child, or ``default`` when it times out, raises or kills the child; raises
+        :class:`StopRequested` when a stop is requested meanwhile (the child is replaced)."""
         with self._lock:
             self._start()
             self.calls += 1
             try:
                 self._conn.send((fn, args))
-                if not self._conn.poll(self.seconds):
+                if not self._answered():
                     self.timeouts += 1
                     self._stop()
                     return default
@@ -125,6 +130,17 @@ class BoundedCalls:
                 self.last_error = value
                 return default
             return value
+
+    def _answered(self) -> bool:
+        """Whether the child answers within ``seconds``, looking for a stop request every tenth of a second."""
+        deadline = time.monotonic() + self.seconds
+        while not self._conn.poll(min(POLL_SECONDS, max(0.0, deadline - time.monotonic()))):
+            if self.stop is not None and self.stop.requested:
+                self._stop()  # it may still be working on the call: its answer must never be read as the next's
+                raise StopRequested("stopped while a grader ran")
+            if time.monotonic() >= deadline:
+                return False
+        return True
 
     def counts(self) -> tuple[int, int, int]:
         """Calls, time-outs and errors so far."""

@@ -127,6 +127,8 @@ class RewardSet:
                 raise
             except Exception as err:
                 cause = err.error if isinstance(err, RewardRaised) else err
+                if isinstance(cause, StopRequested):  # from the grader, inside the user's function
+                    raise cause from None
                 raise RewardError(
                     f"reward {name!r} raised {type(cause).__name__}: {cause} "
                     f"(first completion of the batch: {completions[0][:200]!r})"
