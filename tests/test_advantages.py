@@ -14,7 +14,7 @@ def test_hand_computed_groups():
 
 
 def test_unscaled_is_only_centred():
-    adv, _ = group_advantages(torch.tensor([3.0, 1.0, 5.0, 5.0]), 2, scale=False)
+    adv, _ = group_advantages(torch.tensor([3.0, 1.0, 5.0, 5.0]), 2, scale="none")
     assert adv.tolist() == [1.0, -1.0, 0.0, 0.0]
 
 
@@ -28,3 +28,24 @@ def test_a_flat_group_has_exactly_zero_advantage_not_a_rounding_residue():
     adv, flat = group_advantages(torch.full((8,), 0.3), 8)
     assert flat.tolist() == [True]
     assert torch.equal(adv, torch.zeros(8))
+
+
+def test_batch_scaling_divides_by_the_whole_batchs_std():
+    rewards = torch.tensor([1.0, 0.0, 3.0, 1.0])
+    adv, _ = group_advantages(rewards, 2, scale="batch")
+    std = rewards.std().item()  # unbiased, over all four: TRL's scale_rewards="batch"
+    assert adv.tolist() == pytest.approx([0.5 / (std + 1e-4), -0.5 / (std + 1e-4), 1 / (std + 1e-4), -1 / (std + 1e-4)])
+
+
+def test_unscorable_completions_are_left_out_of_the_statistics_with_advantage_zero():
+    # TRL 1.16's advantages for rewards [1, 0, None, 1] in one group of 4, as the issue measured them
+    ok = torch.tensor([True, True, False, True])
+    adv, flat = group_advantages(torch.tensor([1.0, 0.0, 0.0, 1.0]), 4, scorable=ok)
+    assert adv.tolist() == pytest.approx([0.577, -1.155, 0.0, 0.577], abs=1e-3) and flat.tolist() == [False]
+    _, flat = group_advantages(torch.tensor([1.0, 0.0, 0.0, 0.0]), 4, scorable=torch.tensor([True] + [False] * 3))
+    assert flat.tolist() == [True]  # one scored completion: nothing to compare it with
+
+
+def test_an_unknown_scale_is_refused():
+    with pytest.raises(ValueError, match="scale_rewards: 'std' is not one of group, batch, none"):
+        group_advantages(torch.zeros(4), 2, scale="std")

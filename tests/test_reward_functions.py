@@ -122,6 +122,14 @@ def test_math_equivalence():
     assert accuracy_reward(None, [GOOD, GOOD.replace("17", "18"), "17"], answer=["17"] * 3) == [1.0, 0.0, 0.0]
 
 
+def test_an_answer_followed_by_pages_of_chatter_is_still_found():
+    chatter = " I double-checked this carefully." * 17  # 561 characters after the answer
+    completion = "<think>7 = 3 + 4</think> So the answer is \\boxed{7}." + chatter
+    assert accuracy_reward(None, [completion], answer=["7"], answer_format="think") == [1.0]
+    buried = "<think>x</think> \\boxed{7}" + "." * 20_001  # past the grader's 20,000-character bound
+    assert accuracy_reward(None, [buried], answer=["7"], answer_format="think") == [0.0]
+
+
 def test_accuracy_survives_hostile_answer():
     nasty = "<answer>" + "{" * 5000 + "</answer>"
     assert accuracy_reward(None, [nasty, "<answer>\\frac{1}{0}</answer>"], answer=["1", "1"]) == [0.0, 0.0]

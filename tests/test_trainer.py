@@ -32,7 +32,7 @@ def test_mask_truncated_drops_every_token_of_a_truncated_completion_only():
 
 def test_plan_trains_rows_with_a_gradient_and_encodes_each_of_their_prompts_once():
     class Settings:
-        group_size, micro_batch_size, mask_truncated, beta = 2, 2, False, 0.0
+        group_size, micro_batch_size, mask_truncated, beta, max_new_tokens = 2, 2, False, 0.0, 16
 
     # prompt 0: rows 0-1 (rewards differ), prompt 1: rows 2-3 (a flat group), prompt 2: rows 4-5
     r = rollout([[1, 1, 1], [1, 0, 0], [1, 1, 0], [1, 1, 0], [1, 1, 0], [1, 0, 0]], [False] * 6,
@@ -40,7 +40,7 @@ def test_plan_trains_rows_with_a_gradient_and_encodes_each_of_their_prompts_once
     plan = MicroBatchPlan.build(r, torch.tensor([1.0, -1.0, 0.0, 0.0, -0.5, 0.5]), Settings)
     assert [b.tolist() for b in plan.batches] == [[1, 5], [4, 0]]  # by length: 1, 1, 2, 3 tokens
     assert plan.prompt_ids.tolist() == [[5, 5], [7, 7]] and plan.slot[[0, 1, 4, 5]].tolist() == [0, 0, 1, 1]
-    assert plan.totals == {"total_tokens": 11.0, "total_rows": 6, "max_tokens": 3}
+    assert plan.totals == {"total_tokens": 11.0, "total_rows": 6, "max_tokens": 16}  # the budget, not the widest
     assert plan.trained_tokens == 7.0 and plan.trained_rows == 4
     Settings.beta = 0.04  # with a KL term every row has a gradient
     assert MicroBatchPlan.build(r, torch.tensor([1.0, -1.0, 0.0, 0.0, -0.5, 0.5]), Settings).trained_rows == 6
@@ -187,3 +187,25 @@ def test_a_step_whose_every_grader_call_fails_stops_the_run(tmp_path, tiny_model
     trainer = build(tmp_path, tiny_model_dir, failing, f"data.path={unanswered}")
     with pytest.raises(RewardError, match=r"step 1: every one of the 32 grader calls timed out or failed .*Zero"):
         trainer.step(0)
+
+
+def test_completions_no_reward_scores_are_left_out_with_advantage_zero_and_counted(tmp_path, tiny_model_dir):
+    trainer = build(tmp_path, tiny_model_dir, "rewards=[{name: 'tests.user_rewards:only_short'}]")  # None past 5 chars
+    record = trainer.step(0)
+    drawn = trainer.last_drawn
+    unscorable = torch.tensor([len(c) > 5 for c in drawn.completions])
+    assert 0 < record["unscorable"] == int(unscorable.sum())
+    assert torch.equal(drawn.advantages[unscorable], torch.zeros(int(unscorable.sum())))
+
+
+@pytest.mark.parametrize("correction", ["tis", "icepop"])
+def test_a_rollout_correction_weighs_tokens_where_sampler_and_trainer_differ(tmp_path, tiny_model_dir, correction):
+    trainer = build(tmp_path, tiny_model_dir, "train.autocast=bf16", f"rollout.correction={correction}")
+    groups = trainer.rollout_round(2)
+    stats = trainer.learn(groups.rollout, torch.tensor([1.0, -1.0] * 8))
+    assert 0 < stats["logprob_mismatch"] < 0.05  # bf16 against the float32 sampler: close, not equal
+    if correction == "tis":
+        assert stats["correction_weight"] != 1.0 and stats["correction_masked"] == 0.0
+        assert 0.9 < stats["correction_weight"] < 1.1
+    else:
+        assert stats["correction_weight"] == 1 - stats["correction_masked"] and stats["correction_masked"] < 0.05

@@ -165,8 +165,29 @@ class GRPOConfig(_Section):
     epsilon: float = Field(0.2, ge=0, description="Lower clip range of the ratio: 1 - epsilon.")
     epsilon_high: float | None = Field(None, ge=0, description="Upper clip range 1 + epsilon_high; None = epsilon.")
     beta: float = Field(0.0, ge=0, description="Weight of the k3 KL penalty to the reference policy.")
-    scale_rewards: bool = Field(True, description="Divide advantages by the group's reward std.")
-    loss: str = Field("token", description="Loss normalisation: token (default), sequence, or dr_grpo.")
+    scale_rewards: Literal["group", "batch", "none"] = Field(
+        "group",
+        description="What divides the centred rewards: the group's std (GRPO), the whole batch's std (TRL's batch), "
+        "or nothing (Dr. GRPO). The group's mean is subtracted either way.",
+    )
+    loss: str = Field(
+        "token",
+        description="token (every token of the step weighs the same; TRL dapo), sequence (each completion's mean, "
+        "then the mean over completions; TRL grpo), dr_grpo (token sums / (completions × max_new_tokens)), or cispo "
+        "(a policy gradient with the importance weight clipped at 1 + epsilon_high and stopped, averaged by tokens).",
+    )
+    importance_sampling: Literal["token", "sequence"] = Field(
+        "token",
+        description="token: one ratio per token; sequence: one per completion, exp of its tokens' mean log-ratio, "
+        "clipped as a whole (GSPO).",
+    )
+    top_entropy_quantile: float = Field(
+        1.0,
+        gt=0,
+        le=1,
+        description="Train only on the tokens whose entropy is in this top share of each micro-batch's tokens "
+        "(0.2: the 20% most uncertain, 'forking' tokens); 1.0 = every token.",
+    )
     iterations: int = Field(1, ge=1, description="Policy updates per generation (μ).")
     micro_batch_size: int = Field(8, gt=0, description="Sequences per forward/backward pass.")
     mask_truncated: bool = Field(
@@ -194,6 +215,13 @@ class GRPOConfig(_Section):
         0.1, gt=0, le=1, description="Least draw weight of a prompt last seen all right or all wrong."
     )
 
+    @field_validator("scale_rewards", mode="before")
+    @classmethod
+    def _no_booleans(cls, value: Any) -> Any:
+        if isinstance(value, bool):
+            raise ValueError(f"is now group, batch or none ({str(value).lower()} was {'group' if value else 'none'})")
+        return value
+
 
 class RolloutConfig(_Section):
     backend: Literal["native", "vllm"] = Field(
@@ -209,6 +237,15 @@ class RolloutConfig(_Section):
         description="With backend vllm: the share of the device's memory (on CPU, of RAM) the engine reserves for "
         "its weights and KV cache. vLLM's own default (0.9) leaves no room for the policy beside it.",
     )
+    correction: Literal["recompute", "tis", "icepop"] = Field(
+        "recompute",
+        description="Where the sampler's log-probs are not the trainer's (vLLM, train.autocast bf16), the old "
+        "log-probs are recomputed by the trainer; tis also weighs each token's policy term by the trainer/sampler "
+        "probability ratio truncated at correction_clip (truncated importance sampling); icepop instead drops "
+        "the tokens whose ratio is outside [1 / correction_clip, correction_clip]. Logged: correction_weight, "
+        "correction_masked.",
+    )
+    correction_clip: float = Field(3.0, gt=1, description="The bound of rollout.correction (TRL's default C_max).")
     vllm_weights: Literal["merged", "lora"] = Field(
         "merged",
         description="With backend vllm, how the policy's new weights reach the engine after each update: merged = "

@@ -101,6 +101,8 @@ def check_distributable(recipe: Recipe, ranks: Ranks) -> None:
         problems.append(f"stages: {recipe.stages} (several processes run the grpo stage alone)")
     if recipe.grpo.dynamic_sampling or recipe.grpo.curriculum != "none":
         problems.append("grpo.dynamic_sampling / grpo.curriculum: not with several processes yet")
+    if recipe.grpo.scale_rewards == "batch":
+        problems.append("grpo.scale_rewards: batch (each process would divide by its own share's std)")
     if recipe.grpo.prompts_per_step % ranks.world:
         problems.append(f"grpo.prompts_per_step: {recipe.grpo.prompts_per_step} does not split over {ranks.world}")
     if problems:

@@ -254,10 +254,18 @@ def flatten(tree: dict, prefix: str = "") -> dict:
 
 
 def _comparable(tree: dict) -> dict:
-    """The recipe without what a resume may change inside the rewards list: each reward's ``timeout`` (a bound on
-    waiting, not part of what is trained; also absent from runs started before it existed)."""
+    """The recipe as today's schema says it, for comparing: without each reward's ``timeout`` (a bound on waiting,
+    not part of what is trained; absent from runs started before it existed), and with a ``grpo.scale_rewards``
+    boolean of an older run read as what it meant (true: group, false: none).
+
+    >>> _comparable({"grpo": {"scale_rewards": True}, "rewards": [{"name": "format", "timeout": 60.0}]})
+    {'grpo': {'scale_rewards': 'group'}, 'rewards': [{'name': 'format'}]}
+    """
     rewards = [{k: v for k, v in r.items() if k != "timeout"} for r in tree.get("rewards", [])]
-    return {**tree, "rewards": rewards}
+    grpo = dict(tree.get("grpo", {}))
+    if isinstance(grpo.get("scale_rewards"), bool):
+        grpo["scale_rewards"] = "group" if grpo["scale_rewards"] else "none"
+    return {**tree, "grpo": grpo, "rewards": rewards}
 
 
 def check_resumable(saved: dict, recipe: Recipe, step: int | None, record: Path | None, quiet: bool = False) -> None:

@@ -4,31 +4,75 @@ from __future__ import annotations
 
 import torch
 
+SCALES = ("group", "batch", "none")
+
+
+def nanstd(values: torch.Tensor, dim: int | None = None, keepdim: bool = False) -> torch.Tensor:
+    """The unbiased standard deviation of the non-NaN ``values`` (NaN where fewer than two).
+
+    >>> nanstd(torch.tensor([1.0, float("nan"), 3.0])), nanstd(torch.tensor([1.0, float("nan")]))
+    (tensor(1.4142), tensor(nan))
+    """
+    if dim is None:
+        values, dim = values.flatten(), 0
+    if not values.isnan().any():  # torch's own, to the bit
+        return values.std(dim=dim, keepdim=keepdim)
+    count = (~values.isnan()).sum(dim=dim, keepdim=True)
+    squares = (values - values.nanmean(dim=dim, keepdim=True)) ** 2
+    variance = squares.nansum(dim=dim, keepdim=True) / (count - 1).clamp(min=1)
+    std = variance.sqrt().masked_fill(count < 2, float("nan"))
+    return std if keepdim else std.squeeze(dim)
+
 
 def group_advantages(
-    rewards: torch.Tensor, group_size: int, scale: bool = True, eps: float = 1e-4
+    rewards: torch.Tensor,
+    group_size: int,
+    scale: str = "group",
+    scorable: torch.Tensor | None = None,
+    eps: float = 1e-4,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Advantage of each completion against its group: ``(r - mean_group) / (std_group + eps)``.
+    """Advantage of each completion against its group: ``(r - mean_group) / (std + eps)``.
 
-    ``rewards`` is flat, ``[prompts * group_size]``, grouped consecutively. With ``scale=False`` the
-    advantage is only centred (Dr. GRPO). Returns the advantages and a bool per group telling whether all its
-    rewards were equal (zero std): such a group has zero advantage (exactly) and teaches nothing, so it is counted.
+    ``rewards`` is flat, ``[prompts * group_size]``, grouped consecutively. ``scale`` says what std divides:
+    ``group`` (the group's own, GRPO), ``batch`` (the whole batch's, TRL's ``scale_rewards="batch"``) or ``none``
+    (only centred: Dr. GRPO). Both stds are the unbiased sample std, as in the GRPO paper and TRL.
 
-    Worked example, two groups of 2 (std is the unbiased sample std, as in the GRPO paper):
+    ``scorable`` (bool per completion, default all) marks completions some reward function scored: one every
+    function returned None for is left out of its group's mean and std (and the batch's) and gets advantage 0,
+    as TRL does.
+
+    Returns the advantages and a bool per group telling whether all its scored rewards were equal (zero std):
+    such a group has zero advantage (exactly) and teaches nothing, so it is counted.
+
+    Worked example, two groups of 2:
 
     >>> adv, flat = group_advantages(torch.tensor([1.0, 0.0, 0.5, 0.5]), 2)
     >>> adv.round(decimals=3), flat
     (tensor([ 0.7070, -0.7070,  0.0000,  0.0000]), tensor([False,  True]))
+
+    One group, rewards [1, 0, None, 1]: the mean and std of (1, 0, 1) are 2/3 and 0.577:
+
+    >>> r, ok = torch.tensor([1.0, 0.0, 0.0, 1.0]), torch.tensor([True, True, False, True])
+    >>> group_advantages(r, 4, scorable=ok)[0].round(decimals=3)
+    tensor([ 0.5770, -1.1550,  0.0000,  0.5770])
     """
     if rewards.numel() % group_size:
         raise ValueError(f"{rewards.numel()} rewards do not split into groups of {group_size}")
+    if scale not in SCALES:
+        raise ValueError(f"scale_rewards: {scale!r} is not one of {', '.join(SCALES)}")
     grouped = rewards.view(-1, group_size)
-    mean = grouped.mean(-1, keepdim=True)
-    std = grouped.std(-1, keepdim=True)
+    if scorable is not None and scorable.all():
+        scorable = None  # the plain reductions, to the bit
+    if scorable is not None:
+        grouped = grouped.masked_fill(~scorable.view(-1, group_size), float("nan"))
+    mean = grouped.nanmean(-1, keepdim=True) if scorable is not None else grouped.mean(-1, keepdim=True)
     advantages = grouped - mean
-    if scale:
-        advantages = advantages / (std + eps)
-    zero_std = (grouped.max(-1).values - grouped.min(-1).values) == 0
+    if scale == "group":
+        advantages = advantages / (nanstd(grouped, dim=-1, keepdim=True).nan_to_num(0.0) + eps)
+    elif scale == "batch":
+        advantages = advantages / (nanstd(grouped.flatten()).nan_to_num(0.0) + eps)
+    spread = grouped.nan_to_num(-torch.inf).max(-1).values - grouped.nan_to_num(torch.inf).min(-1).values
+    zero_std = ~(spread > 0)  # also a group with fewer than two scored completions
     # Exactly zero, not a rounding residue of (r - mean) / eps: the update skips rows with no advantage.
-    advantages = advantages.masked_fill(zero_std[:, None], 0.0)
+    advantages = advantages.masked_fill(zero_std[:, None], 0.0).nan_to_num(0.0)
     return advantages.flatten(), zero_std

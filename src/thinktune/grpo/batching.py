@@ -53,7 +53,7 @@ class MicroBatchPlan:
 
     mask: torch.Tensor  # [N, C] loss mask
     batches: list[torch.Tensor]  # row indices per micro-batch (rows with a gradient only)
-    totals: dict[str, float]  # total_tokens, total_rows, max_tokens: the losses' normalisers
+    totals: dict[str, float]  # total_tokens, total_rows, max_tokens (grpo.max_new_tokens): the losses' normalisers
     trained_tokens: float  # loss tokens of the trained rows
     prompt_ids: torch.Tensor
     prompt_mask: torch.Tensor
@@ -74,7 +74,8 @@ class MicroBatchPlan:
         return cls(
             mask=mask,
             batches=batches,
-            totals={"total_tokens": mask.sum().clamp(min=1).item(), "total_rows": n, "max_tokens": mask.shape[1]},
+            # dr_grpo's length is the generation budget, not this step's longest completion: a constant (Dr. GRPO)
+            totals={"total_tokens": mask.sum().clamp(min=1).item(), "total_rows": n, "max_tokens": cfg.max_new_tokens},
             trained_tokens=mask[trained].sum().clamp(min=1).item(),
             prompt_ids=rollout.prompt_ids[first_rows],
             prompt_mask=rollout.prompt_mask[first_rows],

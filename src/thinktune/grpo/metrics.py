@@ -41,13 +41,16 @@ def step_record(
         "grad_norm": update["grad_norm"],
         "nonfinite_skipped": update["nonfinite_skipped"],  # 1: the update was skipped (NaN/inf loss or gradient)
         "trained_rows": update["trained_rows"],
-        # mean |log-prob| gap between the rollout engine and the trainer (a backend with its own kernels only)
-        **({"logprob_mismatch": update["logprob_mismatch"]} if "logprob_mismatch" in update else {}),
+        # mean |log-prob| gap between the rollout engine and the trainer (a backend with its own kernels only),
+        # and with rollout.correction the mean weight it gave and the share of tokens it dropped
+        **{key: update[key] for key in ("logprob_mismatch", "correction_weight", "correction_masked") if key in update},
         "lr": lr,
         "completion_length": lengths.mean().item(),
         "completion_length_max": lengths.max().item(),
         "truncation_rate": drawn.rollout.truncated.float().mean().item(),
         "zero_std_groups": drawn.flat.float().mean().item(),  # of every group drawn
+        # completions every reward function returned None for: left out of their group's statistics, advantage 0
+        "unscorable": int((~drawn.scores.scorable).sum()),
         **sampling,
         # completions whose grading hit the time bound or failed (scored 0), this step
         "grader_timeouts": incidents[0],

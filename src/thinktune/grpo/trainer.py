@@ -30,7 +30,7 @@ from thinktune.data import DataError, Example, PromptBuilder
 from thinktune.distributed import SINGLE, Ranks
 from thinktune.grpo.advantages import group_advantages
 from thinktune.grpo.batching import MicroBatchPlan
-from thinktune.grpo.losses import LOSSES, LossInputs
+from thinktune.grpo.losses import LOSSES, LossInputs, correction_weights, high_entropy_mask
 from thinktune.grpo.metrics import StepTimes, pass_rate, sample_rows, step_record
 from thinktune.grpo.sampling import Groups, PromptSampler
 from thinktune.logprobs import SharedPrompts, completion_logprobs, rollout_logprobs, supports_shared_prompts
@@ -146,7 +146,7 @@ class GRPOTrainer:
         completions = decode(self.tokenizer, rollout.completion_ids, rollout.completion_mask)
         scoring_began = time.perf_counter()
         scores = self.score(batch, completions)
-        advantages, flat = group_advantages(scores.total, self.cfg.group_size, self.cfg.scale_rewards)
+        advantages, flat = group_advantages(scores.total, self.cfg.group_size, self.cfg.scale_rewards, scores.scorable)
         examples = [e for e in batch.examples for _ in range(self.cfg.group_size)]
         correct = self.task.accuracy(completions, examples)
         groups = Groups(
@@ -207,11 +207,18 @@ class GRPOTrainer:
         step the policy μ times, and tell the rollout backend the weights changed."""
         plan = MicroBatchPlan.build(rollout, advantages, self.cfg).across(self.ranks)
         old_logprobs, ref_logprobs = self.reference_logprobs(rollout)
-        stats = self.update(rollout, advantages, plan, old_logprobs, ref_logprobs)
+        correction = None
+        if not self.exact_logprobs and self.recipe.rollout.correction != "recompute":
+            correction = correction_weights(old_logprobs, rollout.logprobs, self.recipe.rollout)
+        stats = self.update(rollout, advantages, plan, old_logprobs, ref_logprobs, correction)
         self.backend.weights_changed()
         if not self.exact_logprobs:  # how far the sampler's numbers are from the trainer's
-            gap = (old_logprobs - rollout.logprobs)[rollout.completion_mask.bool()].abs()
+            valid = rollout.completion_mask.bool()
+            gap = (old_logprobs - rollout.logprobs)[valid].abs()
             stats["logprob_mismatch"] = gap.mean().item() if gap.numel() else 0.0
+            if correction is not None:
+                stats["correction_weight"] = correction[valid].mean().item() if valid.any() else 1.0
+                stats["correction_masked"] = (correction[valid] == 0).float().mean().item() if valid.any() else 0.0
         return stats
 
     def reference_logprobs(self, rollout: Rollout) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -228,8 +235,11 @@ class GRPOTrainer:
                 ref = rollout_logprobs(self.model, rollout, cfg.micro_batch_size, cfg.temperature)
         return old, ref
 
-    def update(self, rollout: Rollout, advantages: torch.Tensor, plan: MicroBatchPlan, old_logprobs, ref_logprobs):
-        """μ optimizer steps on this generation; gradients accumulate over the plan's micro-batches."""
+    def update(
+        self, rollout: Rollout, advantages: torch.Tensor, plan: MicroBatchPlan, old_logprobs, ref_logprobs, correction
+    ):
+        """μ optimizer steps on this generation; gradients accumulate over the plan's micro-batches. ``correction``:
+        the rollout correction's per-token weights, or None."""
         cfg = self.cfg
         sums = {"loss": 0.0, "clip": 0.0, "kl": 0.0, "entropy": 0.0, "grad_norm": 0.0, "trained_rows": 0.0}
         if plan.rows == 0:  # dynamic sampling found no group with spread: nothing to learn, the schedule moves on
@@ -247,7 +257,7 @@ class GRPOTrainer:
             for rows in plan.batches:
                 width = max(1, int(rollout.completion_mask[rows].sum(-1).max()))  # trim padding columns
                 completion = rollout.completion_ids[rows, :width], rollout.completion_mask[rows, :width]
-                entropy_wanted = iteration == 0
+                entropy_wanted = iteration == 0 or cfg.top_entropy_quantile < 1
                 with self.autocast():
                     if prompts is not None:
                         logprobs, entropy = prompts.completion_logprobs(
@@ -263,6 +273,10 @@ class GRPOTrainer:
                             with_entropy=entropy_wanted,
                         )
                 m = plan.mask[rows, :width]
+                weights = None if correction is None else correction[rows, :width]
+                if cfg.top_entropy_quantile < 1:  # only the most uncertain tokens of the micro-batch train
+                    chosen = high_entropy_mask(entropy.detach(), m, cfg.top_entropy_quantile)
+                    weights = chosen if weights is None else weights * chosen
                 out = self.loss_fn(
                     LossInputs(
                         logprobs=logprobs,
@@ -273,6 +287,8 @@ class GRPOTrainer:
                         beta=cfg.beta,
                         epsilon_low=cfg.epsilon,
                         epsilon_high=cfg.epsilon if cfg.epsilon_high is None else cfg.epsilon_high,
+                        importance_sampling=cfg.importance_sampling,
+                        weights=weights,
                         **plan.totals,
                     )
                 )
@@ -281,7 +297,7 @@ class GRPOTrainer:
                 sums["clip"] += (out.clipped.float() * m).sum().item() / tokens / cfg.iterations
                 if out.kl is not None:
                     sums["kl"] += (out.kl.detach() * m).sum().item() / tokens / cfg.iterations
-                if entropy is not None:
+                if iteration == 0:
                     sums["entropy"] += (entropy * m).sum().item() / plan.trained_tokens
             if prompts is not None:
                 prompts.backward()

@@ -20,7 +20,7 @@ _GSM8K_STRICT = re.compile(r"#### (\-?[0-9\.\,]+)")
 _GSM8K_FLEXIBLE = re.compile(r"(-?[$0-9.,]{2,})|(-?[0-9]+)")
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:[eE][-+]?\d+)?|-?\.\d+")
 _INTEGER = re.compile(r"-?\d+")
-MAX_GRADED_CHARS = 20_000  # of a whole completion, for the regex graders (the tail, where answers sit)
+MAX_GRADED_CHARS = MAX_ANSWER_CHARS  # of a whole completion, for the regex graders (the tail, where answers sit)
 
 
 @functools.cache

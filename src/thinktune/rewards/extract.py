@@ -8,8 +8,9 @@ _ANSWER = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 _ANSWER_OPEN = re.compile(r"<answer>(.*)$", re.DOTALL)
 _AFTER_THINK = re.compile(r"</think>(.*)$", re.DOTALL)
 
-# Graders see at most this many characters: an answer is short, and a runaway one must not stall parsing.
-MAX_ANSWER_CHARS = 512
+# Graders see at most this many characters of an answer section (its tail): enough for a boxed answer followed by
+# pages of chatter, while a runaway section cannot stall parsing (the grader process bounds the time as well).
+MAX_ANSWER_CHARS = 20_000
 
 
 def extract_answer(completion: str, answer_format: str = "xml") -> str | None:

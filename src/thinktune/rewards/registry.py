@@ -80,6 +80,11 @@ class RewardScores:
     per_function: torch.Tensor
     total: torch.Tensor
 
+    @property
+    def scorable(self) -> torch.Tensor:
+        """Per completion: whether any function scored it (every one returning None leaves it unscorable)."""
+        return ~self.per_function.isnan().all(0)
+
 
 class RewardSet:
     """The recipe's rewards, called together and checked.
