@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 TORCH := torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-gpu test-vllm lint install bench clean browser notebook llamacpp
+.PHONY: demo test check test-gpu test-vllm lint install bench clean browser notebook llamacpp
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -55,6 +55,14 @@ llamacpp: $(STAMP)
 
 test: lint browser llamacpp
 	$(BIN)/python -m pytest -q
+
+# The edit-test loop: ruff, every doctest in src/ and the unit tests on hand-computed examples, in under a minute.
+# `make test` runs all of them again with everything else.
+CHECK_TESTS := tests/test_advantages.py tests/test_losses.py tests/test_trl_parity.py tests/test_config.py \
+	tests/test_reward_set.py tests/test_reward_functions.py tests/test_data.py tests/test_stats.py \
+	tests/test_prompts.py tests/test_sampling.py tests/test_memory.py tests/test_named_datasets.py
+check: lint
+	$(BIN)/python -m pytest -q -p no:cacheprovider src $(CHECK_TESTS)
 
 # notebooks/quickstart.ipynb run in full (about 10 minutes here), its outputs saved in it.
 notebook: $(STAMP)
