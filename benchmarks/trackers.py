@@ -43,8 +43,8 @@ def completion_rows(run: Path, step: int) -> list[dict]:
 
 def replay(run: Path, names: list[str], scratch: Path) -> float:
     """Median seconds per step that logging one step's records takes with these trackers."""
-    from thinktune.config import load_recipe
     from thinktune.jsonl import read_jsonl
+    from thinktune.recipe import load_recipe
     from thinktune.runs import RunDir
     from thinktune.tracking import make_tracker
 

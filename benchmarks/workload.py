@@ -80,7 +80,8 @@ def model_path(case: Case, scratch: Path) -> str:
 
 def recipe(case: Case, path: str, run_dir: Path, micro_batch: int = 8, overrides: tuple[str, ...] = ()):
     """The demo recipe at the benchmark's shape."""
-    from thinktune.config import RewardConfig, load_recipe
+    from thinktune.config import RewardConfig
+    from thinktune.recipe import load_recipe
 
     r = load_recipe(
         ROOT / "recipes" / "demo.yaml",

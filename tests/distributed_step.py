@@ -8,10 +8,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from thinktune.config import load_recipe  # noqa: E402
 from thinktune.data import load_examples  # noqa: E402
 from thinktune.distributed import from_environment  # noqa: E402
 from thinktune.grpo.trainer import GRPOTrainer  # noqa: E402
+from thinktune.recipe import load_recipe  # noqa: E402
 from thinktune.runs import RunDir  # noqa: E402
 from thinktune.tracking import Trackers  # noqa: E402
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from thinktune.config import load_recipe
+from thinktune.recipe import load_recipe
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 

@@ -4,7 +4,8 @@ import re
 
 import pytest
 
-from thinktune.config import ConfigError, load_recipe, parse_override
+from thinktune.config import ConfigError
+from thinktune.recipe import load_recipe, parse_override
 
 
 def write(tmp_path, text):
@@ -31,13 +32,13 @@ def test_a_generated_task_defaults_to_basic_arithmetic_and_a_file_has_no_task():
         ("grpo:\n  group_sise: 4\n", [], "grpo.group_sise: unknown key"),
         ("", ["grpo.group_size=1"], "grpo.group_size: Input should be greater than or equal to 2"),
         ("", ["grpo.group_size=many"], "grpo.group_size: Input should be a valid integer"),
-        ("", ["grpo.loss=nope"], "grpo.loss: unknown loss 'nope'; allowed"),
+        ("", ["grpo.loss=nope"], "grpo.loss: unknown 'nope'; known: token, sequence, dr_grpo, cispo"),
         ("", ["data.source=file"], "data.path: required when data.source is file"),
         ("", ["data.source=file", "data.path=x", "data.task=chain_sum"], "data.task: not used by data.source file"),
         ("", ["data.source=passages", "data.hub_id=x"], "data.hub_id: not used by data.source passages"),
         ("", ["data.source=gsm8k", "data.columns={q: a}"], "data.columns: not used by data.source gsm8k"),
-        ("", ["data.source=csv"], "data.source: unknown source 'csv'; known: reasoning_gym, file, chat"),
-        ("", ["rewards=[{name: acuracy}]"], "rewards[0].name: unknown reward 'acuracy'; registered: ['accuracy'"),
+        ("", ["data.source=csv"], "data.source: unknown 'csv'; known: reasoning_gym, file, chat"),
+        ("", ["rewards=[{name: acuracy}]"], "rewards[0].name: unknown 'acuracy'; known: accuracy, gsm8k_strict"),
         ("", ["rewards=[{name: format}, {name: 'no_such_pkg:f'}]"], "rewards[1].name: cannot import module"),
         ("", ["rewards=[{name: 'tests.user_rewards:nope'}]"], "rewards[0].name: 'tests.user_rewards' has no function"),
         ("", ["train.learning_rate=-1"], "train.learning_rate: Input should be greater than 0"),

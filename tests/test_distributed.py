@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from tests.helpers import read_lines, tiny_recipe
-from thinktune.config import dump_recipe
+from thinktune.recipe import dump_recipe
 from thinktune.rollout import generate
 
 ROOT = Path(__file__).resolve().parents[1]

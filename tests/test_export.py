@@ -8,9 +8,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from tests.helpers import save_tiny_adapter
 from tests.test_model_families import gemma_3, llama_3_2, qwen_2_5, qwen_3
-from thinktune.config import load_recipe
 from thinktune.export import ExportError, export_gguf, fidelity, merge_adapter, permute_for_rope
 from thinktune.models import _packaged_gguf, load_for_inference, load_tokenizer, resolve_model
+from thinktune.recipe import load_recipe
 
 QUESTIONS = ["What is 12 + 30?", "Name a prime number above 10.", "Say hello in French."]
 

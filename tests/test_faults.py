@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from tests.helpers import read_lines, tiny_recipe
-from thinktune.config import dump_recipe
+from thinktune.recipe import dump_recipe
 
 pytestmark = pytest.mark.slow
 

@@ -11,9 +11,9 @@ from typer.testing import CliRunner
 
 from tests.test_model_families import llama_3_2, qwen_2_5, qwen_3
 from thinktune.cli import app
-from thinktune.config import load_recipe
 from thinktune.memory import Architecture, estimate
 from thinktune.models import resolve_model
+from thinktune.recipe import load_recipe
 
 
 def counts(model):

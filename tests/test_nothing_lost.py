@@ -122,7 +122,7 @@ def test_a_damaged_adapter_is_one_line_naming_it(tmp_path, adapter):
 
 
 def test_an_output_dir_that_is_a_file_is_one_line(tmp_path, tiny_model_dir):
-    from thinktune.config import dump_recipe
+    from thinktune.recipe import dump_recipe
 
     (tmp_path / "afile").write_text("x")
     recipe = tmp_path / "r.yaml"
@@ -133,7 +133,7 @@ def test_an_output_dir_that_is_a_file_is_one_line(tmp_path, tiny_model_dir):
 
 
 def test_paths_expand_home_and_variables(monkeypatch):
-    from thinktune.config import load_recipe
+    from thinktune.recipe import load_recipe
 
     monkeypatch.setenv("HOME", "/home/someone")
     monkeypatch.setenv("DATA", "/data")

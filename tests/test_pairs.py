@@ -2,9 +2,9 @@
 
 import json
 
-from thinktune.config import load_recipe
 from thinktune.pipeline import train
 from thinktune.preference import read_pairs
+from thinktune.recipe import load_recipe
 
 
 def pairs_recipe(tmp_path, tiny_model_dir, *overrides):

@@ -149,8 +149,8 @@ def test_sigterm_finishes_the_step_checkpoints_and_says_how_to_resume(tmp_path, 
     from typer.testing import CliRunner
 
     from thinktune.cli import app
-    from thinktune.config import dump_recipe
     from thinktune.grpo.trainer import GRPOTrainer
+    from thinktune.recipe import dump_recipe
 
     recipe = tmp_path / "tiny.yaml"
     recipe.write_text(dump_recipe(tiny_recipe(tmp_path, tiny_model_dir, "train.steps=4", "run.save_every=0")))

@@ -5,8 +5,8 @@ import json
 import pytest
 
 from tests.helpers import RECIPES, read_lines
-from thinktune.config import load_recipe
 from thinktune.pipeline import train
+from thinktune.recipe import load_recipe
 
 pytestmark = pytest.mark.slow
 

@@ -5,10 +5,11 @@ import json
 import pytest
 import torch
 
-from thinktune.config import RewardConfig, load_recipe
+from thinktune.config import RewardConfig
 from thinktune.data import DataError
 from thinktune.pipeline import train
 from thinktune.preference import read_pairs
+from thinktune.recipe import load_recipe
 from thinktune.rewards import RewardSet
 
 WORDS = "one two three four five six seven eight nine zero cat dog".split()

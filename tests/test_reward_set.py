@@ -37,7 +37,7 @@ def test_bad_user_rewards_name_function_and_sample(fn, message):
 
 
 def test_unknown_reward_and_bad_import_path():
-    with pytest.raises(RewardError, match="unknown reward 'acuracy'"):
+    with pytest.raises(RewardError, match="unknown 'acuracy'; known: accuracy, "):
         RewardSet([RewardConfig(name="acuracy")])
     with pytest.raises(RewardError, match="cannot import module 'no_such_mod'"):
         RewardSet([RewardConfig(name="no_such_mod:fn")])
@@ -51,7 +51,7 @@ def test_args_are_bound():
 
 
 def test_recipe_scoring_gives_length_rewards_the_tokenizer_and_the_limit(tiny):
-    from thinktune.config import load_recipe
+    from thinktune.recipe import load_recipe
     from thinktune.scoring import recipe_scoring
 
     _, tokenizer = tiny

@@ -5,10 +5,11 @@ import json
 import pytest
 import torch
 
-from thinktune.config import ConfigError, ModelConfig, load_recipe
+from thinktune.config import ConfigError, ModelConfig
 from thinktune.data import DataError
 from thinktune.models import load_policy
 from thinktune.pipeline import train
+from thinktune.recipe import load_recipe
 from thinktune.sft import completion_loss
 
 

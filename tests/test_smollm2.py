@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import RECIPES, assert_peft_adapter_loads
-from thinktune.config import load_recipe
 from thinktune.models import resolve_model
 from thinktune.pipeline import train
+from thinktune.recipe import load_recipe
 
 pytestmark = pytest.mark.slow
 

@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from thinktune.config import ConfigError, Recipe, RewardConfig
-from thinktune.config import load_recipe as read_recipe
 from thinktune.jsonl import read_jsonl
+from thinktune.recipe import load_recipe as read_recipe
 
 RewardLike = str | Callable | RewardConfig
 
@@ -106,7 +106,7 @@ def train(recipe: Recipe, rewards: Iterable[RewardLike] | None = None, resume: b
 
     recipe = with_rewards(recipe, rewards)
     details = run_train(recipe, resume=resume)
-    run_dir = Path(recipe.run.output_dir) / recipe.run.name
+    run_dir = recipe.run.path
     final = run_dir / "final"
     return Summary(
         run_dir=run_dir,

@@ -13,7 +13,8 @@ from types import SimpleNamespace
 
 import typer
 
-from thinktune.config import ConfigError, load_recipe
+from thinktune.config import ConfigError
+from thinktune.recipe import load_recipe
 
 # peft calls a transformers method that transformers 5 marks deprecated; nothing a user can act on.
 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
@@ -122,7 +123,9 @@ def pairs(
     from thinktune.pipeline import train as run_train
 
     r = _fail_cleanly(load_recipe, recipe, [*(overrides or []), "stages=[pairs]"])
-    written = (Path(r.run.output_dir) / r.run.name / "pairs.jsonl").is_file()
+    from thinktune.pairs import pairs_path
+
+    written = pairs_path(r).is_file()  # where pairs.out points, else the run folder
     _fail_cleanly(run_train, r, resume=written)
 
 
@@ -179,7 +182,7 @@ def demo(overrides: list[str] = typer.Argument(None, help="key.sub=value overrid
     from thinktune.pipeline import train as run_train
 
     r = _fail_cleanly(lambda: load_recipe(demo_recipe_path(), overrides or []))
-    run_dir = Path(r.run.output_dir) / r.run.name
+    run_dir = r.run.path
     if (run_dir / "summary.json").is_file():
         typer.echo(f"the demo already finished in {run_dir} (delete that folder to run it again):\n")
         typer.echo((run_dir / "comparison.md").read_text() if (run_dir / "comparison.md").is_file() else "")

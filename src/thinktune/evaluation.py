@@ -33,7 +33,7 @@ def evaluation_key(recipe) -> str:
     evaluation settings, the sampling settings it borrows and the rewards. Saved with each evaluation, so one on
     disk is reused only when it was made the same way.
 
-    >>> from thinktune.config import load_recipe
+    >>> from thinktune.recipe import load_recipe
     >>> evaluation_key(load_recipe(None)) == evaluation_key(load_recipe(None, ["train.steps=5", "eval.every=2"]))
     True
     >>> evaluation_key(load_recipe(None)) == evaluation_key(load_recipe(None, ["data.eval_size=10"]))

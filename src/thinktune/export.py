@@ -17,8 +17,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from thinktune.config import expand_path
 from thinktune.models import ModelError, load_for_inference, save_model
-from thinktune.outputs import expand_path, refuse_existing, writing
+from thinktune.outputs import refuse_existing, writing
 
 # The families written, by model_type (llama.cpp calls them the same), whose GGUF transformers can read back.
 ARCHITECTURES = ("llama", "qwen2", "qwen3")

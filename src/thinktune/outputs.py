@@ -1,7 +1,6 @@
-"""Where thinktune writes, and how it keeps what is already there: paths as the user meant them, targets that are
-never destroyed unasked, one process per run folder, and a failed write told in one line.
+"""Where thinktune writes, and how it keeps what is already there: targets that are never destroyed unasked, one
+process per run folder, and a failed write told in one line (paths are expanded by config.expand_path).
 
-    out = expand_path("~/models/merged")          # ~ and $VARS expanded, as a shell would
     refuse_existing(out, overwrite=False)           # a non-empty folder, a file or a run folder: RunError
     with RunLock(Path("runs/demo")):                # a second process on runs/demo is refused, naming this one
         with writing(Path("runs/demo/metrics.jsonl")):
@@ -30,16 +29,6 @@ class WriteError(RunError):
         reason = getattr(err, "strerror", None) or (str(err).splitlines() or [type(err).__name__])[0][:160]
         super().__init__(f"cannot write {path} ({reason}){note}")
         self.path = Path(path)
-
-
-def expand_path(text: str) -> str:
-    """``~`` and environment variables expanded, as a shell would have done had the path not been quoted.
-
-    >>> os.environ["THINKTUNE_DOCTEST"] = "/data"
-    >>> expand_path("$THINKTUNE_DOCTEST/runs"), expand_path("~/x") == os.path.expanduser("~") + "/x"
-    ('/data/runs', True)
-    """
-    return os.path.expandvars(os.path.expanduser(text))
 
 
 # A run folder holds one of these; no merge or export may replace it.

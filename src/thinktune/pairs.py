@@ -26,7 +26,7 @@ from thinktune.tokens import decode
 
 
 def pairs_path(recipe: Recipe) -> Path:
-    return Path(recipe.pairs.out) if recipe.pairs.out else Path(recipe.run.output_dir) / recipe.run.name / "pairs.jsonl"
+    return Path(recipe.pairs.out) if recipe.pairs.out else recipe.run.path / "pairs.jsonl"
 
 
 def build_pairs(recipe: Recipe, train_set: list[Example]) -> Path:

@@ -31,10 +31,11 @@ from pathlib import Path
 import torch
 import yaml
 
-from thinktune.config import Recipe, dump_recipe
+from thinktune.config import Recipe
 from thinktune.console import console
 from thinktune.distributed import SINGLE, Ranks
 from thinktune.outputs import RunError, RunLock, WriteError, writing
+from thinktune.recipe import dump_recipe
 
 # What each stage leaves in a run directory; finding them means the stage already ran there. Other files (the
 # pairs written by `thinktune pairs`, a reward model) are inputs a later stage may use.
@@ -48,7 +49,7 @@ STAGE_OUTPUTS = {
 
 def stage_outputs(recipe: Recipe, stages: list[str] | None = None) -> list[Path]:
     """The outputs of ``stages`` (default: the recipe's) in the recipe's run directory that exist."""
-    folder = Path(recipe.run.output_dir) / recipe.run.name
+    folder = recipe.run.path
     return [
         folder / name for stage in stages or recipe.stages for name in STAGE_OUTPUTS[stage] if (folder / name).exists()
     ]
@@ -62,7 +63,7 @@ class RunDir:
 
     def __init__(self, recipe: Recipe, resume: bool = False, stages: list[str] | None = None, attach: bool = False):
         """``attach``: the directory another process (process 0 of a multi-process run) has just set up."""
-        self.path = Path(recipe.run.output_dir) / recipe.run.name
+        self.path = recipe.run.path
         self.recipe = recipe
         self.checkpoint = self.path / "checkpoint"
         self.attached = attach

@@ -3,8 +3,6 @@ judged by: accuracy against the reference answer and strict format, independent 
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from thinktune.data import Example
 from thinktune.rewards import RewardSet
 from thinktune.rewards.answers import accuracy_reward
@@ -55,7 +53,7 @@ def recipe_scoring(recipe, task_dataset, tokenizer=None) -> tuple[RewardSet, Tas
         "task_dataset": task_dataset,
         "tokenizer": tokenizer,
         "max_new_tokens": recipe.grpo.max_new_tokens,
-        "run_dir": str(Path(recipe.run.output_dir) / recipe.run.name),
+        "run_dir": str(recipe.run.path),
     }
     return RewardSet(recipe.rewards, context), TaskMetrics(fmt, task_dataset)
 

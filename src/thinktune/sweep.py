@@ -16,9 +16,10 @@ import shutil
 import statistics
 from pathlib import Path
 
-from thinktune.config import ConfigError, load_recipe, parse_override
+from thinktune.config import ConfigError
 from thinktune.console import console
 from thinktune.evaluation import evaluation_key
+from thinktune.recipe import load_recipe, parse_override
 from thinktune.runs import stage_outputs
 
 # Two-sided 95% t quantiles by degrees of freedom (seeds - 1).

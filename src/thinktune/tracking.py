@@ -19,6 +19,7 @@ from typing import Protocol
 
 from thinktune.console import console
 from thinktune.jsonl import JsonlWriter, keep_records
+from thinktune.registry import Registry
 from thinktune.runs import RunDir
 from thinktune.trackers import TensorBoardTracker, TrackioTracker, WandbTracker
 
@@ -104,14 +105,12 @@ class Trackers:
                 self.trackers.remove(tracker)
 
 
-TRACKERS = {
-    "jsonl": JsonlTracker,
-    "tensorboard": TensorBoardTracker,
-    "wandb": WandbTracker,
-    "trackio": TrackioTracker,
-}
+TRACKERS = Registry(
+    "run.report_to",
+    {"jsonl": JsonlTracker, "tensorboard": TensorBoardTracker, "wandb": WandbTracker, "trackio": TrackioTracker},
+)
 
 
 def make_tracker(names: list[str], run: RunDir) -> Trackers:
     """The trackers ``run.report_to`` names, writing for ``run``; the JSONL record is always one of them."""
-    return Trackers([TRACKERS[name](run) for name in dict.fromkeys(["jsonl", *names])])
+    return Trackers([TRACKERS.lookup(name)(run) for name in dict.fromkeys(["jsonl", *names])])

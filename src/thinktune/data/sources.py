@@ -22,6 +22,7 @@ from thinktune.data.named import NAMED, chat_example, convert_rows, hub_rows
 from thinktune.data.passages import passage_splits
 from thinktune.data.tables import read_table, rows_to_examples
 from thinktune.data.types import DataError, Example
+from thinktune.registry import Registry
 
 Splits = tuple[list[Example], list[Example], list[Example], Any]  # train, held-out, validation, task scorer
 SPECIFIC_FIELDS = ("task", "task_config", "path", "eval_path", "columns", "hub_id")
@@ -122,13 +123,16 @@ def passages(cfg) -> Splits:
     return train, held_out, validation, scorer
 
 
-SOURCES: dict[str, Source] = {
-    "reasoning_gym": Source(reasoning_gym_splits, uses=("task", "task_config"), requires=("task",)),
-    "file": Source(file_splits, uses=("path", "eval_path", "columns"), requires=("path",)),
-    "chat": Source(chat_splits, uses=("path", "eval_path"), requires=("path",)),
-    "passages": Source(passages),
-    **{name: Source(partial(named_splits, name), uses=("path", "eval_path", "hub_id")) for name in NAMED},
-}
+SOURCES = Registry(
+    "data.source",
+    {
+        "reasoning_gym": Source(reasoning_gym_splits, uses=("task", "task_config"), requires=("task",)),
+        "file": Source(file_splits, uses=("path", "eval_path", "columns"), requires=("path",)),
+        "chat": Source(chat_splits, uses=("path", "eval_path"), requires=("path",)),
+        "passages": Source(passages),
+        **{name: Source(partial(named_splits, name), uses=("path", "eval_path", "hub_id")) for name in NAMED},
+    },
+)
 
 
 def source_errors(cfg) -> list[str]:
@@ -143,7 +147,7 @@ def source_errors(cfg) -> list[str]:
     """
     source = SOURCES.get(cfg.source)
     if source is None:
-        return [f"data.source: unknown source {cfg.source!r}; known: {', '.join(SOURCES)}"]
+        return [SOURCES.unknown(cfg.source)]
     errors = [
         f"data.{key}: required when data.source is {cfg.source}" for key in source.requires if not getattr(cfg, key)
     ]

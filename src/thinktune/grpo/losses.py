@@ -20,10 +20,11 @@ How they match TRL's ``GRPOConfig.loss_type`` (tests/test_trl_parity.py calls TR
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+
+from thinktune.registry import Registry
 
 
 @dataclass
@@ -53,15 +54,8 @@ class LossOutput:
     kl: torch.Tensor | None
 
 
-LOSSES: dict[str, Callable[[LossInputs], LossOutput]] = {}
-
-
-def register_policy_loss(name: str):
-    def wrap(fn):
-        LOSSES[name] = fn
-        return fn
-
-    return wrap
+LOSSES = Registry("grpo.loss")  # name -> Callable[[LossInputs], LossOutput]
+register_policy_loss = LOSSES.register
 
 
 def k3_kl(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:

@@ -13,11 +13,12 @@ from typing import Any
 import torch
 
 from thinktune.config import RewardConfig
+from thinktune.registry import Registry
 from thinktune.rewards.bounded import RewardRaised, RewardTimeout, StopRequested, call_bounded
 
 RewardFn = Callable[..., list]
 FLOAT32_MAX = 3.4028234663852886e38  # rewards are summed and normalised in float32: larger ones become inf
-REWARDS: dict[str, RewardFn] = {}
+REWARDS = Registry("rewards[].name")  # name -> reward function
 NEEDS_SOURCE: dict[str, str] = {}  # reward name -> the data.source it cannot work without
 
 
@@ -48,9 +49,7 @@ def resolve_reward(name: str) -> RewardFn:
             "(thinktune.train(recipe, rewards=[...], resume=True)), or make it importable as 'pkg.module:function'"
         )
     if ":" not in name:
-        raise RewardError(
-            f"rewards: unknown reward {name!r}; registered: {sorted(REWARDS)}, or give 'pkg.module:function'"
-        )
+        raise RewardError(f"{REWARDS.unknown(name)}; or give 'pkg.module:function'")
     module_name, _, attr = name.partition(":")
     try:
         module = importlib.import_module(module_name)
@@ -166,7 +165,3 @@ class RewardSet:
                 raise RewardError(f"reward {name!r} returned {v} for completion {i}: {completions[i][:200]!r}; {hint}")
             clean.append(float(v))
         return clean
-
-
-# Built-ins register themselves on import.
-from thinktune.rewards import builtin as _builtin  # noqa: E402,F401

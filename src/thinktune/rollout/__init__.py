@@ -1,4 +1,5 @@
-"""Rollouts: sample completions and their token log-probs through a backend (only ``native`` so far)."""
+"""Rollouts: sample completions and their token log-probs through a backend: ``native`` (thinktune's own decoder on
+the policy's weights) or ``vllm`` (a vLLM engine the policy's weights are pushed into)."""
 
 from thinktune.rollout.backend import BACKENDS, NativeBackend, RolloutBackend, SamplingParams, make_backend
 from thinktune.rollout.engine import Rollout, generate

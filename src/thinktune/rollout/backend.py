@@ -16,6 +16,7 @@ from typing import Protocol
 import torch
 
 from thinktune.config import RolloutConfig
+from thinktune.registry import Registry
 from thinktune.rollout.engine import Rollout, generate
 from thinktune.rollout.vllm_backend import VllmBackend
 from thinktune.tokens import eos_token_ids
@@ -92,10 +93,10 @@ class NativeBackend:
         pass  # the decoder reads the model's parameters at every call
 
 
-BACKENDS = {"native": NativeBackend, "vllm": VllmBackend}
+BACKENDS = Registry("rollout.backend", {"native": NativeBackend, "vllm": VllmBackend})
 
 
 def make_backend(cfg: RolloutConfig | str, model, tokenizer) -> RolloutBackend:
     """The backend the recipe's ``rollout`` section (or just a backend's name) asks for, sampling from ``model``."""
     cfg = RolloutConfig(backend=cfg) if isinstance(cfg, str) else cfg
-    return BACKENDS[cfg.backend](model, tokenizer, cfg)
+    return BACKENDS.lookup(cfg.backend)(model, tokenizer, cfg)
