@@ -117,3 +117,13 @@ def test_a_notebook_lambda_is_bounded_too():
 
 def test_builtin_rewards_are_not_wrapped():
     assert RewardSet([RewardConfig(name="format"), RewardConfig(name="accuracy")]).bounds == [None, None]
+
+
+def test_a_fresh_process_knows_every_built_in_reward():
+    import subprocess
+    import sys
+
+    code = "from thinktune.rewards.registry import REWARDS; print(sorted(REWARDS))"
+    names = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    for name in ("format", "accuracy", "task_score", "length_tokens", "reward_model", "overlong"):
+        assert f"'{name}'" in names
