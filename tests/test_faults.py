@@ -112,7 +112,7 @@ def test_sigkill_then_resume_gives_the_uninterrupted_run(tmp_path, tiny_model_di
 # Two user rewards: yes_or_hang (hangs on one call when told to) and graded_yes (weight 0, but every completion
 # goes through the grader process, so every step grades).
 SIGNALLED = [
-    "train.steps=4",
+    "train.steps=3",
     "run.save_every=2",
     "rewards=[{name: 'tests.user_rewards:yes_or_hang', timeout: 600}, {name: 'tests.user_rewards:graded_yes', "
     "weight: 0.0}]",
@@ -158,13 +158,13 @@ def test_ctrl_c_inside_a_hanging_reward_stops_at_once_with_the_last_step_checkpo
 
 
 def test_two_runs_started_together_on_one_folder_exactly_one_runs(tmp_path, tiny_model_dir):
-    recipe = recipe_file(tmp_path, tiny_model_dir, "train.steps=4")
+    recipe = recipe_file(tmp_path, tiny_model_dir, "train.steps=2")
     first, second = start(recipe), start(recipe)
     codes = sorted([first.wait(), second.wait()])
     errors = first.stderr.read() + second.stderr.read()
     assert codes == [0, 2], errors
     assert any(f"is in use by process {p.pid} (" in errors for p in (first, second)) and f"train {recipe}" in errors
-    assert [r["step"] for r in read_lines(tmp_path / "tiny" / "metrics.jsonl")] == [1, 2, 3, 4]
+    assert [r["step"] for r in read_lines(tmp_path / "tiny" / "metrics.jsonl")] == [1, 2]
 
 
 @pytest.fixture

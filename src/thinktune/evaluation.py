@@ -106,7 +106,7 @@ def evaluate(
     With ``sampling``, also ``k`` sampled completions per example, summarised as mean@k, pass@j, maj@k and the
     share of examples whose samples are all wrong / all right (see :func:`thinktune.stats.sampled_metrics`).
     """
-    kept = [(e, ids) for e in examples if (ids := prompts.ids(e.question)) is not None]
+    kept = prompts.fitting(examples)
     ids = [i for _, i in kept]
     with progress(label, total=len(kept)) as bar:
         completions, lengths, truncated = _generate_all(

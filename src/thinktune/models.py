@@ -223,7 +223,9 @@ def load_policy(cfg: ModelConfig) -> tuple[PreTrainedModel, PreTrainedTokenizerB
     return model, tokenizer
 
 
-def add_lora(model: PreTrainedModel, cfg: ModelConfig) -> PreTrainedModel:
+def add_lora(model: PreTrainedModel, cfg: ModelConfig, task_type: str = "CAUSAL_LM") -> PreTrainedModel:
+    """``model`` with the recipe's LoRA adapters (``model.lora``); ``task_type="SEQ_CLS"`` for a reward model, whose
+    new score head peft then trains and saves in full."""
     from peft import LoraConfig, get_peft_model
 
     lora = LoraConfig(
@@ -231,7 +233,7 @@ def add_lora(model: PreTrainedModel, cfg: ModelConfig) -> PreTrainedModel:
         lora_alpha=cfg.lora.alpha,
         lora_dropout=cfg.lora.dropout,
         target_modules=cfg.lora.target_modules,
-        task_type="CAUSAL_LM",
+        task_type=task_type,
     )
     return get_peft_model(model, lora)
 

@@ -117,24 +117,14 @@ def load_reward_model_for_training(recipe: Recipe):
     """A one-label sequence classifier on the recipe's model, LoRA-wrapped (score head trained in full) or full."""
     from transformers import AutoModelForSequenceClassification
 
-    from thinktune.models import resolve_model
+    from thinktune.models import add_lora, resolve_model
 
     path = resolve_model(recipe.model.name)
     tokenizer = scoring_tokenizer(path)
     model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1)
     model.config.pad_token_id = tokenizer.pad_token_id
     if recipe.model.finetune == "lora":
-        from peft import LoraConfig, get_peft_model
-
-        lora = recipe.model.lora
-        config = LoraConfig(
-            r=lora.r,
-            lora_alpha=lora.alpha,
-            lora_dropout=lora.dropout,
-            target_modules=lora.target_modules,
-            task_type="SEQ_CLS",  # peft then trains and saves the new score head in full
-        )
-        model = get_peft_model(model, config)
+        model = add_lora(model, recipe.model, task_type="SEQ_CLS")
     return model, tokenizer
 
 

@@ -70,6 +70,10 @@ class PromptBuilder:
     def text(self, question: str) -> str:
         return self.render([{"role": "user", "content": question}])
 
+    def fitting(self, examples: list) -> list[tuple]:
+        """``(example, prompt ids)`` of each example whose prompt fits the budget (or is truncated to it)."""
+        return [(e, ids) for e in examples if (ids := self.ids(e.question)) is not None]
+
     def ids(self, question: str) -> list[int] | None:
         """Token ids of the prompt, or None when it is over budget and the policy is to skip."""
         ids = self.tokenizer(self.text(question), add_special_tokens=False)["input_ids"]

@@ -84,7 +84,7 @@ class GRPOTrainer:
             reference_policy(model)  # fails early when there is no reference (full fine-tuning)
         data = recipe.data
         self.prompts = PromptBuilder.from_config(self.tokenizer, data)
-        self.pool = [(e, ids) for e in train_examples if (ids := self.prompts.ids(e.question)) is not None]
+        self.pool = self.prompts.fitting(train_examples)
         if len(self.pool) < recipe.grpo.prompts_per_step:
             raise DataError(
                 f"only {len(self.pool)} training prompts fit data.max_prompt_tokens={data.max_prompt_tokens} "
