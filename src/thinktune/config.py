@@ -376,7 +376,10 @@ class RunConfig(_Section):
         10, ge=0, description="Checkpoint every N steps for --resume (and at the end); 0 = only at the end."
     )
     save_minutes: float = Field(
-        10.0, ge=0, description="Also checkpoint GRPO when this many minutes passed since the last checkpoint; 0 = off."
+        10.0,
+        ge=0,
+        description="Also checkpoint (GRPO, SFT, reward model) when this many minutes passed since the last "
+        "checkpoint; 0 = off.",
     )
     keep_checkpoints: int = Field(
         2, ge=1, description="Checkpoints kept per stage, newest first; an unreadable one falls back to the next."

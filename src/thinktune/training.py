@@ -17,6 +17,7 @@ import math
 import random
 import signal
 import threading
+import time
 
 import torch
 
@@ -192,10 +193,40 @@ def stop_requests():
             signal.signal(sig, handler)
 
 
+class CheckpointPolicy:
+    """When a training loop checkpoints, the same rule for GRPO, SFT and the reward model: every
+    ``run.save_every`` steps, once ``run.save_minutes`` have passed since the last checkpoint, after the last step
+    (``at_end``; SFT and the reward model skip it, their saved model marks the stage done), and whenever the loop
+    is about to stop (a stop request, a regression alarm).
+
+    >>> from thinktune.config import RunConfig
+    >>> policy = CheckpointPolicy(RunConfig(save_every=2, save_minutes=0), total=5, at_end=True)
+    >>> [done for done in range(1, 6) if policy.due(done)], policy.due(3, stopping=True)
+    ([2, 4, 5], True)
+    >>> [done for done in range(1, 6) if CheckpointPolicy(RunConfig(save_every=5), total=5, at_end=False).due(done)]
+    []
+    """
+
+    def __init__(self, run, total: int, at_end: bool):
+        self.every, self.minutes, self.total, self.at_end = run.save_every, run.save_minutes, total, at_end
+        self.last = time.monotonic()
+
+    def due(self, done: int, stopping: bool = False) -> bool:
+        if stopping or (self.at_end and done == self.total):
+            return True
+        if done == self.total:  # the stage's own saved model follows
+            return False
+        by_steps = self.every and done % self.every == 0
+        return bool(by_steps or (self.minutes and time.monotonic() - self.last >= 60 * self.minutes))
+
+    def saved(self) -> None:
+        self.last = time.monotonic()
+
+
 class StageCheckpoints:
     """Checkpoints of a stage's training loop (``sft``, ``reward_model``): resume from the newest one with the
-    stage's logs rewound to it; save every ``run.save_every`` steps (not after the last one: the stage's saved
-    model marks it done) and when a stop was requested, then stop.
+    stage's logs rewound to it; save as :class:`CheckpointPolicy` says (not after the last step: the stage's saved
+    model marks it done), and after a stop request, stop.
 
         checkpoints = StageCheckpoints(run, recipe, model, {"optimizer": opt, ...}, "sft", tracker, total=100)
         start = checkpoints.resume() if resume else 0
@@ -208,6 +239,7 @@ class StageCheckpoints:
     def __init__(self, run, recipe, model, parts: dict, stage: str, tracker, total: int):
         self.run, self.recipe, self.model, self.parts = run, recipe, model, parts
         self.stage, self.tracker, self.total = stage, tracker, total
+        self.policy = CheckpointPolicy(recipe.run, total, at_end=False)
 
     def resume(self) -> int:
         """Restore the newest checkpoint (if any) and forget what was logged after it; the steps done."""
@@ -219,8 +251,8 @@ class StageCheckpoints:
         return start
 
     def after_step(self, done: int, stop) -> None:
-        every = self.recipe.run.save_every
-        if stop.requested or (every and done % every == 0 and done < self.total):
+        if self.policy.due(done, stopping=stop.requested):
             self.run.save_checkpoint(done, self.recipe, self.model, self.parts, stage=self.stage)
+            self.policy.saved()
         if stop.requested:
             raise Interrupted(done)

@@ -45,6 +45,7 @@ from thinktune.scoring import TaskMetrics, recipe_scoring
 from thinktune.tokens import decode
 from thinktune.tracking import Tracker
 from thinktune.training import (
+    CheckpointPolicy,
     Interrupted,
     NonFiniteGuard,
     autocast,
@@ -387,9 +388,9 @@ class GRPOTrainer:
     def train(self, start_step: int = 0, on_eval=None) -> list[dict]:
         """Run the remaining steps; ``on_eval(step)`` is called every ``eval.every`` steps, and stops training
         there (after a checkpoint) by returning True."""
-        t, r = self.recipe.train, self.recipe.run
+        t = self.recipe.train
         records = []
-        last_saved = time.monotonic()
+        policy = CheckpointPolicy(self.recipe.run, t.steps, at_end=True)  # the last: --resume goes to evaluation
         with progress("train", total=t.steps) as bar, stop_requests() as stop:
             bar.advance(start_step)
             for step in range(start_step, t.steps):
@@ -405,17 +406,11 @@ class GRPOTrainer:
                 if self.recipe.eval.every and done % self.recipe.eval.every == 0 and done < t.steps and on_eval:
                     halt = self.ranks.any(bool(on_eval(done)))
                 stopping = self.ranks.any(stop.requested)
-                due = (
-                    done == t.steps  # the last one: a rerun with --resume goes straight to the final evaluation
-                    or halt
-                    or (r.save_every and done % r.save_every == 0)
-                    or (r.save_minutes and time.monotonic() - last_saved >= 60 * r.save_minutes)
-                )
-                if stopping or due:
+                if policy.due(done, stopping=stopping or halt):
                     parts = self.checkpoint_parts()  # every process takes part: generator states are gathered
                     if self.ranks.main:
                         self.run.save_checkpoint(done, self.recipe, self.model, parts)
-                    last_saved = time.monotonic()
+                    policy.saved()
                 if stopping:
                     raise Interrupted(done)
                 if halt:
