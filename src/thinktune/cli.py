@@ -54,10 +54,10 @@ def _fail_cleanly(fn, *args, again: list[str] | None = None, **kwargs):
     try:
         return fn(*args, **kwargs)
     except (*_user_errors(), OSError) as err:
-        if isinstance(err, OSError) and not isinstance(err, WriteError):
+        if isinstance(err, OSError):  # a write no site names (a library's own file)
             if err.errno not in WRITE_ERRNOS:
                 raise
-            err = WriteError(err.filename or "a file", err)  # a write no site names (a library's own file)
+            err = WriteError(err.filename or "a file", err)
         message = f"error: {err}"
         if isinstance(err, WriteError) and again:
             message += f"; what was saved is intact, and {shlex.join(again)} continues from the last checkpoint"

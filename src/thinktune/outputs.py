@@ -28,7 +28,6 @@ class WriteError(RunError):
     def __init__(self, path: Path | str, err: OSError | Exception, note: str = ""):
         reason = getattr(err, "strerror", None) or (str(err).splitlines() or [type(err).__name__])[0][:160]
         super().__init__(f"cannot write {path} ({reason}){note}")
-        self.path = Path(path)
 
 
 # A run folder holds one of these; no merge or export may replace it.
