@@ -28,7 +28,7 @@ def worker(repeats: int) -> dict:
 
     with tempfile.TemporaryDirectory() as tmp:
         trainer = build_trainer(CASES["smollm2-lora"], Path(tmp), Path(tmp) / "runs")
-        rollout = trainer.rollout(trainer.sample_prompts(trainer.cfg.prompts_per_step))
+        rollout = trainer.rollout_round(trainer.cfg.prompts_per_step).rollout
         # Every row trains (no zero advantages), so each repeat does the same, largest amount of work.
         advantages = torch.randn(rollout.completion_ids.shape[0], generator=torch.Generator().manual_seed(0))
         runs = []

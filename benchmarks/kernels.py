@@ -52,9 +52,9 @@ def decode_step() -> None:
     from transformers import DynamicCache
 
     from thinktune.config import ModelConfig
+    from thinktune.modeling import positions
     from thinktune.models import load_policy
     from thinktune.rollout.decoders import LlamaDecoder
-    from thinktune.rollout.engine import positions
 
     model, _ = load_policy(ModelConfig(name="smollm2-135m-instruct", finetune="lora"))
     model.eval()

@@ -21,24 +21,20 @@ from workload import CASES, build_trainer  # noqa: E402
 
 
 def main(case_name: str = "smollm2-lora", *overrides: str, rows: int = 12) -> None:
-    from thinktune.grpo.advantages import group_advantages
-
     with tempfile.TemporaryDirectory() as tmp:
         trainer = build_trainer(CASES[case_name], Path(tmp), Path(tmp) / "runs", overrides)
         r = trainer.recipe
         trainer.step(0)  # warm-up
-        batch = trainer.sample_prompts(r.grpo.prompts_per_step)
-        for stage in ("rollout", "update"):
+        groups = None
+        for stage in ("rollout and scoring", "update"):
             with torch.profiler.profile(record_shapes=True) as prof:
                 start = time.perf_counter()
-                if stage == "rollout":
-                    rollout = trainer.rollout(batch)
+                if groups is None:
+                    groups = trainer.rollout_round(r.grpo.prompts_per_step)
                 else:
-                    texts = trainer.tokenizer.batch_decode(rollout.completion_ids, skip_special_tokens=True)
-                    advantages, _ = group_advantages(trainer.score(batch, texts).total, r.grpo.group_size)
-                    trainer.learn(rollout, advantages)
+                    trainer.learn(groups.rollout, groups.advantages)
                 seconds = time.perf_counter() - start
-            tokens = int(rollout.completion_mask.sum())
+            tokens = int(groups.rollout.completion_mask.sum())
             print(f"\n== {stage}: {seconds:.1f} s under the profiler, {tokens} completion tokens")
             table = prof.key_averages(group_by_input_shape=True).table(
                 sort_by="self_cpu_time_total", row_limit=rows, max_name_column_width=45, max_shapes_column_width=60

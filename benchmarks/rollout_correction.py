@@ -46,7 +46,7 @@ def main() -> None:
             _, kept, _ = trainer.collect()
             rollout, advantages = kept.rollout, kept.advantages
             began = time.perf_counter()
-            old, _ = trainer.reference_logprobs(rollout)
+            old, _ = trainer.policy_update.old_and_reference(rollout)
             seconds = time.perf_counter() - began
             plan = MicroBatchPlan.build(rollout, advantages, trainer.cfg)
             valid = plan.mask.bool()

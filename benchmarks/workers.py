@@ -150,9 +150,9 @@ def run_trl(case_name: str, scratch: Path, dtype: str) -> dict:
 def run_generate(system: str, scratch: Path) -> dict:
     """Sampling only, LoRA SmolLM2, 4 prompts x 8 samples x up to 128 tokens: thinktune's engine or HF generate."""
     from thinktune.config import ModelConfig
+    from thinktune.modeling import left_pad
     from thinktune.models import load_policy
     from thinktune.rollout import generate
-    from thinktune.rollout.engine import left_pad
     from thinktune.tokens import eos_token_ids
 
     model, tokenizer = load_policy(ModelConfig(name="smollm2-135m-instruct", finetune="lora"))

@@ -26,7 +26,7 @@ def main(recipe_file: str, rollout_file: str, out: str) -> None:
     rows = torch.tensor(ranks.share(list(range(advantages.numel()))))  # whole groups: G divides each share
     stats = trainer.learn(rollout.take(rows), advantages[rows])
     if ranks.main:
-        torch.save({"params": [p.detach() for p in trainer.params], "stats": stats}, out)
+        torch.save({"params": [p.detach() for p in trainer.params], "stats": stats.record()}, out)
 
 
 if __name__ == "__main__":

@@ -5,10 +5,10 @@ import pytest
 import torch
 
 from tests.helpers import read_lines, tiny_recipe
+from thinktune.modeling import left_pad
 from thinktune.models import load_for_inference
 from thinktune.pipeline import train
 from thinktune.rollout import generate
-from thinktune.rollout.engine import left_pad
 
 pytestmark = [
     pytest.mark.gpu,

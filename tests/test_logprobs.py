@@ -6,8 +6,8 @@ import thinktune.logits as logits_module
 from thinktune.config import ModelConfig
 from thinktune.logits import head_token_logprobs
 from thinktune.logprobs import SharedPrompts, completion_logprobs
+from thinktune.modeling import positions
 from thinktune.models import load_policy
-from thinktune.rollout.engine import positions
 
 
 def lora_policy_with_live_adapters(model_dir):

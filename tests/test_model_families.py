@@ -9,11 +9,11 @@ from safetensors.torch import load_file
 
 from tests.helpers import tiny_recipe
 from thinktune.logprobs import completion_logprobs
+from thinktune.modeling import left_pad
 from thinktune.models import load_for_inference
 from thinktune.pipeline import train
 from thinktune.rollout import generate
 from thinktune.rollout.decoders import supports_fast_decode
-from thinktune.rollout.engine import left_pad
 
 SHAPE = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
 

@@ -6,6 +6,7 @@ import pytest
 
 from thinktune.config import RewardConfig
 from thinktune.rewards import RewardError, RewardSet
+from thinktune.rewards.registry import Incidents
 
 
 def test_weighted_sum_and_none_is_masked():
@@ -73,14 +74,19 @@ def test_a_reward_that_hangs_is_abandoned_at_its_bound_and_counted():
     scores = rs.score(["p"] * 2, ["yes", "no"], [{}, {}])
     assert time.monotonic() - began < 2.0
     assert scores.total.tolist() == [1.0, 0.0] and math.isnan(scores.per_function[1, 0].item())
-    assert (rs.calls, rs.timeouts) == (2, 1) and "'tests.user_rewards:hangs' did not return within 0.3 s" in (
-        rs.last_timeout
-    )
+    assert scores.incidents == Incidents(reward_timeouts=1)
+
+
+def test_a_batch_whose_every_bounded_call_timed_out_is_an_error_naming_the_function():
+    rs = RewardSet([user("hangs", timeout=0.3)])
+    with pytest.raises(RewardError, match=r"every one of the 1 calls .*'tests.user_rewards:hangs' did not return"):
+        rs.score(["p"], ["yes"], [{}])
 
 
 def test_a_slow_reward_within_its_bound_scores_as_usual():
     rs = RewardSet([user("slow_yes", timeout=5.0)])
-    assert rs.score(["p"] * 2, ["yes", "no"], [{}, {}]).total.tolist() == [1.0, 0.0] and rs.timeouts == 0
+    scores = rs.score(["p"] * 2, ["yes", "no"], [{}, {}])
+    assert scores.total.tolist() == [1.0, 0.0] and scores.incidents == Incidents()
 
 
 @pytest.mark.parametrize("fn, raised", [("exits", "SystemExit"), ("interrupts", "KeyboardInterrupt")])

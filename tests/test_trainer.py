@@ -85,7 +85,7 @@ def build(tmp_path, tiny_model_dir, *overrides):
 def test_several_iterations_take_one_optimizer_step_each_from_recomputed_old_logprobs(tmp_path, tiny_model_dir):
     trainer = build(tmp_path, tiny_model_dir, "grpo.iterations=3", "train.lr_schedule=linear", "train.steps=4")
     groups = trainer.rollout_round(2)
-    old, ref = trainer.reference_logprobs(groups.rollout)
+    old, ref = trainer.policy_update.old_and_reference(groups.rollout)
     # μ > 1: the old log-probs are recomputed by the trainer's forward pass; they match the sampler's
     torch.testing.assert_close(old, groups.rollout.logprobs, atol=2e-5, rtol=1e-4)
     assert ref is None
@@ -95,8 +95,8 @@ def test_several_iterations_take_one_optimizer_step_each_from_recomputed_old_log
     state = trainer.optimizer.state[trainer.params[0]]
     assert state["step"] == 3 and trainer.scheduler.last_epoch == 3  # the schedule counts policy updates
     assert any(not torch.equal(a, b) for a, b in zip(before, trainer.params, strict=True))
-    assert stats["clip"] > 0  # later iterations move away from the sampling policy and get clipped
-    assert stats["trained_rows"] == 1.0
+    assert stats.clip_fraction > 0  # later iterations move away from the sampling policy and get clipped
+    assert stats.trained_rows == 1.0
 
 
 def test_bf16_autocast_recomputes_old_logprobs_logs_their_gap_and_keeps_the_float32_gradient(tmp_path, tiny_model_dir):
@@ -105,7 +105,7 @@ def test_bf16_autocast_recomputes_old_logprobs_logs_their_gap_and_keeps_the_floa
         (tmp_path / mode).mkdir()
         trainer = build(tmp_path / mode, tiny_model_dir, f"train.autocast={mode}")
         groups = trainer.rollout_round(2)  # same seed: the same rollout both times
-        old, _ = trainer.reference_logprobs(groups.rollout)
+        old, _ = trainer.policy_update.old_and_reference(groups.rollout)
         if mode == "none":  # the sampler's own numbers, taken as they are
             assert old is groups.rollout.logprobs
         else:  # recomputed in bf16: close to the sampler's float32 numbers, not equal
@@ -117,9 +117,9 @@ def test_bf16_autocast_recomputes_old_logprobs_logs_their_gap_and_keeps_the_floa
             mode, torch.cat([p.grad.flatten() for p in params])
         )
         stats = trainer.learn(groups.rollout, torch.tensor([1.0, -1.0] * 8))
-        assert ("logprob_mismatch" in stats) == (mode == "bf16")
+        assert (stats.logprob_mismatch is not None) == (mode == "bf16")
         assert grads[mode].dtype == torch.float32 and all(p.dtype == torch.float32 for p in params)
-    assert 0 < stats["logprob_mismatch"] < 0.05
+    assert 0 < stats.logprob_mismatch < 0.05
     cosine = torch.nn.functional.cosine_similarity(grads["none"], grads["bf16"], dim=0)
     assert cosine > 0.99 and not torch.equal(grads["none"], grads["bf16"])
 
@@ -186,7 +186,7 @@ def test_a_step_whose_every_grader_call_fails_stops_the_run(tmp_path, tiny_model
     failing = "rewards=[{name: 'tests.user_rewards:grader_always_fails'}]"
     trainer = build(tmp_path, tiny_model_dir, failing, f"data.path={unanswered}")
     with pytest.raises(RewardError, match=r"step 1: every one of the 32 grader calls timed out or failed .*Zero"):
-        trainer.step(0)
+        trainer.stoppable_step(0, stop=None)
 
 
 def test_completions_no_reward_scores_are_left_out_with_advantage_zero_and_counted(tmp_path, tiny_model_dir):
@@ -203,9 +203,9 @@ def test_a_rollout_correction_weighs_tokens_where_sampler_and_trainer_differ(tmp
     trainer = build(tmp_path, tiny_model_dir, "train.autocast=bf16", f"rollout.correction={correction}")
     groups = trainer.rollout_round(2)
     stats = trainer.learn(groups.rollout, torch.tensor([1.0, -1.0] * 8))
-    assert 0 < stats["logprob_mismatch"] < 0.05  # bf16 against the float32 sampler: close, not equal
+    assert 0 < stats.logprob_mismatch < 0.05  # bf16 against the float32 sampler: close, not equal
     if correction == "tis":
-        assert stats["correction_weight"] != 1.0 and stats["correction_masked"] == 0.0
-        assert 0.9 < stats["correction_weight"] < 1.1
+        assert stats.correction_weight != 1.0 and stats.correction_masked == 0.0
+        assert 0.9 < stats.correction_weight < 1.1
     else:
-        assert stats["correction_weight"] == 1 - stats["correction_masked"] and stats["correction_masked"] < 0.05
+        assert stats.correction_weight == 1 - stats.correction_masked and stats.correction_masked < 0.05

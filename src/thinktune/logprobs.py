@@ -8,8 +8,7 @@ import torch
 from transformers import DynamicCache
 
 from thinktune.logits import entropy, head_token_logprobs, token_logprobs
-from thinktune.rollout.decoders import FAST_MODEL_TYPES, base_model
-from thinktune.rollout.engine import positions
+from thinktune.modeling import base_model, plain_head, positions
 
 
 def completion_logprobs(
@@ -31,7 +30,7 @@ def completion_logprobs(
     mask = torch.cat([prompt_mask, completion_mask], dim=1)
     width = completion_ids.shape[1]
     inputs = {"input_ids": ids, "attention_mask": mask, "position_ids": positions(mask)}
-    head = _plain_head(model)
+    head = plain_head(model)
     if head is not None:
         hidden = base_model(model).model(**inputs).last_hidden_state[:, -width - 1 : -1]
         return head_token_logprobs(hidden, head.weight, completion_ids, temperature, with_entropy)
@@ -41,9 +40,10 @@ def completion_logprobs(
 
 
 @torch.no_grad()
-def rollout_logprobs(model, rollout, rows_per_pass: int, temperature: float = 1.0) -> torch.Tensor:
-    """:func:`completion_logprobs` of every completion of a ``Rollout`` under ``model`` as it is now, without
-    gradients, ``rows_per_pass`` rows at a time; 0 past each completion's end."""
+def rollout_logprobs(model, rollout, rows_per_pass: int) -> torch.Tensor:
+    """:func:`completion_logprobs` of every completion of a ``Rollout`` under ``model`` as it is now, at the
+    rollout's sampling temperature, without gradients, ``rows_per_pass`` rows at a time; 0 past each completion's
+    end."""
     out = torch.zeros_like(rollout.logprobs)
     for rows in torch.arange(out.shape[0]).split(rows_per_pass):
         out[rows], _ = completion_logprobs(
@@ -52,7 +52,7 @@ def rollout_logprobs(model, rollout, rows_per_pass: int, temperature: float = 1.
             rollout.prompt_mask[rows],
             rollout.completion_ids[rows],
             rollout.completion_mask[rows],
-            temperature,
+            rollout.temperature,
         )
     return out * rollout.completion_mask
 
@@ -126,7 +126,7 @@ class SharedPrompts:
         )
         # The prompt's last position predicts the first completion token; completion position t the t + 1-th.
         hidden = torch.cat([last_hidden.index_select(0, prompt_index)[:, None], hidden[:, :-1]], dim=1)
-        return head_token_logprobs(hidden, _plain_head(model).weight, completion_ids, temperature, with_entropy)
+        return head_token_logprobs(hidden, plain_head(model).weight, completion_ids, temperature, with_entropy)
 
     def backward(self) -> None:
         """Take the gradients the micro-batches left on the prompt states through the prompt pass."""
@@ -137,14 +137,4 @@ class SharedPrompts:
 
 def supports_shared_prompts(model) -> bool:
     """Llama-family models with a plain LM head: the path :class:`SharedPrompts` is tested on."""
-    return _plain_head(model) is not None
-
-
-def _plain_head(model) -> torch.nn.Linear | None:
-    """The LM head when logits are exactly ``hidden @ W.T`` (no bias, adapter, soft-capping or scaling)."""
-    base = base_model(model)
-    head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
-    config = getattr(base, "config", None)
-    if getattr(config, "model_type", None) not in FAST_MODEL_TYPES or type(head) is not torch.nn.Linear:
-        return None
-    return head if head.bias is None else None
+    return plain_head(model) is not None

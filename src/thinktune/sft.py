@@ -17,8 +17,8 @@ from thinktune.config import ConfigError, Recipe
 from thinktune.console import console, progress
 from thinktune.data import DataError, Example, PromptBuilder
 from thinktune.logprobs import completion_logprobs
+from thinktune.modeling import left_pad
 from thinktune.models import save_model
-from thinktune.rollout.engine import left_pad
 from thinktune.runs import RunDir
 from thinktune.tracking import Tracker
 from thinktune.training import (

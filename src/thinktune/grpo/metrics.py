@@ -3,47 +3,57 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+import time
+from contextlib import contextmanager
+from dataclasses import asdict
 
 import torch
 
-from thinktune.grpo.sampling import Groups
+from thinktune.grpo.groups import Groups
+from thinktune.grpo.update import UpdateStats
 from thinktune.rewards.registry import RewardScores
 
 
-@dataclass
-class StepTimes:
-    """Seconds a step spent sampling (every round), scoring, and updating the policy."""
+class PhaseTimes:
+    """Seconds a step spent in each phase (``rollout``, ``score``, ``update``), summed over the step's rounds.
 
-    rollout: float
-    score: float
-    update: float
+    >>> times = PhaseTimes()
+    >>> with times.timed("score"):
+    ...     pass
+    >>> times["score"] >= 0.0, times["update"]
+    (True, 0.0)
+    """
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def timed(self, phase: str):
+        began = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[phase] = self[phase] + time.perf_counter() - began
+
+    def __getitem__(self, phase: str) -> float:
+        return self.seconds.get(phase, 0.0)
 
 
 def step_record(
-    drawn: Groups, format_ok: list[float], update: dict, sampling: dict, lr: float, times: StepTimes, incidents
+    drawn: Groups, format_ok: list[float], update: UpdateStats, sampling: dict, lr: float, times: PhaseTimes
 ) -> dict:
     """The step's record: the policy as sampled (every drawn completion, kept or not), the update's statistics,
-    how sampling went, grading incidents (``(grader timeouts, grader errors, reward timeouts)`` this step) and
-    where the time went."""
+    how sampling went, grading incidents this step and where the time went."""
     lengths = drawn.rollout.completion_lengths.float()
     generated = lengths.sum().item()
+    rollout, score, update_seconds = times["rollout"], times["score"], times["update"]
     return {
         "reward": drawn.scores.total.mean().item(),
         "reward_std": drawn.scores.total.std().item(),
         "accuracy": _mean(drawn.correct or [math.nan]),
         "format": _mean(format_ok),
         **per_function(drawn.scores),
-        "kl": update["kl"],
-        "entropy": update["entropy"],
-        "clip_fraction": update["clip"],
-        "loss": update["loss"],
-        "grad_norm": update["grad_norm"],
-        "nonfinite_skipped": update["nonfinite_skipped"],  # 1: the update was skipped (NaN/inf loss or gradient)
-        "trained_rows": update["trained_rows"],
-        # mean |log-prob| gap between the rollout engine and the trainer (a backend with its own kernels only),
-        # and with rollout.correction the mean weight it gave and the share of tokens it dropped
-        **{key: update[key] for key in ("logprob_mismatch", "correction_weight", "correction_masked") if key in update},
+        **update.record(),
         "lr": lr,
         "completion_length": lengths.mean().item(),
         "completion_length_max": lengths.max().item(),
@@ -52,16 +62,12 @@ def step_record(
         # completions every reward function returned None for: left out of their group's statistics, advantage 0
         "unscorable": int((~drawn.scores.scorable).sum()),
         **sampling,
-        # completions whose grading hit the time bound or failed (scored 0), this step
-        "grader_timeouts": incidents[0],
-        "grader_errors": incidents[1],
-        # calls of a user's reward function abandoned at rewards[].timeout (their batch scored None), this step
-        "reward_timeouts": incidents[2],
-        "seconds_rollout": times.rollout,
-        "seconds_score": times.score,
-        "seconds_update": times.update,
-        "generated_tokens_per_s": generated / max(times.rollout, 1e-9),
-        "tokens_per_s": generated / max(times.rollout + times.score + times.update, 1e-9),
+        **asdict(drawn.scores.incidents),  # grader_timeouts, grader_errors, reward_timeouts
+        "seconds_rollout": rollout,
+        "seconds_score": score,
+        "seconds_update": update_seconds,
+        "generated_tokens_per_s": generated / max(rollout, 1e-9),
+        "tokens_per_s": generated / max(rollout + score + update_seconds, 1e-9),
     }
 
 
@@ -90,19 +96,6 @@ def sample_rows(drawn: Groups, groups: int) -> list[dict]:
             }
         )
     return rows
-
-
-def pass_rate(groups: Groups, group: int) -> float:
-    """Share of the group that was right; without reference answers, 0.5 if its rewards differ, else 0.
-
-    >>> g = Groups(2, [7, 8], [], [], None, [], None, None, torch.tensor([False, True]), [1.0, 0.0, 0.0, 0.0])
-    >>> pass_rate(g, 0), pass_rate(g, 1)
-    (0.5, 0.0)
-    """
-    g = groups.group_size
-    if groups.correct is None:
-        return 0.0 if groups.flat[group] else 0.5
-    return _mean(groups.correct[group * g : (group + 1) * g])
 
 
 def per_function(scores: RewardScores) -> dict[str, float]:

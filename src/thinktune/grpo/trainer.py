@@ -1,25 +1,19 @@
 """The GRPO training loop.
 
-One step, as stages:
+One step, as the algorithm reads:
 
-    drawn, kept = collect()                             # rounds of: P prompts (curriculum: by pass rate) ->
-                                                        #   G completions each -> rewards -> group advantages;
-                                                        #   dynamic sampling drops flat groups, draws again
-    stats     = learn(kept):                            # the update stages on the kept groups
-        plan     = MicroBatchPlan.build(kept)           #   rows with a gradient, in micro-batches of similar length
-        old, ref = reference_logprobs(kept)             #   μ > 1: old log-probs again; β > 0: the reference's
-        update(kept, plan, old, ref)                    #   μ optimizer steps over the micro-batches
-    log(step); maybe evaluate(); maybe save()
+    drawn, kept, sampling = collect()      # rounds of: P prompts (curriculum: by pass rate) -> G completions each
+                                           #   -> rewards -> group advantages; dynamic sampling drops flat groups and
+                                           #   draws again
+    stats = learn(kept.rollout, kept.advantages)   # grpo/update.py: μ optimizer steps on the kept groups
+    log(step_record(drawn, stats, ...)); then train() may evaluate and checkpoint
 """
 
 from __future__ import annotations
 
 import copy
-import functools
 import math
 import random
-import time
-from dataclasses import dataclass
 
 import torch
 
@@ -29,17 +23,15 @@ from thinktune.console import progress
 from thinktune.data import DataError, Example, PromptBuilder
 from thinktune.distributed import SINGLE, Ranks
 from thinktune.grpo.advantages import group_advantages
-from thinktune.grpo.batching import MicroBatchPlan
-from thinktune.grpo.losses import LOSSES, LossInputs, correction_weights, high_entropy_mask
-from thinktune.grpo.metrics import StepTimes, pass_rate, sample_rows, step_record
-from thinktune.grpo.sampling import Groups, PromptSampler
-from thinktune.logprobs import SharedPrompts, completion_logprobs, rollout_logprobs, supports_shared_prompts
+from thinktune.grpo.groups import Groups, pass_rate
+from thinktune.grpo.metrics import PhaseTimes, sample_rows, step_record
+from thinktune.grpo.sampling import PromptSampler
+from thinktune.grpo.update import PolicyUpdate, UpdateStats
 from thinktune.models import load_policy, reference_policy
 from thinktune.rewards import RewardError, RewardSet
 from thinktune.rewards.bounded import StopRequested
 from thinktune.rewards.guard import GRADER
-from thinktune.rewards.registry import RewardScores
-from thinktune.rollout import Rollout, RolloutBackend, SamplingParams, make_backend
+from thinktune.rollout import RolloutBackend, SamplingParams, make_backend
 from thinktune.runs import GeneratorState, RunDir
 from thinktune.scoring import TaskMetrics, recipe_scoring
 from thinktune.tokens import decode
@@ -48,20 +40,10 @@ from thinktune.training import (
     CheckpointPolicy,
     Interrupted,
     NonFiniteGuard,
-    autocast,
-    gradient_step,
     make_optimizer,
     make_scheduler,
     stop_requests,
 )
-
-
-@dataclass
-class PromptBatch:
-    indices: list[int]  # into the training pool
-    examples: list[Example]
-    ids: list[list[int]]
-    texts: list[str]
 
 
 class GRPOTrainer:
@@ -95,18 +77,18 @@ class GRPOTrainer:
         t = recipe.train
         self.optimizer = make_optimizer(self.params, t.learning_rate, t)
         self.scheduler = make_scheduler(self.optimizer, t.lr_schedule, t.warmup_steps, t.steps * self.cfg.iterations)
+        # The trainer's log-probs are the sampler's only when both run the same weights at the same precision.
+        exact_logprobs = backend.exact_logprobs and t.autocast == "none"
+        self.policy_update = PolicyUpdate(recipe, model, self.params, self.optimizer, self.scheduler,
+                                          exact_logprobs, ranks)  # fmt: skip
         self.sampling = SamplingParams.of_recipe(self.cfg)
         # On the model's device: sampling draws its random numbers where the logits are (a CPU generator
         # cannot feed a CUDA draw).
         device = next(model.parameters()).device
         self.generator = torch.Generator(device=device).manual_seed(t.seed + ranks.rank)
-        self.autocast = functools.partial(autocast, device, t.autocast)
-        # The trainer's log-probs are the sampler's only when both run the same weights at the same precision.
-        self.exact_logprobs = backend.exact_logprobs and t.autocast == "none"
         self.sampler = PromptSampler(len(self.pool), t.seed, self.cfg.curriculum, self.cfg.curriculum_floor)
         self.last_drawn: Groups | None = None  # the last step's groups, for callers that inspect a step
-        self.seconds_scoring = 0.0
-        self.loss_fn = LOSSES[self.cfg.loss]
+        self.times = PhaseTimes()  # the current step's
         self.guard = NonFiniteGuard(t.max_nonfinite_steps)
 
     @classmethod
@@ -121,50 +103,28 @@ class GRPOTrainer:
         return cls(recipe, backend, model, train_examples, rewards, task, run, tracker, ranks)
 
     # ----------------------------------------------------------------- stages
-    def sample_prompts(self, count: int) -> PromptBatch:
-        """``count`` prompts from the sampler (a per-epoch shuffle; its state goes into checkpoints); with
-        several processes, this process's share of them."""
-        indices = self.ranks.share(self.sampler.draw(count))
-        examples = [self.pool[i][0] for i in indices]
-        return PromptBatch(
-            indices, examples, [self.pool[i][1] for i in indices], [self.prompts.text(e.question) for e in examples]
-        )
-
-    def rollout(self, batch: PromptBatch) -> Rollout:
-        """G completions of each prompt, with their log-probs, from the rollout backend."""
-        return self.backend.generate(batch.ids, self.sampling, self.generator)
-
-    def score(self, batch: PromptBatch, completions: list[str]) -> RewardScores:
-        g = self.cfg.group_size
-        prompts = [t for t in batch.texts for _ in range(g)]
-        columns = [e.columns() for e in batch.examples for _ in range(g)]
-        return self.rewards.score(prompts, completions, columns)
+    def sample_prompts(self, count: int) -> list[int]:
+        """``count`` prompts from the sampler (a per-epoch shuffle; its state goes into checkpoints), as indices
+        into the pool; with several processes, this process's share of them."""
+        return self.ranks.share(self.sampler.draw(count))
 
     def rollout_round(self, count: int) -> Groups:
         """Draw ``count`` prompts, sample G completions each, score them and take group advantages."""
-        batch = self.sample_prompts(count)
-        rollout = self.rollout(batch)
-        completions = decode(self.tokenizer, rollout.completion_ids, rollout.completion_mask)
-        scoring_began = time.perf_counter()
-        scores = self.score(batch, completions)
-        advantages, flat = group_advantages(scores.total, self.cfg.group_size, self.cfg.scale_rewards, scores.scorable)
-        examples = [e for e in batch.examples for _ in range(self.cfg.group_size)]
-        correct = self.task.accuracy(completions, examples)
-        groups = Groups(
-            group_size=self.cfg.group_size,
-            indices=batch.indices,
-            examples=batch.examples,
-            texts=batch.texts,
-            rollout=rollout,
-            completions=completions,
-            scores=scores,
-            advantages=advantages,
-            flat=flat,
-            correct=correct,
-        )
-        for group, index in enumerate(batch.indices):
-            self.sampler.observe(index, pass_rate(groups, group))
-        self.seconds_scoring += time.perf_counter() - scoring_began
+        g = self.cfg.group_size
+        with self.times.timed("rollout"):
+            indices = self.sample_prompts(count)
+            examples = [self.pool[i][0] for i in indices]
+            texts = [self.prompts.text(e.question) for e in examples]
+            rollout = self.backend.generate([self.pool[i][1] for i in indices], self.sampling, self.generator)
+            completions = decode(self.tokenizer, rollout.completion_ids, rollout.completion_mask)
+        with self.times.timed("score"):
+            rows = [e for e in examples for _ in range(g)]
+            scores = self.rewards.score([t for t in texts for _ in range(g)], completions, [e.columns() for e in rows])
+            advantages, flat = group_advantages(scores.total, g, self.cfg.scale_rewards, scores.scorable)
+            correct = self.task.accuracy(completions, rows)
+            groups = Groups(g, indices, examples, texts, rollout, completions, scores, advantages, flat, correct)
+            for group, index in enumerate(indices):
+                self.sampler.observe(index, pass_rate(groups, group))
         return groups
 
     def collect(self) -> tuple[Groups, Groups, dict[str, float]]:
@@ -203,150 +163,25 @@ class GRPOTrainer:
         }
         return Groups.cat(drawn, pad), Groups.cat(kept, pad), info
 
-    def learn(self, rollout: Rollout, advantages: torch.Tensor) -> dict[str, float]:
-        """The update stages on one generation: plan the micro-batches, take the old and reference log-probs,
-        step the policy μ times, and tell the rollout backend the weights changed."""
-        plan = MicroBatchPlan.build(rollout, advantages, self.cfg).across(self.ranks)
-        old_logprobs, ref_logprobs = self.reference_logprobs(rollout)
-        correction = None
-        if not self.exact_logprobs and self.recipe.rollout.correction != "recompute":
-            correction = correction_weights(old_logprobs, rollout.logprobs, self.recipe.rollout)
-        stats = self.update(rollout, advantages, plan, old_logprobs, ref_logprobs, correction)
+    def learn(self, rollout, advantages: torch.Tensor) -> UpdateStats:
+        """The update on one generation (:class:`PolicyUpdate`); then the rollout backend is told the weights
+        changed."""
+        stats = self.policy_update.learn(rollout, advantages)
         self.backend.weights_changed()
-        if not self.exact_logprobs:  # how far the sampler's numbers are from the trainer's
-            valid = rollout.completion_mask.bool()
-            gap = (old_logprobs - rollout.logprobs)[valid].abs()
-            stats["logprob_mismatch"] = gap.mean().item() if gap.numel() else 0.0
-            if correction is not None:
-                stats["correction_weight"] = correction[valid].mean().item() if valid.any() else 1.0
-                stats["correction_masked"] = (correction[valid] == 0).float().mean().item() if valid.any() else 0.0
         return stats
-
-    def reference_logprobs(self, rollout: Rollout) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Old log-probs (the sampler's, or with μ > 1 recomputed once before the updates) and, with a KL term,
-        the reference policy's."""
-        cfg = self.cfg
-        old = rollout.logprobs
-        with self.autocast():
-            if cfg.iterations > 1 or not self.exact_logprobs:
-                old = rollout_logprobs(self.model, rollout, cfg.micro_batch_size, cfg.temperature)
-        ref = None
-        if cfg.beta > 0:
-            with reference_policy(self.model), self.autocast():
-                ref = rollout_logprobs(self.model, rollout, cfg.micro_batch_size, cfg.temperature)
-        return old, ref
-
-    def update(
-        self, rollout: Rollout, advantages: torch.Tensor, plan: MicroBatchPlan, old_logprobs, ref_logprobs, correction
-    ):
-        """μ optimizer steps on this generation; gradients accumulate over the plan's micro-batches. ``correction``:
-        the rollout correction's per-token weights, or None."""
-        cfg = self.cfg
-        sums = {"loss": 0.0, "clip": 0.0, "kl": 0.0, "entropy": 0.0, "grad_norm": 0.0, "trained_rows": 0.0}
-        if plan.rows == 0:  # dynamic sampling found no group with spread: nothing to learn, the schedule moves on
-            for _ in range(cfg.iterations):  # no gradients: the weights stay as they are
-                gradient_step(self.optimizer, self.scheduler, self.params, self.recipe.train.max_grad_norm)
-            return sums
-        tokens = plan.totals["total_tokens"]
-        sums["trained_rows"] = self.ranks.sum(plan.trained_rows) / plan.totals["total_rows"]
-        shared = supports_shared_prompts(self.model) and plan.trained_rows > 0
-        self.model.train()
-        for iteration in range(cfg.iterations):
-            self.optimizer.zero_grad(set_to_none=True)
-            with self.autocast():
-                prompts = SharedPrompts.encode(self.model, plan.prompt_ids, plan.prompt_mask) if shared else None
-            for rows in plan.batches:
-                width = max(1, int(rollout.completion_mask[rows].sum(-1).max()))  # trim padding columns
-                completion = rollout.completion_ids[rows, :width], rollout.completion_mask[rows, :width]
-                entropy_wanted = iteration == 0 or cfg.top_entropy_quantile < 1
-                with self.autocast():
-                    if prompts is not None:
-                        logprobs, entropy = prompts.completion_logprobs(
-                            self.model, plan.slot[rows], *completion, cfg.temperature, with_entropy=entropy_wanted
-                        )
-                    else:
-                        logprobs, entropy = completion_logprobs(
-                            self.model,
-                            rollout.prompt_ids[rows],
-                            rollout.prompt_mask[rows],
-                            *completion,
-                            cfg.temperature,
-                            with_entropy=entropy_wanted,
-                        )
-                m = plan.mask[rows, :width]
-                weights = None if correction is None else correction[rows, :width]
-                if cfg.top_entropy_quantile < 1:  # only the most uncertain tokens of the micro-batch train
-                    chosen = high_entropy_mask(entropy.detach(), m, cfg.top_entropy_quantile)
-                    weights = chosen if weights is None else weights * chosen
-                out = self.loss_fn(
-                    LossInputs(
-                        logprobs=logprobs,
-                        old_logprobs=old_logprobs[rows, :width],
-                        advantages=advantages[rows],
-                        mask=m,
-                        ref_logprobs=None if ref_logprobs is None else ref_logprobs[rows, :width],
-                        beta=cfg.beta,
-                        epsilon_low=cfg.epsilon,
-                        epsilon_high=cfg.epsilon if cfg.epsilon_high is None else cfg.epsilon_high,
-                        importance_sampling=cfg.importance_sampling,
-                        weights=weights,
-                        **plan.totals,
-                    )
-                )
-                out.loss.backward()
-                sums["loss"] += out.loss.item() / cfg.iterations
-                sums["clip"] += (out.clipped.float() * m).sum().item() / tokens / cfg.iterations
-                if out.kl is not None:
-                    sums["kl"] += (out.kl.detach() * m).sum().item() / tokens / cfg.iterations
-                if iteration == 0:
-                    sums["entropy"] += (entropy * m).sum().item() / plan.trained_tokens
-            if prompts is not None:
-                prompts.backward()
-            self.ranks.sum_gradients(self.params)
-            loss = self.ranks.sum(sums["loss"])  # NaN in any process reaches every process
-            max_norm = self.recipe.train.max_grad_norm
-            grad_norm = gradient_step(self.optimizer, self.scheduler, self.params, max_norm, loss)
-            sums["grad_norm"] += grad_norm / cfg.iterations
-        for key in ("loss", "clip", "kl", "entropy"):  # each process's share of the step's normalised sums
-            sums[key] = self.ranks.sum(sums[key])
-        return sums
 
     # ----------------------------------------------------------------- the loop
     def step(self, step: int) -> dict[str, float]:
-        t0 = time.perf_counter()
-        incidents_before = GRADER.counts()
-        user_calls, user_timeouts = self.rewards.calls, self.rewards.timeouts
-        self.seconds_scoring = 0.0
+        """One GRPO step: sample and score groups, update the policy on them, log the step's record."""
+        self.times = PhaseTimes()
         drawn, kept, sampling = self.collect()
-        t1 = time.perf_counter()
-        calls, timeouts, errors = (now - before for now, before in zip(GRADER.counts(), incidents_before, strict=True))
-        if calls and timeouts + errors == calls:
-            raise RewardError(
-                f"step {step + 1}: every one of the {calls} grader calls timed out or failed ({timeouts} time-outs, "
-                f"{errors} errors; last error: {GRADER.last_error}): the rewards would all be 0"
-            )
-        user_calls, user_timeouts = self.rewards.calls - user_calls, self.rewards.timeouts - user_timeouts
-        if user_calls and user_timeouts == user_calls:
-            raise RewardError(
-                f"step {step + 1}: every one of the {user_calls} calls of the reward functions timed out "
-                f"({self.rewards.last_timeout}); raise rewards[].timeout, or make the function faster"
-            )
-        stats = self.learn(kept.rollout, kept.advantages)
+        with self.times.timed("update"):
+            stats = self.learn(kept.rollout, kept.advantages)
+            stats.nonfinite_skipped = float(not self.guard.check(step + 1, stats.loss, stats.grad_norm))
         if self.ranks.world > 1:  # the step's record covers every process's groups
             drawn = Groups.cat(self.ranks.gather(drawn), self.tokenizer.pad_token_id)
-        stats["nonfinite_skipped"] = float(not self.guard.check(step + 1, stats["loss"], stats["grad_norm"]))
-        t2 = time.perf_counter()
-
-        times = StepTimes(rollout=t1 - t0 - self.seconds_scoring, score=self.seconds_scoring, update=t2 - t1)
-        record = step_record(
-            drawn,
-            self.task.format_ok(drawn.completions),
-            stats,
-            sampling,
-            self.scheduler.get_last_lr()[0],
-            times,
-            (timeouts, errors, user_timeouts),
-        )
+        lr = self.scheduler.get_last_lr()[0]
+        record = step_record(drawn, self.task.format_ok(drawn.completions), stats, sampling, lr, self.times)
         self.tracker.log(step + 1, record)
         self.tracker.log_samples(step + 1, sample_rows(drawn, self.recipe.run.samples_per_step))
         self.last_drawn = drawn
@@ -360,6 +195,8 @@ class GRPOTrainer:
         self.rewards.stop = GRADER.stop = stop
         try:
             return self.step(step)
+        except RewardError as err:
+            raise RewardError(f"step {step + 1}: {err}") from err
         except StopRequested:
             self.restore_sampling_state(began)
             parts = self.checkpoint_parts()

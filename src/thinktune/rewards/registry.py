@@ -6,7 +6,7 @@ import importlib
 import inspect
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass, field
 from functools import partial
 from typing import Any
 
@@ -15,6 +15,7 @@ import torch
 from thinktune.config import RewardConfig
 from thinktune.registry import Registry
 from thinktune.rewards.bounded import RewardRaised, RewardTimeout, StopRequested, call_bounded
+from thinktune.rewards.guard import GRADER
 
 RewardFn = Callable[..., list]
 FLOAT32_MAX = 3.4028234663852886e38  # rewards are summed and normalised in float32: larger ones become inf
@@ -72,12 +73,31 @@ def _accepts(fn: RewardFn, keyword: str) -> bool:
 
 
 @dataclass
+class Incidents:
+    """What went wrong while scoring, counted: completions whose grading hit the grader's time bound or failed
+    (scored 0), and calls of a user's reward function abandoned at ``rewards[].timeout`` (their batch scored None).
+
+    >>> Incidents(1, 0, 2) + Incidents(0, 3, 0)
+    Incidents(grader_timeouts=1, grader_errors=3, reward_timeouts=2)
+    """
+
+    grader_timeouts: int = 0
+    grader_errors: int = 0
+    reward_timeouts: int = 0
+
+    def __add__(self, other: Incidents) -> Incidents:
+        return Incidents(*(a + b for a, b in zip(astuple(self), astuple(other), strict=True)))
+
+
+@dataclass
 class RewardScores:
-    """Per-function scores ``[functions, completions]`` (NaN = not applicable) and their weighted sum."""
+    """Per-function scores ``[functions, completions]`` (NaN = not applicable), their weighted sum, and the
+    incidents of the scoring."""
 
     names: list[str]
     per_function: torch.Tensor
     total: torch.Tensor
+    incidents: Incidents = field(default_factory=Incidents)
 
     @property
     def scorable(self) -> torch.Tensor:
@@ -106,26 +126,27 @@ class RewardSet:
             # The built-ins are bounded where they parse (the grader process); a user's function as a whole.
             self.bounds.append(None if is_builtin(fn) else cfg.timeout)
         self.weight_tensor = torch.tensor(self.weights, dtype=torch.float32)
-        self.calls = self.timeouts = 0  # bounded calls so far, and those abandoned at their bound
-        self.last_timeout: str | None = None
         self.stop = None  # set while a training step runs: a stop request abandons the reward being waited for
 
     def score(self, prompts: list[str], completions: list[str], columns: list[dict]) -> RewardScores:
         """Call every function on the batch; ``columns[i]`` is the dataset row of completion ``i``. A user's
-        function past its ``timeout`` scores NaN (not applicable) for the batch and is counted."""
+        function past its ``timeout`` scores NaN (not applicable) for the batch and is counted. A batch whose every
+        grader call, or every bounded call of a user's function, timed out or failed raises :class:`RewardError`:
+        its rewards would all be 0 or None."""
         keys = columns[0].keys() if columns else ()
         batched = {k: [row[k] for row in columns] for k in keys}
         table = torch.full((len(self.fns), len(completions)), math.nan)
+        graded_before = GRADER.counts()
+        bounded_calls, timeouts = 0, []
         for f, (name, fn, seconds) in enumerate(zip(self.names, self.fns, self.bounds, strict=True)):
             try:
                 if seconds is None:
                     values = fn(prompts, completions, **batched)
                 else:
-                    self.calls += 1
+                    bounded_calls += 1
                     values = call_bounded(fn, (prompts, completions), batched, seconds, name, self.stop)
             except RewardTimeout as err:
-                self.timeouts += 1
-                self.last_timeout = str(err)
+                timeouts.append(str(err))
                 continue
             except StopRequested:
                 raise
@@ -140,7 +161,18 @@ class RewardSet:
             table[f] = torch.tensor(self._check(name, values, completions), dtype=torch.float32)
         weighted = table * self.weight_tensor[:, None]
         total = torch.nansum(weighted, dim=0)
-        return RewardScores(self.names, table, total)
+        calls, grader_timeouts, grader_errors = (n - m for n, m in zip(GRADER.counts(), graded_before, strict=True))
+        if calls and grader_timeouts + grader_errors == calls:
+            raise RewardError(
+                f"every one of the {calls} grader calls timed out or failed ({grader_timeouts} time-outs, "
+                f"{grader_errors} errors; last error: {GRADER.last_error}): the rewards would all be 0"
+            )
+        if bounded_calls and len(timeouts) == bounded_calls:
+            raise RewardError(
+                f"every one of the {bounded_calls} calls of the reward functions timed out ({timeouts[-1]}); "
+                "raise rewards[].timeout, or make the function faster"
+            )
+        return RewardScores(self.names, table, total, Incidents(grader_timeouts, grader_errors, len(timeouts)))
 
     @staticmethod
     def _check(name: str, values: Any, completions: list[str]) -> list[float]:

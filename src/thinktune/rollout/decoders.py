@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from transformers import DynamicCache
 
-FAST_MODEL_TYPES = ("llama", "qwen2", "qwen3")
+from thinktune.modeling import FAST_MODEL_TYPES, base_model, effective_weight
 
 
 class HFDecoder:
@@ -50,28 +50,6 @@ class HFDecoder:
 
     def keep(self, rows: torch.Tensor) -> None:
         self.cache.batch_select_indices(rows)
-
-
-def base_model(model):
-    """The transformers model under a peft wrapper (or the model itself)."""
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
-
-
-def effective_weight(linear) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """A linear layer's weight with its active LoRA adapters merged in (peft layers), and its bias.
-
-    For a LoRA layer ``W' = W + scaling * B @ A``, exactly the update ``merge_adapter`` would apply,
-    computed into a new tensor so the trainable model is never touched.
-    """
-    if hasattr(linear, "base_layer"):  # a peft LoRA layer
-        base = linear.base_layer
-        weight = base.weight.detach()
-        if not linear.merged and not linear.disable_adapters:
-            for name in linear.active_adapters:
-                if name in linear.lora_A:
-                    weight = weight + linear.get_delta_weight(name).detach()
-        return weight, None if base.bias is None else base.bias.detach()
-    return linear.weight.detach(), None if linear.bias is None else linear.bias.detach()
 
 
 def _lora_layers_supported(model) -> bool:

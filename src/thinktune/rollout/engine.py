@@ -15,6 +15,7 @@ from dataclasses import dataclass, fields
 import torch
 
 from thinktune.logits import sampling_weights, token_logprobs
+from thinktune.modeling import left_pad, positions
 from thinktune.rollout.decoders import make_decoder
 
 
@@ -28,6 +29,9 @@ class Rollout:
     completion_mask: torch.Tensor  # [N, C] 1 up to and including the end-of-sequence token
     logprobs: torch.Tensor  # [N, C] log-prob of each completion token at the sampling temperature
     truncated: torch.Tensor  # [N] bool: no end-of-sequence token within the budget
+    # the distribution ``logprobs`` are taken under, softmax(logits / temperature) (1 for greedy); the trainer
+    # scores the rollout at the same temperature
+    temperature: float = 1.0
 
     @property
     def completion_lengths(self) -> torch.Tensor:
@@ -35,7 +39,8 @@ class Rollout:
 
     def take(self, rows: torch.Tensor) -> Rollout:
         """Only the given rows."""
-        return Rollout(*(getattr(self, f.name)[rows] for f in fields(self)))
+        tensors = (getattr(self, f.name)[rows] for f in fields(self) if f.name != "temperature")
+        return Rollout(*tensors, temperature=self.temperature)
 
     @staticmethod
     def cat(parts: list[Rollout], pad_id: int) -> Rollout:
@@ -47,6 +52,8 @@ class Rollout:
         >>> both.prompt_mask.tolist(), both.completion_mask.tolist()
         ([[1, 1], [0, 1]], [[1, 1], [1, 0]])
         """
+        if len({p.temperature for p in parts}) > 1:
+            raise ValueError("Rollout.cat: the parts were sampled at different temperatures")
         prompt_width = max(p.prompt_ids.shape[1] for p in parts)
         completion_width = max(p.completion_ids.shape[1] for p in parts)
 
@@ -61,23 +68,8 @@ class Rollout:
             torch.cat([pad(p.completion_mask, completion_width, 0, False) for p in parts]),
             torch.cat([pad(p.logprobs, completion_width, 0.0, False) for p in parts]),
             torch.cat([p.truncated for p in parts]),
+            parts[0].temperature,
         )
-
-
-def left_pad(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(s) for s in sequences)
-    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    for row, seq in enumerate(sequences):
-        if seq:
-            ids[row, width - len(seq) :] = torch.tensor(seq)
-            mask[row, width - len(seq) :] = 1
-    return ids, mask
-
-
-def positions(mask: torch.Tensor) -> torch.Tensor:
-    """Position ids counted from each row's first real token (0 under left padding)."""
-    return (mask.cumsum(-1) - 1).clamp(min=0)
 
 
 def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
@@ -203,4 +195,5 @@ def generate(
         completion_mask=completion_mask,
         logprobs=logprobs[:, :width] * completion_mask,
         truncated=~is_eos.any(-1),
+        temperature=1.0 if greedy else temperature,
     )

@@ -23,9 +23,9 @@ from pathlib import Path
 import torch
 
 from thinktune.config import RolloutConfig
+from thinktune.modeling import base_model, effective_weight, left_pad
 from thinktune.models import ModelError
-from thinktune.rollout.decoders import base_model, effective_weight
-from thinktune.rollout.engine import Rollout, left_pad
+from thinktune.rollout.engine import Rollout
 from thinktune.tokens import eos_token_ids
 
 STACKED = {"qkv_proj": ("q_proj", "k_proj", "v_proj"), "gate_up_proj": ("gate_proj", "up_proj")}
@@ -157,7 +157,9 @@ class VllmBackend:
             logprobs[row, :n] = torch.tensor([step[token].logprob for step, token in steps])
         prompt_ids, prompt_mask = left_pad([p for p in prompts for _ in range(params.group_size)], pad)
         ended = torch.tensor([bool(c.token_ids) and c.token_ids[-1] in self.eos_ids for c in completions])
-        return Rollout(prompt_ids, prompt_mask, ids, mask, logprobs, ~ended)
+        return Rollout(
+            prompt_ids, prompt_mask, ids, mask, logprobs, ~ended, 1.0 if params.greedy else params.temperature
+        )
 
     def weights_changed(self) -> None:
         if self.lora_mode:  # the adapter alone, saved and handed to vLLM's LoRA support under a new id

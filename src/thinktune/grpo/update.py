@@ -1,0 +1,183 @@
+"""The update half of a GRPO step: μ optimizer steps of the policy on one generation's groups.
+
+plan     = MicroBatchPlan.build(rollout, advantages)   # rows with a gradient, in micro-batches of similar length
+old, ref = old_and_reference(rollout)                  # μ > 1 or another engine: old log-probs again; β > 0: the
+                                                       #   reference's
+for each of μ iterations:                              # gradients accumulate over the micro-batches
+    loss(new log-probs, old, ref, advantages).backward(); clip; optimizer step
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import asdict, dataclass
+
+import torch
+
+from thinktune.distributed import Ranks
+from thinktune.grpo.batching import MicroBatchPlan
+from thinktune.grpo.losses import LOSSES, LossInputs, correction_weights, high_entropy_mask
+from thinktune.logprobs import SharedPrompts, completion_logprobs, rollout_logprobs, supports_shared_prompts
+from thinktune.models import reference_policy
+from thinktune.rollout import Rollout
+from thinktune.training import autocast, gradient_step
+
+
+@dataclass
+class UpdateStats:
+    """What one update reports, under the names the step's record uses.
+
+    ``loss``, ``clip_fraction``, ``kl`` and ``entropy`` are each process's share of the step's normalised sums
+    until :meth:`reduce` adds them up; ``grad_norm`` is already the global norm. The last three are measured only
+    when the sampler's log-probs are not the trainer's (None: left out of the record).
+
+    >>> stats = UpdateStats()
+    >>> stats.add(loss=0.5, kl=0.1)
+    >>> stats.add(loss=0.25)
+    >>> stats.loss, stats.kl, stats.record()["clip_fraction"]
+    (0.75, 0.1, 0.0)
+    """
+
+    kl: float = 0.0
+    entropy: float = 0.0
+    clip_fraction: float = 0.0
+    loss: float = 0.0
+    grad_norm: float = 0.0
+    nonfinite_skipped: float = 0.0  # 1: the update was skipped (NaN/inf loss or gradient)
+    trained_rows: float = 0.0  # share of the step's rows that had a gradient
+    # mean |log-prob| gap between the rollout engine and the trainer, and with rollout.correction the mean weight
+    # it gave and the share of tokens it dropped
+    logprob_mismatch: float | None = None
+    correction_weight: float | None = None
+    correction_masked: float | None = None
+
+    def add(self, **parts: float) -> None:
+        for name, value in parts.items():
+            setattr(self, name, getattr(self, name) + value)
+
+    def reduce(self, ranks: Ranks) -> None:
+        """Add up every process's share of the normalised sums."""
+        for name in ("loss", "clip_fraction", "kl", "entropy"):
+            setattr(self, name, ranks.sum(getattr(self, name)))
+
+    def record(self) -> dict[str, float]:
+        return {name: value for name, value in asdict(self).items() if value is not None}
+
+
+class PolicyUpdate:
+    """The policy's optimizer steps on a rollout, by the recipe's loss, with its rollout correction."""
+
+    def __init__(self, recipe, model, params, optimizer, scheduler, exact_logprobs: bool, ranks: Ranks):
+        self.cfg, self.train_cfg, self.rollout_cfg = recipe.grpo, recipe.train, recipe.rollout
+        self.model, self.params, self.optimizer, self.scheduler = model, params, optimizer, scheduler
+        self.exact_logprobs, self.ranks = exact_logprobs, ranks
+        self.autocast = functools.partial(autocast, next(model.parameters()).device, recipe.train.autocast)
+        self.loss_fn = LOSSES[self.cfg.loss]
+
+    def learn(self, rollout: Rollout, advantages: torch.Tensor) -> UpdateStats:
+        """Plan the micro-batches, take the old and reference log-probs, and step the policy μ times."""
+        plan = MicroBatchPlan.build(rollout, advantages, self.cfg).across(self.ranks)
+        old_logprobs, ref_logprobs = self.old_and_reference(rollout)
+        correction = None
+        if not self.exact_logprobs and self.rollout_cfg.correction != "recompute":
+            correction = correction_weights(old_logprobs, rollout.logprobs, self.rollout_cfg)
+        stats = self.update(rollout, advantages, plan, old_logprobs, ref_logprobs, correction)
+        if not self.exact_logprobs:  # how far the sampler's numbers are from the trainer's
+            valid = rollout.completion_mask.bool()
+            gap = (old_logprobs - rollout.logprobs)[valid].abs()
+            stats.logprob_mismatch = gap.mean().item() if gap.numel() else 0.0
+            if correction is not None:
+                stats.correction_weight = correction[valid].mean().item() if valid.any() else 1.0
+                stats.correction_masked = (correction[valid] == 0).float().mean().item() if valid.any() else 0.0
+        return stats
+
+    def old_and_reference(self, rollout: Rollout) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Old log-probs (the sampler's, or with μ > 1 or another engine recomputed once before the updates) and,
+        with a KL term, the reference policy's."""
+        rows = self.cfg.micro_batch_size
+        old = rollout.logprobs
+        with self.autocast():
+            if self.cfg.iterations > 1 or not self.exact_logprobs:
+                old = rollout_logprobs(self.model, rollout, rows)
+        ref = None
+        if self.cfg.beta > 0:
+            with reference_policy(self.model), self.autocast():
+                ref = rollout_logprobs(self.model, rollout, rows)
+        return old, ref
+
+    def update(self, rollout, advantages, plan: MicroBatchPlan, old_logprobs, ref_logprobs, correction) -> UpdateStats:
+        """μ optimizer steps on this generation; gradients accumulate over the plan's micro-batches. ``correction``:
+        the rollout correction's per-token weights, or None."""
+        cfg, stats = self.cfg, UpdateStats()
+        max_norm = self.train_cfg.max_grad_norm
+        if plan.rows == 0:  # dynamic sampling found no group with spread: nothing to learn, the schedule moves on
+            for _ in range(cfg.iterations):  # no gradients: the weights stay as they are
+                gradient_step(self.optimizer, self.scheduler, self.params, max_norm)
+            return stats
+        stats.trained_rows = self.ranks.sum(plan.trained_rows) / plan.totals["total_rows"]
+        shared = supports_shared_prompts(self.model) and plan.trained_rows > 0
+        self.model.train()
+        for iteration in range(cfg.iterations):
+            self.optimizer.zero_grad(set_to_none=True)
+            with self.autocast():
+                prompts = SharedPrompts.encode(self.model, plan.prompt_ids, plan.prompt_mask) if shared else None
+            for rows in plan.batches:
+                parts = self.micro_batch(rollout, advantages, plan, rows, prompts, (old_logprobs, ref_logprobs),
+                                         correction, with_entropy=iteration == 0)  # fmt: skip
+                stats.add(**{name: value / cfg.iterations for name, value in parts.items() if name != "entropy"})
+                if iteration == 0:
+                    stats.add(entropy=parts["entropy"])
+            if prompts is not None:
+                prompts.backward()
+            self.ranks.sum_gradients(self.params)
+            loss = self.ranks.sum(stats.loss)  # NaN in any process reaches every process
+            grad_norm = gradient_step(self.optimizer, self.scheduler, self.params, max_norm, loss)
+            stats.add(grad_norm=grad_norm / cfg.iterations)
+        stats.reduce(self.ranks)
+        return stats
+
+    def micro_batch(self, rollout, advantages, plan, rows, prompts, old_and_ref, correction, with_entropy):
+        """Forward and backward of one micro-batch; its shares of the step's loss, clip fraction, KL and entropy."""
+        cfg = self.cfg
+        width = max(1, int(rollout.completion_mask[rows].sum(-1).max()))  # trim padding columns
+        completion = rollout.completion_ids[rows, :width], rollout.completion_mask[rows, :width]
+        with_entropy = with_entropy or cfg.top_entropy_quantile < 1
+        with self.autocast():
+            if prompts is not None:
+                logprobs, entropy = prompts.completion_logprobs(
+                    self.model, plan.slot[rows], *completion, rollout.temperature, with_entropy=with_entropy
+                )
+            else:
+                ids, mask = rollout.prompt_ids[rows], rollout.prompt_mask[rows]
+                logprobs, entropy = completion_logprobs(
+                    self.model, ids, mask, *completion, rollout.temperature, with_entropy=with_entropy
+                )
+        m = plan.mask[rows, :width]
+        weights = None if correction is None else correction[rows, :width]
+        if cfg.top_entropy_quantile < 1:  # only the most uncertain tokens of the micro-batch train
+            chosen = high_entropy_mask(entropy.detach(), m, cfg.top_entropy_quantile)
+            weights = chosen if weights is None else weights * chosen
+        old_logprobs, ref_logprobs = old_and_ref
+        out = self.loss_fn(
+            LossInputs(
+                logprobs=logprobs,
+                old_logprobs=old_logprobs[rows, :width],
+                advantages=advantages[rows],
+                mask=m,
+                ref_logprobs=None if ref_logprobs is None else ref_logprobs[rows, :width],
+                beta=cfg.beta,
+                epsilon_low=cfg.epsilon,
+                epsilon_high=cfg.epsilon if cfg.epsilon_high is None else cfg.epsilon_high,
+                importance_sampling=cfg.importance_sampling,
+                weights=weights,
+                **plan.totals,
+            )
+        )
+        out.loss.backward()
+        tokens = plan.totals["total_tokens"]
+        return {
+            "loss": out.loss.item(),
+            "clip_fraction": (out.clipped.float() * m).sum().item() / tokens,
+            "kl": 0.0 if out.kl is None else (out.kl.detach() * m).sum().item() / tokens,
+            "entropy": (entropy * m).sum().item() / plan.trained_tokens if entropy is not None else 0.0,
+        }

@@ -1,0 +1,71 @@
+"""What the sampler and the trainer both need to know about a model and a batch's layout.
+
+The rollout engine, the vLLM weight push and the trainer's log-prob passes all look through a peft wrapper to the
+transformers model, read a LoRA layer's merged weight, lay prompts out left-padded and count positions from each
+row's first real token. Those facts live here, so training code never imports the sampler's internals.
+"""
+
+from __future__ import annotations
+
+import torch
+
+FAST_MODEL_TYPES = ("llama", "qwen2", "qwen3")  # the Llama-family layout thinktune's fast paths are tested on
+
+
+def base_model(model):
+    """The transformers model under a peft wrapper (or the model itself)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def plain_head(model) -> torch.nn.Linear | None:
+    """The LM head when logits are exactly ``hidden @ W.T`` (no bias, adapter, soft-capping or scaling) on a
+    Llama-family model, else None."""
+    base = base_model(model)
+    head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
+    config = getattr(base, "config", None)
+    if getattr(config, "model_type", None) not in FAST_MODEL_TYPES or type(head) is not torch.nn.Linear:
+        return None
+    return head if head.bias is None else None
+
+
+def effective_weight(linear) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A linear layer's weight with its active LoRA adapters merged in (peft layers), and its bias.
+
+    For a LoRA layer ``W' = W + scaling * B @ A``, exactly the update ``merge_adapter`` would apply,
+    computed into a new tensor so the trainable model is never touched.
+    """
+    if hasattr(linear, "base_layer"):  # a peft LoRA layer
+        base = linear.base_layer
+        weight = base.weight.detach()
+        if not linear.merged and not linear.disable_adapters:
+            for name in linear.active_adapters:
+                if name in linear.lora_A:
+                    weight = weight + linear.get_delta_weight(name).detach()
+        return weight, None if base.bias is None else base.bias.detach()
+    return linear.weight.detach(), None if linear.bias is None else linear.bias.detach()
+
+
+def left_pad(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token lists as one left-padded batch and its attention mask, so every row ends in the last column.
+
+    >>> ids, mask = left_pad([[5, 6], [7]], pad_id=0)
+    >>> ids.tolist(), mask.tolist()
+    ([[5, 6], [0, 7]], [[1, 1], [0, 1]])
+    """
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        if seq:
+            ids[row, width - len(seq) :] = torch.tensor(seq)
+            mask[row, width - len(seq) :] = 1
+    return ids, mask
+
+
+def positions(mask: torch.Tensor) -> torch.Tensor:
+    """Position ids counted from each row's first real token (0 under left padding).
+
+    >>> positions(torch.tensor([[0, 1, 1]])).tolist()
+    [[0, 0, 1]]
+    """
+    return (mask.cumsum(-1) - 1).clamp(min=0)
