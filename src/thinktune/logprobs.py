@@ -8,7 +8,7 @@ import torch
 from transformers import DynamicCache
 
 from thinktune.logits import entropy, head_token_logprobs, token_logprobs
-from thinktune.modeling import base_model, plain_head, positions
+from thinktune.modeling import base_model, cache_argument, plain_head, positions
 
 
 def completion_logprobs(
@@ -82,7 +82,7 @@ class SharedPrompts:
                 input_ids=prompt_ids,
                 attention_mask=prompt_mask,
                 position_ids=positions(prompt_mask),
-                past_key_values=cache,
+                **cache_argument(base_model(model).model, cache),
                 use_cache=True,
             )
             .last_hidden_state[:, -1]
@@ -119,7 +119,7 @@ class SharedPrompts:
                 input_ids=completion_ids,
                 attention_mask=mask,
                 position_ids=positions(mask)[:, -completion_ids.shape[1] :],
-                past_key_values=cache,
+                **cache_argument(base_model(model).model, cache),
                 use_cache=True,
             )
             .last_hidden_state

@@ -7,6 +7,9 @@ row's first real token. Those facts live here, so training code never imports th
 
 from __future__ import annotations
 
+import functools
+import inspect
+
 import torch
 
 FAST_MODEL_TYPES = ("llama", "qwen2", "qwen3")  # the Llama-family layout thinktune's fast paths are tested on
@@ -69,3 +72,14 @@ def positions(mask: torch.Tensor) -> torch.Tensor:
     [[0, 0, 1]]
     """
     return (mask.cumsum(-1) - 1).clamp(min=0)
+
+
+def cache_argument(module, cache) -> dict:
+    """``module``'s keyword for its KV cache, with ``cache``: ``cache`` in transformers 5.2x, ``past_key_values``
+    before (deprecated since, and to be removed in 5.40)."""
+    return {_cache_keyword(type(module)): cache}
+
+
+@functools.cache
+def _cache_keyword(cls) -> str:
+    return "cache" if "cache" in inspect.signature(cls.forward).parameters else "past_key_values"

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from transformers import DynamicCache
 
-from thinktune.modeling import FAST_MODEL_TYPES, base_model, effective_weight
+from thinktune.modeling import FAST_MODEL_TYPES, base_model, cache_argument, effective_weight
 
 
 class HFDecoder:
@@ -30,7 +30,7 @@ class HFDecoder:
             input_ids=ids,
             attention_mask=mask,
             position_ids=position_ids,
-            past_key_values=self.cache,
+            **cache_argument(base_model(self.model), self.cache),
             use_cache=True,
             logits_to_keep=1,
         )
@@ -42,7 +42,7 @@ class HFDecoder:
             input_ids=token[:, None],
             attention_mask=mask,
             position_ids=position_ids,
-            past_key_values=self.cache,
+            **cache_argument(base_model(self.model), self.cache),
             use_cache=True,
             logits_to_keep=1,
         )
