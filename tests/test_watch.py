@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-import thinktune.pipeline as pipeline
+import thinktune.stages.evaluations as evaluations
 from tests.helpers import read_lines, tiny_recipe
 from thinktune.pipeline import train
 
@@ -17,7 +17,7 @@ def accuracy_falls_at_step_4(monkeypatch):
     """Real evaluations, with the outcomes set: every problem right at step 2, every one wrong from step 4 on.
     (The tiny model gets nothing right on its own; the reward it learns from is the share of 'yes' words,
     which rises over these steps.)"""
-    real = pipeline.evaluate_and_save
+    real = evaluations.evaluate_and_save
 
     def evaluate(run, label, *args):
         result = real(run, label, *args)
@@ -29,7 +29,7 @@ def accuracy_falls_at_step_4(monkeypatch):
             run.write_json(f"eval_{label}.json", result)
         return result
 
-    monkeypatch.setattr(pipeline, "evaluate_and_save", evaluate)
+    monkeypatch.setattr(evaluations, "evaluate_and_save", evaluate)
 
 
 def test_the_alarm_stops_training_and_best_keeps_the_better_model(tmp_path, tiny_model_dir, accuracy_falls_at_step_4):

@@ -77,6 +77,16 @@ def demo_recipe_path() -> Path:
     raise ConfigError("recipes/demo.yaml not found: run `thinktune demo` from the thinktune checkout")
 
 
+def _run_stages(recipe: Path, overrides: list[str] | None, stage: str | None = None, resume=False, again=None):
+    """Load ``recipe`` with ``overrides`` (``stage``: that stage alone) and run it through ``pipeline.train``.
+    ``resume``: True, False, or a function of the loaded recipe that says whether to resume; ``again``: the
+    command that continues a stopped run."""
+    from thinktune.pipeline import train as run_train
+
+    r = _fail_cleanly(load_recipe, recipe, [*(overrides or []), *([f"stages=[{stage}]"] if stage else [])])
+    _fail_cleanly(run_train, r, resume=resume(r) if callable(resume) else resume, again=again)
+
+
 @app.command()
 def train(
     recipe: Path = typer.Argument(..., help="YAML recipe."),
@@ -87,11 +97,8 @@ def train(
 
     Example: thinktune train recipes/demo.yaml train.steps=20 run.name=short
     """
-    from thinktune.pipeline import train as run_train
-
-    r = _fail_cleanly(load_recipe, recipe, overrides or [])
-    _fail_cleanly(
-        run_train, r, resume=resume, again=["thinktune", "train", str(recipe), *(overrides or []), "--resume"]
+    _run_stages(
+        recipe, overrides, resume=resume, again=["thinktune", "train", str(recipe), *(overrides or []), "--resume"]
     )
 
 
@@ -104,10 +111,7 @@ def sft(
 
     Example: thinktune sft recipes/math_sft_grpo.yaml sft.steps=50
     """
-    from thinktune.pipeline import train as run_train
-
-    r = _fail_cleanly(load_recipe, recipe, [*(overrides or []), "stages=[sft]"])
-    _fail_cleanly(run_train, r)
+    _run_stages(recipe, overrides, "sft")
 
 
 @app.command()
@@ -120,13 +124,9 @@ def pairs(
 
     Example: thinktune pairs recipes/cot_reward_model.yaml pairs.limit=200
     """
-    from thinktune.pipeline import train as run_train
-
-    r = _fail_cleanly(load_recipe, recipe, [*(overrides or []), "stages=[pairs]"])
     from thinktune.pairs import pairs_path
 
-    written = pairs_path(r).is_file()  # where pairs.out points, else the run folder
-    _fail_cleanly(run_train, r, resume=written)
+    _run_stages(recipe, overrides, "pairs", resume=lambda r: pairs_path(r).is_file())  # where pairs.out points
 
 
 @app.command("reward-model")
@@ -138,10 +138,7 @@ def reward_model(
 
     Example: thinktune reward-model recipes/cot_reward_model.yaml reward_model.steps=50
     """
-    from thinktune.pipeline import train as run_train
-
-    r = _fail_cleanly(load_recipe, recipe, [*(overrides or []), "stages=[reward_model]"])
-    _fail_cleanly(run_train, r)
+    _run_stages(recipe, overrides, "reward_model")
 
 
 @app.command()
@@ -179,20 +176,21 @@ def demo(overrides: list[str] = typer.Argument(None, help="key.sub=value overrid
 
     Example: thinktune demo train.steps=40
     """
-    from thinktune.pipeline import train as run_train
+    from thinktune.runs import stage_outputs
 
-    r = _fail_cleanly(lambda: load_recipe(demo_recipe_path(), overrides or []))
-    run_dir = r.run.path
+    path = _fail_cleanly(demo_recipe_path)
+    run_dir = _fail_cleanly(load_recipe, path, overrides or []).run.path
     if (run_dir / "summary.json").is_file():
         typer.echo(f"the demo already finished in {run_dir} (delete that folder to run it again):\n")
         typer.echo((run_dir / "comparison.md").read_text() if (run_dir / "comparison.md").is_file() else "")
         return
-    from thinktune.runs import stage_outputs
 
-    resume = bool(stage_outputs(r))  # killed at any point: carry on from what is there
-    if resume:
-        typer.echo(f"resuming the unfinished demo in {run_dir} (delete it to start over)")
-    _fail_cleanly(run_train, r, resume=resume, again=["thinktune", "demo", *(overrides or [])])
+    def resume(r) -> bool:  # killed at any point: carry on from what is there
+        if stage_outputs(r):
+            typer.echo(f"resuming the unfinished demo in {run_dir} (delete it to start over)")
+        return bool(stage_outputs(r))
+
+    _run_stages(path, overrides, resume=resume, again=["thinktune", "demo", *(overrides or [])])
 
 
 @app.command("eval")

@@ -1,0 +1,102 @@
+"""Held-out evaluations of a run: saved with what made them, reused on a resume, and watched during GRPO.
+
+:class:`TrainingEvaluations` holds the GRPO stage's evaluations: before training, every ``eval.every`` steps
+(feeding ``best/`` and the regression alarm) and after.
+"""
+
+from __future__ import annotations
+
+from thinktune.comparison import compared
+from thinktune.config import Recipe
+from thinktune.console import console
+from thinktune.evaluation import evaluate_recipe, evaluation_key
+from thinktune.jsonl import read_jsonl
+from thinktune.models import save_model
+from thinktune.runs import RunDir
+from thinktune.watch import EvaluationWatch, Regression
+
+
+def evaluate_and_save(run: RunDir, label: str, backend, recipe: Recipe, held_out, rewards, task) -> dict:
+    """Greedy held-out evaluation, printed and written to ``eval_<label>.json`` with the fingerprint of what it
+    was made with (:func:`evaluation_key`); returns metrics and samples."""
+    result = evaluate_recipe(backend, recipe, held_out, rewards, task, label=f"eval {label}")
+    saved = {
+        "split": recipe.eval.split,
+        "made_by": evaluation_key(recipe),
+        "metrics": result.metrics,
+        "samples": result.samples,
+    }
+    run.write_json(f"eval_{label}.json", saved)
+    console.print(f"eval {label}: " + "  ".join(f"{k} {result.metrics[k]:.3f}" for k in compared(result.metrics)))
+    return saved
+
+
+def earlier_evaluation(run: RunDir, label: str, recipe: Recipe) -> dict | None:
+    """``eval_<label>.json`` when it was made by this recipe's model, data and evaluation settings; one made
+    otherwise (another model, eval_size, reward…) is ignored, saying so, and made again."""
+    saved = run.read_json(f"eval_{label}.json")
+    if saved is None or saved.get("made_by") == evaluation_key(recipe):
+        return saved
+    console.print(
+        f"[yellow]eval_{label}.json was made with another model, data or evaluation settings: evaluating again[/]"
+    )
+    return None
+
+
+def last_evaluation(run: RunDir, step: int, before: dict | None) -> tuple[int, dict] | None:
+    """The newest evaluation at or before ``step`` (from its file), for the next one to be compared with."""
+    curve = [r for r in read_jsonl(run.file("eval_curve.jsonl")) if 0 < r["step"] <= step]
+    if curve and (evaluation := run.read_json(f"eval_{curve[-1]['label']}.json")):
+        return curve[-1]["step"], evaluation
+    return (0, before) if before else None
+
+
+class TrainingEvaluations:
+    """The GRPO stage's held-out evaluations of ``trainer``'s policy, on process 0 (the others evaluate nothing).
+
+    Each is saved, logged to the tracker's eval stage and checked by the :class:`EvaluationWatch`: a better one
+    (with ``eval.every``) is kept in ``best/``, a significant drop while the reward rises raises the alarm.
+    """
+
+    def __init__(self, context, trainer):
+        self.recipe, self.run, self.tracker = context.recipe, context.run, context.tracker
+        self.trainer, self.main = trainer, context.ranks.main
+        self.held_out = context.splits.held_out if self.main else []
+        best = self.run.read_json("best.json") if context.resume else None
+        self.watch = EvaluationWatch(self.recipe.eval.best_metric, best)
+        self.alarms: list[str] = []
+
+    def evaluate(self, label: str, step: int) -> tuple[dict, Regression | None]:
+        """One evaluation (before, every N steps, after) and what the watch makes of it."""
+        t, run = self.trainer, self.run
+        result = evaluate_and_save(run, label, t.backend, self.recipe, self.held_out, t.rewards, t.task)
+        rewards = {r["step"]: r["reward"] for r in read_jsonl(run.file("metrics.jsonl"))}
+        alarm = self.watch.check(step, result, rewards)
+        if alarm:
+            self.alarms.append(alarm.message(self.watch.metric))
+            console.print(f"[bold yellow]regression alarm: {self.alarms[-1]}[/]")
+        self.tracker.log(step, {"label": label, **result["metrics"], **(alarm.fields() if alarm else {})}, stage="eval")
+        if self.recipe.eval.every and self.watch.improved(step, result):
+            save_model(t.model, t.tokenizer, run.file("best"))
+            run.write_json("best.json", self.watch.best)
+        return result, alarm
+
+    def during_training(self, step: int) -> bool:
+        """The ``eval.every`` evaluation; True stops training (the alarm, with ``eval.stop_on_regression``)."""
+        if not self.main:
+            return False
+        _, alarm = self.evaluate(f"step{step}", step)
+        return alarm is not None and self.recipe.eval.stop_on_regression
+
+    def before(self, start: int) -> dict | None:
+        """The evaluation before training: made by the SFT stage, a sweep or before a crash, else made now; the watch
+        then compares the next one with the newest at or before ``start``."""
+        before = None
+        if self.recipe.eval.before and self.held_out:
+            before = earlier_evaluation(self.run, "before", self.recipe)
+            if before is None:
+                before, _ = self.evaluate("before", 0)
+            elif start == 0:
+                self.tracker.log(0, {"label": "before", **before["metrics"]}, stage="eval")
+        self.watch.previous = last_evaluation(self.run, start, before)
+        return before

@@ -1,0 +1,36 @@
+"""The preference stages: ``pairs`` writes (or continues) the pairs file, ``reward_model`` trains a Bradley-Terry
+reward model on it."""
+
+from __future__ import annotations
+
+from thinktune.pairs import build_pairs
+from thinktune.preference import train_reward_model
+from thinktune.runs import STAGE_OUTPUTS
+
+
+class PairsStage:
+    name = "pairs"
+    outputs = STAGE_OUTPUTS["pairs"]
+
+    def done(self, context) -> dict | None:
+        return None  # the pairs file is continued after its last whole line, or found complete
+
+    def hand_over(self, context):
+        return context
+
+    def run(self, context) -> dict:
+        return {"path": str(build_pairs(context.recipe, context.splits.train))}
+
+
+class RewardModelStage:
+    name = "reward_model"
+    outputs = STAGE_OUTPUTS["reward_model"]
+
+    def done(self, context) -> dict | None:
+        return context.run.read_json("reward_model_summary.json")
+
+    def hand_over(self, context):
+        return context
+
+    def run(self, context) -> dict:
+        return train_reward_model(context.recipe, context.run, context.tracker, context.resume)
