@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from thinktune.config import EVALUATED, tagged_fields
 from thinktune.console import progress
 from thinktune.data import Example, PromptBuilder
 from thinktune.rewards import RewardSet
@@ -17,15 +18,6 @@ from thinktune.rollout import RolloutBackend, SamplingParams
 from thinktune.scoring import TaskMetrics
 from thinktune.stats import majority_correct, sampled_metrics
 from thinktune.tokens import decode
-
-# What an evaluation's result depends on besides the rewards: equal parts, equal evaluation.
-EVALUATED_WITH = {
-    "model": ("name", "dtype"),
-    "data": None,  # every field
-    "eval": ("split", "samples", "seed", "max_new_tokens", "batch_size"),
-    "grpo": ("max_new_tokens", "temperature", "top_k", "top_p"),
-    "rollout": ("backend",),
-}
 
 
 def evaluation_key(recipe) -> str:
@@ -39,10 +31,11 @@ def evaluation_key(recipe) -> str:
     >>> evaluation_key(load_recipe(None)) == evaluation_key(load_recipe(None, ["data.eval_size=10"]))
     False
     """
-    parts = {}
-    for section, keys in EVALUATED_WITH.items():
-        values = getattr(recipe, section).model_dump(mode="json")
-        parts[section] = values if keys is None else {key: values[key] for key in keys}
+    names = [name.split(".", 1) for name in tagged_fields(EVALUATED)]  # the fields tagged in the schema
+    dumps = {section: getattr(recipe, section).model_dump(mode="json") for section in {s for s, _ in names}}
+    parts: dict = {}
+    for section, key in names:
+        parts.setdefault(section, {})[key] = dumps[section][key]
     parts["rewards"] = [r.model_dump(mode="json", exclude={"timeout"}) for r in recipe.rewards]
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 

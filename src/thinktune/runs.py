@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from thinktune.config import Recipe
+from thinktune.config import RESUME_SAFE, Recipe, tagged_fields
 from thinktune.console import console
 from thinktune.distributed import SINGLE, Ranks
 from thinktune.outputs import RunError, RunLock, WriteError, writing
@@ -230,13 +230,9 @@ def checkpoint_names(keep: int) -> list[str]:
     return ["state.pt", "previous.pt", *(f"previous-{i}.pt" for i in range(2, keep))][:keep]
 
 
-# Fields a resumed run may change: what is evaluated and where things go, not what is trained.
-SAFE_TO_CHANGE = ("eval.", "run.name", "run.output_dir", "run.save_every", "run.save_minutes", "run.threads",
-                  "run.keep_checkpoints", "run.samples_per_step", "run.report_to", "train.steps",
-                  "train.max_nonfinite_steps")  # fmt: skip
-
-
-CHANGES_THE_COMPARISON = ("eval.split", "eval.seed", "eval.samples", "eval.max_new_tokens")  # before vs after
+# Fields a resumed run may change (tagged RESUME_SAFE in the schema): what is evaluated and where things go, not
+# what is trained, nor what the before/after comparison depends on.
+SAFE_TO_CHANGE = frozenset(tagged_fields(RESUME_SAFE))
 
 
 def flatten(tree: dict, prefix: str = "") -> dict:
@@ -279,7 +275,7 @@ def check_resumable(saved: dict, recipe: Recipe, step: int | None, record: Path 
     }
     if not changed:
         return
-    safe = {key for key in changed if key.startswith(SAFE_TO_CHANGE) and key not in CHANGES_THE_COMPARISON}
+    safe = {key for key in changed if key in SAFE_TO_CHANGE}
     if "train.steps" in safe and new.get("train.lr_schedule") != "constant":
         safe.discard("train.steps")
     unsafe = [f"{key}: {a!r} -> {b!r}" for key, (a, b) in changed.items() if key not in safe]

@@ -1,0 +1,193 @@
+"""How the recipe trains: the GRPO, rollout and optimizer sections, and the SFT, pairs and reward-model stages."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, field_validator
+
+from thinktune.config.base import EVALUATED, RESUME_SAFE, _expanded, _Section, tagged
+
+
+class GRPOConfig(_Section):
+    group_size: int = Field(8, ge=2, description="Completions sampled per prompt (G).")
+    prompts_per_step: int = Field(4, gt=0, description="Prompts per optimizer step; batch = prompts × G.")
+    max_new_tokens: int = Field(
+        128,
+        gt=0,
+        description="Completion budget; longer completions are truncated.",
+        json_schema_extra=tagged(EVALUATED),
+    )
+    temperature: float = Field(
+        1.0,
+        gt=0,
+        description="Sampling temperature of rollouts (and of log-probs).",
+        json_schema_extra=tagged(EVALUATED),
+    )
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass.", json_schema_extra=tagged(EVALUATED))
+    top_k: int = Field(0, ge=0, description="Top-k sampling; 0 = off.", json_schema_extra=tagged(EVALUATED))
+    epsilon: float = Field(0.2, ge=0, description="Lower clip range of the ratio: 1 - epsilon.")
+    epsilon_high: float | None = Field(None, ge=0, description="Upper clip range 1 + epsilon_high; None = epsilon.")
+    beta: float = Field(0.0, ge=0, description="Weight of the k3 KL penalty to the reference policy.")
+    scale_rewards: Literal["group", "batch", "none"] = Field(
+        "group",
+        description="What divides the centred rewards: the group's std (GRPO), the whole batch's std (TRL's batch), "
+        "or nothing (Dr. GRPO). The group's mean is subtracted either way.",
+    )
+    loss: str = Field(
+        "token",
+        description="token (every token of the step weighs the same; TRL dapo), sequence (each completion's mean, "
+        "then the mean over completions; TRL grpo), dr_grpo (token sums / (completions × max_new_tokens)), or cispo "
+        "(a policy gradient with the importance weight clipped at 1 + epsilon_high and stopped, averaged by tokens).",
+    )
+    importance_sampling: Literal["token", "sequence"] = Field(
+        "token",
+        description="token: one ratio per token; sequence: one per completion, exp of its tokens' mean log-ratio, "
+        "clipped as a whole (GSPO).",
+    )
+    top_entropy_quantile: float = Field(
+        1.0,
+        gt=0,
+        le=1,
+        description="Train only on the tokens whose entropy is in this top share of each micro-batch's tokens "
+        "(0.2: the 20% most uncertain, 'forking' tokens); 1.0 = every token.",
+    )
+    iterations: int = Field(1, ge=1, description="Policy updates per generation (μ).")
+    micro_batch_size: int = Field(8, gt=0, description="Sequences per forward/backward pass.")
+    mask_truncated: bool = Field(
+        False, description="Exclude truncated completions from the loss (they still count in metrics)."
+    )
+    dynamic_sampling: bool = Field(
+        False,
+        description="DAPO's dynamic sampling: drop groups whose rewards are all equal (they carry no gradient) and "
+        "draw more prompts until the step has prompts_per_step groups with spread, or max_sampling_rounds is hit.",
+    )
+    max_sampling_rounds: int = Field(
+        4,
+        ge=1,
+        description="Rollout rounds per step at most under dynamic_sampling; a step still short trains "
+        "on the groups it has (counted as sampling_shortfall).",
+    )
+    curriculum: Literal["none", "pass_rate"] = Field(
+        "none",
+        description="Prompt choice. pass_rate: keep each prompt's running pass rate p (share of its group "
+        "that was right, averaged with earlier visits) and draw a seen prompt with weight "
+        "max(4p(1-p), curriculum_floor), so prompts "
+        "the model sometimes but not always solves come first; unseen prompts have weight 1.",
+    )
+    curriculum_floor: float = Field(
+        0.1, gt=0, le=1, description="Least draw weight of a prompt last seen all right or all wrong."
+    )
+
+    @field_validator("scale_rewards", mode="before")
+    @classmethod
+    def _no_booleans(cls, value: Any) -> Any:
+        if isinstance(value, bool):
+            raise ValueError(f"is now group, batch or none ({str(value).lower()} was {'group' if value else 'none'})")
+        return value
+
+
+class RolloutConfig(_Section):
+    backend: Literal["native", "vllm"] = Field(
+        "native",
+        description="What samples completions in training, evaluation and pairs: native = thinktune's in-process "
+        "KV-cached decoder on the policy's own weights; vllm = a vLLM engine in this process, the policy's weights "
+        "pushed into it after every update (optional extra).",
+        json_schema_extra=tagged(EVALUATED),
+    )
+    vllm_memory: float = Field(
+        0.3,
+        gt=0,
+        lt=1,
+        description="With backend vllm: the share of the device's memory (on CPU, of RAM) the engine reserves for "
+        "its weights and KV cache. vLLM's own default (0.9) leaves no room for the policy beside it.",
+    )
+    correction: Literal["recompute", "tis", "icepop"] = Field(
+        "recompute",
+        description="Where the sampler's log-probs are not the trainer's (vLLM, train.autocast bf16), the old "
+        "log-probs are recomputed by the trainer; tis also weighs each token's policy term by the trainer/sampler "
+        "probability ratio truncated at correction_clip (truncated importance sampling); icepop instead drops "
+        "the tokens whose ratio is outside [1 / correction_clip, correction_clip]. Logged: correction_weight, "
+        "correction_masked.",
+    )
+    correction_clip: float = Field(3.0, gt=1, description="The bound of rollout.correction (TRL's default C_max).")
+    vllm_weights: Literal["merged", "lora"] = Field(
+        "merged",
+        description="With backend vllm, how the policy's new weights reach the engine after each update: merged = "
+        "LoRA folded into the weights, which are copied in; lora = the adapter saved and served by vLLM's LoRA "
+        "support (LoRA policies only). benchmarks/vllm_cpu.py measures both.",
+    )
+
+
+class TrainConfig(_Section):
+    steps: int = Field(
+        100, gt=0, description="Optimizer steps (each one a fresh generation).", json_schema_extra=tagged(RESUME_SAFE)
+    )
+    learning_rate: float = Field(1e-5, gt=0, description="Peak AdamW learning rate.")
+    weight_decay: float = Field(0.0, ge=0)
+    adam_betas: tuple[float, float] = Field((0.9, 0.99))
+    warmup_steps: int = Field(0, ge=0, description="Linear warmup steps.")
+    lr_schedule: Literal["constant", "linear", "cosine"] = Field("constant", description="Decay after warmup.")
+    max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
+    max_nonfinite_steps: int = Field(
+        3,
+        ge=1,
+        description="An optimizer step whose loss or gradient norm is NaN/inf is skipped (weights and optimizer "
+        "state untouched) and counted (nonfinite_skipped); this many in a row stop the run.",
+        json_schema_extra=tagged(RESUME_SAFE),
+    )
+    seed: int = Field(0, description="Seed of sampling, prompt order and initialisation.")
+    autocast: Literal["none", "bf16"] = Field(
+        "none",
+        description="bf16 = the update's forward and backward matmuls in bfloat16 (weights and optimizer stay "
+        "float32); the old log-probs are then recomputed the same way and their gap to the sampler's logged "
+        "(logprob_mismatch). Pays on GPUs and on CPUs with AMX (amx_bf16 in lscpu); slower than float32 on CPUs "
+        "without it. Measure with benchmarks/autocast.py.",
+    )
+
+
+class SFTConfig(_Section):
+    completion: str = Field(
+        "{answer}",
+        description="Target response, a Python format string over the example's fields: {question}, {answer}, "
+        "any column, and nested ones like {metadata[answer_cot]}. Write it in the answer format, e.g. "
+        "'<reasoning>\\n{solution}\\n</reasoning>\\n<answer>\\n{answer}\\n</answer>'.",
+    )
+    steps: int = Field(100, gt=0, description="Optimizer steps.")
+    batch_size: int = Field(8, gt=0, description="Examples per optimizer step.")
+    learning_rate: float = Field(1e-4, gt=0, description="Peak AdamW learning rate (linear warmup, then constant).")
+    warmup_steps: int = Field(0, ge=0)
+    max_completion_tokens: int = Field(
+        256, gt=0, description="Longer targets are skipped (counted), never cut: a cut target teaches no ending."
+    )
+
+
+class PairsConfig(_Section):
+    out: str | None = Field(None, description="Output JSONL; None = <run>/pairs.jsonl.")
+    rejected_system_prompt: str = Field(
+        "Answer with the final answer only, without any explanation.",
+        description="System message under which the model writes the rejected side (a direct answer).",
+    )
+    max_new_tokens: int = Field(64, gt=0, description="Budget of the rejected answer.")
+    batch_size: int = Field(32, gt=0, description="Questions per greedy generation batch.")
+    limit: int | None = Field(None, gt=0, description="Use only the first N training examples.")
+
+    _expand_out = field_validator("out")(_expanded)
+
+
+class RewardModelConfig(_Section):
+    pairs: str | None = Field(
+        None,
+        description="Preference pairs: JSONL/CSV/Parquet with prompt, chosen, rejected; None = the file "
+        "`thinktune pairs` writes (pairs.out, else <run>/pairs.jsonl).",
+    )
+    eval_pairs: int = Field(50, ge=1, description="Pairs held out (the file's last rows) for pair accuracy.")
+    steps: int = Field(100, gt=0, description="Optimizer steps.")
+    batch_size: int = Field(8, gt=0, description="Pairs per optimizer step.")
+    micro_batch_size: int = Field(
+        2, gt=0, description="Pairs per forward/backward pass; lower it if memory runs short (same gradient)."
+    )
+    learning_rate: float = Field(1e-4, gt=0)
+    max_length: int = Field(512, gt=0, description="Tokens of prompt + response; longer ones are cut from the left.")
+
+    _expand_pairs = field_validator("pairs")(_expanded)
