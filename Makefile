@@ -60,7 +60,7 @@ test: lint browser llamacpp
 # `make test` runs all of them again with everything else.
 CHECK_TESTS := tests/test_advantages.py tests/test_losses.py tests/test_trl_parity.py tests/test_config.py \
 	tests/test_reward_set.py tests/test_reward_functions.py tests/test_data.py tests/test_stats.py \
-	tests/test_prompts.py tests/test_sampling.py tests/test_memory.py tests/test_named_datasets.py
+	tests/test_prompts.py tests/test_sampling.py tests/test_memory.py tests/test_named_datasets.py tests/test_layout.py
 check: lint
 	$(BIN)/python -m pytest -q -p no:cacheprovider src $(CHECK_TESTS)
 

@@ -43,7 +43,7 @@ def main(steps: int = 500) -> None:
 
     from thinktune.data import load_examples
     from thinktune.grpo.trainer import GRPOTrainer
-    from thinktune.runs import RunDir
+    from thinktune.run_dir import RunDir
     from thinktune.tracking import make_tracker
 
     torch.set_num_threads(1)

@@ -45,7 +45,7 @@ def replay(run: Path, names: list[str], scratch: Path) -> float:
     """Median seconds per step that logging one step's records takes with these trackers."""
     from thinktune.jsonl import read_jsonl
     from thinktune.recipe import load_recipe
-    from thinktune.runs import RunDir
+    from thinktune.run_dir import RunDir
     from thinktune.tracking import make_tracker
 
     recipe = load_recipe(run / "recipe.yaml", [f"run.output_dir={scratch}", f"run.name={'_'.join(names)}"])

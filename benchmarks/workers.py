@@ -69,7 +69,7 @@ def run_trl(case_name: str, scratch: Path, dtype: str) -> dict:
 
     from thinktune.data import load_examples
     from thinktune.models import load_tokenizer
-    from thinktune.scoring import recipe_scoring
+    from thinktune.rewards.scoring import recipe_scoring
 
     case = CASES[case_name]
     path = model_path(case, scratch)

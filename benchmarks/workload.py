@@ -110,7 +110,7 @@ def build_trainer(case: Case, scratch: Path, run_dir: Path, overrides: tuple[str
     """thinktune's real trainer on the case, as `thinktune train` would build it."""
     from thinktune.data import load_examples
     from thinktune.grpo.trainer import GRPOTrainer
-    from thinktune.runs import RunDir
+    from thinktune.run_dir import RunDir
     from thinktune.tracking import make_tracker
 
     r = recipe(case, model_path(case, scratch), run_dir, overrides=overrides)

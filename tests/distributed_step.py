@@ -12,7 +12,7 @@ from thinktune.data import load_examples  # noqa: E402
 from thinktune.distributed import from_environment  # noqa: E402
 from thinktune.grpo.trainer import GRPOTrainer  # noqa: E402
 from thinktune.recipe import load_recipe  # noqa: E402
-from thinktune.runs import RunDir  # noqa: E402
+from thinktune.run_dir import RunDir  # noqa: E402
 from thinktune.tracking import Trackers  # noqa: E402
 
 

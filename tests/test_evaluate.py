@@ -6,8 +6,8 @@ from thinktune.config import RewardConfig
 from thinktune.data import Example, PromptBuilder
 from thinktune.evaluation import Sampling, evaluate
 from thinktune.rewards import RewardSet
+from thinktune.rewards.scoring import TaskMetrics
 from thinktune.rollout import NativeBackend, SamplingParams
-from thinktune.scoring import TaskMetrics
 
 
 class EvenLength(TaskMetrics):
@@ -54,7 +54,7 @@ def test_greedy_only_without_sampling(tiny):
 
 
 def test_significance_notes_pair_greedy_outcomes_and_sample_counts():
-    from thinktune.comparison import significance_notes
+    from thinktune.before_after import significance_notes
 
     def evaluation(correct, counts):
         samples = [{"correct": c, "format": 1.0, "correct_of_4": k} for c, k in zip(correct, counts, strict=True)]

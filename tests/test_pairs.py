@@ -52,7 +52,7 @@ def test_pairs_are_written_with_provenance_and_a_rerun_continues(tmp_path, tiny_
 def test_pairs_then_reward_model_as_stages_refuse_a_rerun_and_resume_past_finished_work(tmp_path, tiny_model_dir):
     import pytest
 
-    from thinktune.runs import RunError
+    from thinktune.run_dir import RunError
 
     stages = ["stages=[pairs, reward_model]", "reward_model.eval_pairs=2", "reward_model.steps=2"]
     summary = train(pairs_recipe(tmp_path, tiny_model_dir, *stages))

@@ -29,7 +29,7 @@ def test_resume_continues_where_it_stopped(tmp_path, tiny_model_dir, sampling):
 
 
 def test_existing_run_is_not_overwritten(tmp_path, tiny_model_dir):
-    from thinktune.runs import RunError
+    from thinktune.run_dir import RunError
 
     with pytest.raises(RunError, match="holds nothing to resume from"):
         train(tiny_recipe(tmp_path, tiny_model_dir, "train.steps=1"), resume=True)
@@ -106,7 +106,7 @@ def test_a_run_killed_between_checkpoints_resumes_with_each_step_logged_once(tmp
 
 
 def test_resume_refuses_a_changed_recipe_and_falls_back_past_a_corrupt_checkpoint(tmp_path, tiny_model_dir):
-    from thinktune.runs import RunError
+    from thinktune.run_dir import RunError
 
     train(tiny_recipe(tmp_path, tiny_model_dir, "train.steps=4", "run.save_every=2"))
     run = tmp_path / "tiny"
@@ -176,7 +176,7 @@ def test_sigterm_finishes_the_step_checkpoints_and_says_how_to_resume(tmp_path, 
 
 
 def test_a_checkpoint_that_cannot_be_written_is_a_clear_error_and_the_previous_one_stays(tmp_path, tiny_model_dir):
-    from thinktune.runs import RunDir, RunError
+    from thinktune.run_dir import RunDir, RunError
 
     train(tiny_recipe(tmp_path, tiny_model_dir, "train.steps=2", "run.save_every=1"))
     checkpoint = tmp_path / "tiny" / "checkpoint"

@@ -95,7 +95,7 @@ def test_too_few_pairs_for_the_held_out_set(tmp_path, tiny_model_dir):
 
 
 def test_with_reward_model_replaces_the_recipes_folder_or_adds_a_weightless_measure():
-    from thinktune.scoring import with_reward_model
+    from thinktune.rewards.scoring import with_reward_model
 
     recipe = load_recipe(None, ["rewards=[{name: reward_model, weight: 2}, {name: format}]"])
     replaced = with_reward_model(recipe, "rm")

@@ -53,7 +53,7 @@ def test_args_are_bound():
 
 def test_recipe_scoring_gives_length_rewards_the_tokenizer_and_the_limit(tiny):
     from thinktune.recipe import load_recipe
-    from thinktune.scoring import recipe_scoring
+    from thinktune.rewards.scoring import recipe_scoring
 
     _, tokenizer = tiny
     recipe = load_recipe("recipes/demo.yaml", ["grpo.max_new_tokens=8"])

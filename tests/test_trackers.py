@@ -99,7 +99,7 @@ def test_trackio_has_every_metric(tracked):
 
 
 def test_a_tracker_that_fails_mid_run_is_dropped_and_training_goes_on(tmp_path, tiny_model_dir, monkeypatch):
-    from thinktune.trackers import TensorBoardTracker
+    from thinktune.external_trackers import TensorBoardTracker
 
     original = TensorBoardTracker.log
 
@@ -117,7 +117,7 @@ def test_a_tracker_that_fails_mid_run_is_dropped_and_training_goes_on(tmp_path, 
 def test_a_tracker_whose_library_is_missing_is_one_clear_error(tmp_path, tiny_model_dir, monkeypatch):
     import importlib.util
 
-    from thinktune.trackers import MissingTracker
+    from thinktune.external_trackers import MissingTracker
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))

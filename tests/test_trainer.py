@@ -11,7 +11,7 @@ from thinktune.data import load_examples
 from thinktune.grpo.batching import MicroBatchPlan, loss_mask
 from thinktune.grpo.trainer import GRPOTrainer
 from thinktune.rollout import Rollout
-from thinktune.runs import RunDir
+from thinktune.run_dir import RunDir
 from thinktune.tracking import make_tracker
 from thinktune.training import EpochBatches, lr_factor, make_scheduler
 

@@ -131,8 +131,8 @@ def evaluate(
     from thinktune.data import load_examples
     from thinktune.evaluation import evaluate_recipe
     from thinktune.models import load_for_inference
+    from thinktune.rewards.scoring import recipe_scoring, with_reward_model
     from thinktune.rollout import make_backend
-    from thinktune.scoring import recipe_scoring, with_reward_model
 
     recipe = with_rewards(recipe or load_recipe(), rewards)
     if samples is not None:

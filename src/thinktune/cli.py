@@ -36,9 +36,9 @@ def _every_command():
 def _user_errors() -> tuple[type[Exception], ...]:
     from thinktune.data import DataError
     from thinktune.models import ModelError
-    from thinktune.report.runs import ReportError
+    from thinktune.report.run_data import ReportError
     from thinktune.rewards import RewardError
-    from thinktune.runs import RunError
+    from thinktune.run_dir import RunError
     from thinktune.training import NonFiniteError
 
     return (ConfigError, DataError, ModelError, NonFiniteError, ReportError, RewardError, RunError)
@@ -176,7 +176,7 @@ def demo(overrides: list[str] = typer.Argument(None, help="key.sub=value overrid
 
     Example: thinktune demo train.steps=40
     """
-    from thinktune.runs import stage_outputs
+    from thinktune.run_dir import stage_outputs
 
     path = _fail_cleanly(demo_recipe_path)
     run_dir = _fail_cleanly(load_recipe, path, overrides or []).run.path

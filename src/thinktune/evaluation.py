@@ -14,8 +14,8 @@ from thinktune.console import progress
 from thinktune.data import Example, PromptBuilder
 from thinktune.rewards import RewardSet
 from thinktune.rewards.extract import extract_answer
+from thinktune.rewards.scoring import TaskMetrics
 from thinktune.rollout import RolloutBackend, SamplingParams
-from thinktune.scoring import TaskMetrics
 from thinktune.stats import majority_correct, sampled_metrics
 from thinktune.tokens import decode
 

@@ -14,7 +14,7 @@ from thinktune.distributed import Ranks, from_environment
 from thinktune.environment import describe
 from thinktune.models import pick_device
 from thinktune.report import write_report
-from thinktune.runs import RunDir
+from thinktune.run_dir import RunDir
 from thinktune.stages import Splits, StageContext, run_in_order
 from thinktune.tracking import Trackers, make_tracker
 

@@ -21,7 +21,7 @@ from thinktune.data.tables import read_table
 from thinktune.models import save_model
 from thinktune.pairs import pairs_path
 from thinktune.rewards.reward_model import scoring_tokenizer, sequence_scores
-from thinktune.runs import RunDir
+from thinktune.run_dir import RunDir
 from thinktune.tracking import Tracker
 from thinktune.training import (
     EpochBatches,
@@ -128,12 +128,10 @@ def load_reward_model_for_training(recipe: Recipe):
     return model, tokenizer
 
 
-def train_reward_model(recipe: Recipe, run: RunDir, tracker: Tracker, resume: bool = False) -> dict:
-    """Train on the pairs file, report held-out pair accuracy before and after, save ``<run>/reward_model``.
-    Checkpoints every ``run.save_every`` steps (and on Ctrl-C/SIGTERM); ``resume`` continues after the last."""
+def split_pairs(recipe: Recipe):
+    """The usable pairs of the recipe's pairs file, then its training pairs and its last ``eval_pairs`` (held out)."""
     cfg = recipe.reward_model
     pairs_file = cfg.pairs or str(pairs_path(recipe))
-    torch.manual_seed(recipe.train.seed)
     pairs = read_pairs(pairs_file)
     console.print(
         f"pairs: {len(pairs)} usable, {pairs.skipped_empty} with an empty side and "
@@ -144,7 +142,15 @@ def train_reward_model(recipe: Recipe, run: RunDir, tracker: Tracker, resume: bo
             f"{pairs_file}: {len(pairs)} usable pairs cannot hold out reward_model.eval_pairs={cfg.eval_pairs}"
         )
     split = len(pairs) - cfg.eval_pairs
-    train_pairs, held_out = pairs.take(range(split)), pairs.take(range(split, len(pairs)))
+    return pairs, pairs.take(range(split)), pairs.take(range(split, len(pairs)))
+
+
+def train_reward_model(recipe: Recipe, run: RunDir, tracker: Tracker, resume: bool = False) -> dict:
+    """Train on the pairs file, report held-out pair accuracy before and after, save ``<run>/reward_model``.
+    Checkpoints every ``run.save_every`` steps (and on Ctrl-C/SIGTERM); ``resume`` continues after the last."""
+    cfg = recipe.reward_model
+    torch.manual_seed(recipe.train.seed)
+    pairs, train_pairs, held_out = split_pairs(recipe)
     model, tokenizer = load_reward_model_for_training(recipe)
     before = pair_accuracy(model.eval(), tokenizer, held_out, cfg.max_length)
     console.print(f"held-out pair accuracy before: {before:.3f} ({len(held_out)} pairs)")

@@ -19,7 +19,7 @@ from thinktune.data import DataError, Example, PromptBuilder
 from thinktune.logprobs import completion_logprobs
 from thinktune.modeling import left_pad
 from thinktune.models import save_model
-from thinktune.runs import RunDir
+from thinktune.run_dir import RunDir
 from thinktune.tracking import Tracker
 from thinktune.training import (
     EpochBatches,

@@ -20,7 +20,7 @@ from thinktune.config import ConfigError
 from thinktune.console import console
 from thinktune.evaluation import evaluation_key
 from thinktune.recipe import load_recipe, parse_override
-from thinktune.runs import stage_outputs
+from thinktune.run_dir import stage_outputs
 
 # Two-sided 95% t quantiles by degrees of freedom (seeds - 1).
 T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}

@@ -2,7 +2,7 @@
 
 Every stage logs through one interface, so a sink is one class and a name in ``run.report_to``: ``jsonl`` (the
 run directory's own record, always kept) here, ``tensorboard``, ``wandb`` and ``trackio`` in
-:mod:`thinktune.trackers`.
+:mod:`thinktune.external_trackers`.
 
     tracker = make_tracker(["jsonl"], run)
     tracker.log(3, {"reward": 0.5, "loss": 0.1})            # GRPO step 3 -> metrics.jsonl
@@ -18,10 +18,10 @@ from __future__ import annotations
 from typing import Protocol
 
 from thinktune.console import console
+from thinktune.external_trackers import TensorBoardTracker, TrackioTracker, WandbTracker
 from thinktune.jsonl import JsonlWriter, keep_records
 from thinktune.registry import Registry
-from thinktune.runs import RunDir
-from thinktune.trackers import TensorBoardTracker, TrackioTracker, WandbTracker
+from thinktune.run_dir import RunDir
 
 
 class Tracker(Protocol):

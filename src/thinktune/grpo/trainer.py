@@ -31,9 +31,9 @@ from thinktune.models import load_policy, reference_policy
 from thinktune.rewards import RewardError, RewardSet
 from thinktune.rewards.bounded import StopRequested
 from thinktune.rewards.guard import GRADER
+from thinktune.rewards.scoring import TaskMetrics, recipe_scoring
 from thinktune.rollout import RolloutBackend, SamplingParams, make_backend
-from thinktune.runs import GeneratorState, RunDir
-from thinktune.scoring import TaskMetrics, recipe_scoring
+from thinktune.run_dir import GeneratorState, RunDir
 from thinktune.tokens import decode
 from thinktune.tracking import Tracker
 from thinktune.training import (

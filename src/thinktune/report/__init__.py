@@ -4,7 +4,7 @@ Each page is a single file that works offline: the plots are inline SVG drawn by
 no script or font from elsewhere.
 """
 
-from thinktune.report.compare import write_comparison
+from thinktune.report.compare_runs import write_comparison
 from thinktune.report.run_report import write_report
 
 __all__ = ["write_comparison", "write_report"]

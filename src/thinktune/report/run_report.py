@@ -6,10 +6,10 @@ from __future__ import annotations
 from html import escape
 from pathlib import Path
 
-from thinktune.comparison import compared, significance_notes, split_name
+from thinktune.before_after import compared, significance_notes, split_name
 from thinktune.report.html import figures, number, page, table
 from thinktune.report.plots import Chart, Line, held_out_line, svg
-from thinktune.report.runs import RunRecord
+from thinktune.report.run_data import RunRecord
 
 # Training curves: (title, metric keys, y from 0 to 1). Reward functions are added per run.
 TRAINING_CHARTS = [

@@ -151,12 +151,9 @@ def generate(
     device = next(model.parameters()).device
     unique_ids, unique_mask = (t.to(device) for t in left_pad(prompts, pad_id))
     eos = torch.tensor(eos_ids, device=device)
-
     decoder = make_decoder(model, unique_ids.shape[1] + max_new_tokens, fast)
     logits = decoder.prefill(unique_ids, unique_mask, positions(unique_mask), group_size)
-    prompt_ids = unique_ids.repeat_interleave(group_size, dim=0)
-    prompt_mask = unique_mask.repeat_interleave(group_size, dim=0)
-    mask = prompt_mask
+    mask = unique_mask.repeat_interleave(group_size, dim=0)
     next_position = positions(mask)[:, -1:] + 1
     n = mask.shape[0]
 
@@ -182,18 +179,22 @@ def generate(
         logits = decoder.decode(token, mask, next_position)
         next_position = next_position + 1
 
-    completion_ids = completion_ids[:, :width]
+    model.train(was_training)
+    prompts = (unique_ids.repeat_interleave(group_size, dim=0), unique_mask.repeat_interleave(group_size, dim=0))
+    return _rollout(*prompts, completion_ids[:, :width], logprobs[:, :width], eos, 1.0 if greedy else temperature)
+
+
+def _rollout(prompt_ids, prompt_mask, completion_ids, logprobs, eos: torch.Tensor, temperature: float) -> Rollout:
+    """The sampled tokens as a :class:`Rollout`: each completion masked after its first end-of-sequence token."""
     is_eos = torch.isin(completion_ids, eos)
-    # Mask: every token up to and including the first end-of-sequence token.
     after_eos = (is_eos.long().cumsum(-1) - is_eos.long()) > 0
     completion_mask = (~after_eos).long()
-    model.train(was_training)
     return Rollout(
         prompt_ids=prompt_ids,
         prompt_mask=prompt_mask,
         completion_ids=completion_ids,
         completion_mask=completion_mask,
-        logprobs=logprobs[:, :width] * completion_mask,
+        logprobs=logprobs * completion_mask,
         truncated=~is_eos.any(-1),
-        temperature=1.0 if greedy else temperature,
+        temperature=temperature,
     )

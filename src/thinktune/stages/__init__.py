@@ -14,7 +14,7 @@ from typing import Protocol
 from thinktune.config import Recipe
 from thinktune.console import console
 from thinktune.distributed import Ranks
-from thinktune.runs import RunDir
+from thinktune.run_dir import RunDir
 from thinktune.tracking import Tracker
 
 

@@ -6,13 +6,13 @@
 
 from __future__ import annotations
 
-from thinktune.comparison import compared
+from thinktune.before_after import compared
 from thinktune.config import Recipe
 from thinktune.console import console
 from thinktune.evaluation import evaluate_recipe, evaluation_key
 from thinktune.jsonl import read_jsonl
 from thinktune.models import save_model
-from thinktune.runs import RunDir
+from thinktune.run_dir import RunDir
 from thinktune.watch import EvaluationWatch, Regression
 
 

@@ -6,12 +6,12 @@ from __future__ import annotations
 import statistics
 import time
 
-from thinktune.comparison import report_comparison
+from thinktune.before_after import report_comparison
 from thinktune.console import console, peak_rss_gb
 from thinktune.grpo.trainer import GRPOTrainer
 from thinktune.jsonl import read_jsonl
 from thinktune.models import save_model
-from thinktune.runs import STAGE_OUTPUTS
+from thinktune.run_dir import STAGE_OUTPUTS
 from thinktune.stages.evaluations import TrainingEvaluations
 
 

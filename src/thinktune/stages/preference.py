@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from thinktune.pairs import build_pairs
 from thinktune.preference import train_reward_model
-from thinktune.runs import STAGE_OUTPUTS
+from thinktune.run_dir import STAGE_OUTPUTS
 
 
 class PairsStage:

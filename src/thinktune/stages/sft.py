@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import time
 
-from thinktune.comparison import report_comparison
+from thinktune.before_after import report_comparison
 from thinktune.config import Recipe
 from thinktune.console import console
 from thinktune.evaluation import evaluation_key
 from thinktune.models import load_for_inference, load_policy
+from thinktune.rewards.scoring import recipe_scoring
 from thinktune.rollout import make_backend
-from thinktune.runs import STAGE_OUTPUTS
-from thinktune.scoring import recipe_scoring
+from thinktune.run_dir import STAGE_OUTPUTS
 from thinktune.sft import run_sft, save_sft_model
 from thinktune.stages.evaluations import earlier_evaluation, evaluate_and_save
 

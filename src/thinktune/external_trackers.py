@@ -16,7 +16,7 @@ import os
 import shutil
 
 from thinktune.console import console
-from thinktune.runs import RunDir, RunError
+from thinktune.run_dir import RunDir, RunError
 
 COMPLETION_COLUMNS = ("step", "group", "question", "answer", "completion", "reward", "advantage", "length", "truncated")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from rich.table import Table
 
 from thinktune.console import console
-from thinktune.runs import RunDir
+from thinktune.run_dir import RunDir
 from thinktune.stats import paired_sign_test, wilson_interval
 
 COMPARED = ["accuracy", "format_accuracy", "reward", "completion_length", "truncation_rate"]

@@ -6,11 +6,11 @@ from __future__ import annotations
 from html import escape
 from pathlib import Path
 
-from thinktune.comparison import significance_notes
+from thinktune.before_after import significance_notes
 from thinktune.report.html import figures, number, page, table
 from thinktune.report.plots import Chart, Line, held_out_line, svg
+from thinktune.report.run_data import RunRecord
 from thinktune.report.run_report import TRAINING_CHARTS
-from thinktune.report.runs import RunRecord
 
 OVERLAID = [("Total reward", "reward", False)] + [(title, keys[0], unit) for title, keys, unit in TRAINING_CHARTS]
 
