@@ -46,6 +46,12 @@ def test_unscorable_completions_are_left_out_of_the_statistics_with_advantage_ze
     assert flat.tolist() == [True]  # one scored completion: nothing to compare it with
 
 
-def test_an_unknown_scale_is_refused():
-    with pytest.raises(ValueError, match="scale_rewards: 'std' is not one of group, batch, none"):
+def test_an_unknown_scale_is_refused_and_the_schema_offers_exactly_the_registered_ones():
+    from typing import get_args
+
+    from thinktune.config import GRPOConfig
+    from thinktune.grpo.advantages import SCALES
+
+    with pytest.raises(ValueError, match="grpo.scale_rewards: unknown 'std'; known: group, batch, none"):
         group_advantages(torch.zeros(4), 2, scale="std")
+    assert get_args(GRPOConfig.model_fields["scale_rewards"].annotation) == tuple(SCALES)

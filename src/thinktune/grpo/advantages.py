@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-SCALES = ("group", "batch", "none")
+from thinktune.registry import Registry
 
 
 def nanstd(values: torch.Tensor, dim: int | None = None, keepdim: bool = False) -> torch.Tensor:
@@ -58,8 +58,7 @@ def group_advantages(
     """
     if rewards.numel() % group_size:
         raise ValueError(f"{rewards.numel()} rewards do not split into groups of {group_size}")
-    if scale not in SCALES:
-        raise ValueError(f"scale_rewards: {scale!r} is not one of {', '.join(SCALES)}")
+    spread_of = SCALES.lookup(scale)
     grouped = rewards.view(-1, group_size)
     if scorable is not None and scorable.all():
         scorable = None  # the plain reductions, to the bit
@@ -67,12 +66,21 @@ def group_advantages(
         grouped = grouped.masked_fill(~scorable.view(-1, group_size), float("nan"))
     mean = grouped.nanmean(-1, keepdim=True) if scorable is not None else grouped.mean(-1, keepdim=True)
     advantages = grouped - mean
-    if scale == "group":
-        advantages = advantages / (nanstd(grouped, dim=-1, keepdim=True).nan_to_num(0.0) + eps)
-    elif scale == "batch":
-        advantages = advantages / (nanstd(grouped.flatten()).nan_to_num(0.0) + eps)
+    if spread_of is not None:
+        advantages = advantages / (spread_of(grouped).nan_to_num(0.0) + eps)
     spread = grouped.nan_to_num(-torch.inf).max(-1).values - grouped.nan_to_num(torch.inf).min(-1).values
     zero_std = ~(spread > 0)  # also a group with fewer than two scored completions
     # Exactly zero, not a rounding residue of (r - mean) / eps: the update skips rows with no advantage.
     advantages = advantages.masked_fill(zero_std[:, None], 0.0).nan_to_num(0.0)
     return advantages.flatten(), zero_std
+
+
+# grpo.scale_rewards -> the spread the centred rewards ``[groups, G]`` are divided by (None: only centred)
+SCALES = Registry(
+    "grpo.scale_rewards",
+    {
+        "group": lambda grouped: nanstd(grouped, dim=-1, keepdim=True),  # GRPO: each group's own std
+        "batch": lambda grouped: nanstd(grouped.flatten()),  # TRL's scale_rewards="batch": the whole batch's std
+        "none": None,  # Dr. GRPO
+    },
+)
