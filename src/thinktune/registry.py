@@ -1,6 +1,6 @@
 """Named implementations of one kind, chosen by a recipe field: rewards, policy losses, advantage scales, data
-sources, rollout backends and trackers. One helper for all of them, so an unknown name is reported the same way everywhere: the
-field, the name, and the names it knows.
+sources, rollout backends and trackers. One helper for all of them, so an unknown name is reported the same way
+everywhere: the field, the name, and the names it knows.
 
     LOSSES = Registry("grpo.loss")
 
