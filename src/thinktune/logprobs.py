@@ -8,7 +8,7 @@ import torch
 from transformers import DynamicCache
 
 from thinktune.logits import entropy, head_token_logprobs, token_logprobs
-from thinktune.modeling import base_model, cache_argument, plain_head, positions
+from thinktune.modeling import base_model, cache_argument, plain_head, positions, prefix_cache
 
 
 def completion_logprobs(
@@ -29,7 +29,7 @@ def completion_logprobs(
     ids = torch.cat([prompt_ids, completion_ids], dim=1)
     mask = torch.cat([prompt_mask, completion_mask], dim=1)
     width = completion_ids.shape[1]
-    inputs = {"input_ids": ids, "attention_mask": mask, "position_ids": positions(mask)}
+    inputs = {"input_ids": ids, "attention_mask": mask, "position_ids": positions(mask), "use_cache": False}
     head = plain_head(model)
     if head is not None:
         hidden = base_model(model).model(**inputs).last_hidden_state[:, -width - 1 : -1]
@@ -111,7 +111,7 @@ class SharedPrompts:
             (k.index_select(0, prompt_index), v.index_select(0, prompt_index))
             for k, v in zip(keys, values, strict=True)
         ]
-        cache = DynamicCache(ddp_cache_data=layers)
+        cache = prefix_cache(layers)  # read, never grown: a replay under activation checkpointing reads the same
         mask = torch.cat([self.mask[prompt_index], completion_mask], dim=1)
         hidden = (
             base_model(model)

@@ -7,10 +7,15 @@ row's first real token. Those facts live here, so training code never imports th
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 
 import torch
+import torch.utils.checkpoint
+from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
+from transformers.modeling_layers import GradientCheckpointingLayer
 
 FAST_MODEL_TYPES = ("llama", "qwen2", "qwen3")  # the Llama-family layout thinktune's fast paths are tested on
 
@@ -83,3 +88,52 @@ def cache_argument(module, cache) -> dict:
 @functools.cache
 def _cache_keyword(cls) -> str:
     return "cache" if "cache" in inspect.signature(cls.forward).parameters else "past_key_values"
+
+
+@contextlib.contextmanager
+def checkpointed_layers(model, enabled: bool = True):
+    """Inside: each decoder layer keeps only its input for the backward pass and runs its forward again there
+    (activation checkpointing, ``train.gradient_checkpointing``), trading about one more forward for the layer's
+    activations. The gradients are those without it.
+
+    Unlike Hugging Face's own switch, a layer keeps its KV cache: the shared-prompt completion pass reads the prompts'
+    keys and values from a :func:`prefix_cache`, which its replay reads the same way. A pass that *writes* a cache
+    (the prompt encoding) must run outside.
+    """
+    layers = [m for m in base_model(model).modules() if isinstance(m, GradientCheckpointingLayer)] if enabled else []
+    for layer in layers:
+        layer.forward = functools.partial(_replayed, layer.forward)
+    try:
+        yield
+    finally:
+        for layer in layers:
+            del layer.forward  # the class's forward again
+
+
+def _replayed(forward, *args, **kwargs):
+    if not torch.is_grad_enabled():
+        return forward(*args, **kwargs)
+    return torch.utils.checkpoint.checkpoint(forward, *args, use_reentrant=False, **kwargs)
+
+
+class _PrefixLayer(DynamicLayer):
+    """A cache layer that holds a fixed prefix: ``update`` returns prefix + new states and stores nothing, so a
+    pass replayed by activation checkpointing sees exactly what the first pass saw."""
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        return torch.cat([self.keys, key_states], dim=-2), torch.cat([self.values, value_states], dim=-2)
+
+
+def prefix_cache(layers: list[tuple[torch.Tensor, torch.Tensor]]) -> DynamicCache:
+    """A KV cache of fixed ``(keys, values)`` per layer that a forward reads and never grows (:class:`_PrefixLayer`).
+
+    >>> k = torch.zeros(1, 1, 2, 4)
+    >>> cache = prefix_cache([(k, k)])
+    >>> keys, _ = cache.update(torch.ones(1, 1, 3, 4), torch.ones(1, 1, 3, 4), 0)
+    >>> keys.shape[-2], cache.get_seq_length()
+    (5, 2)
+    """
+    cache = DynamicCache(ddp_cache_data=layers)
+    for layer in cache.layers:
+        layer.__class__ = _PrefixLayer
+    return cache

@@ -18,6 +18,7 @@ from thinktune.config import Recipe
 from thinktune.console import console, peak_rss_gb, progress
 from thinktune.data import DataError
 from thinktune.data.tables import read_table
+from thinktune.modeling import checkpointed_layers
 from thinktune.models import save_model
 from thinktune.pairs import pairs_path
 from thinktune.rewards.reward_model import scoring_tokenizer, sequence_scores
@@ -165,7 +166,8 @@ def train_reward_model(recipe: Recipe, run: RunDir, tracker: Tracker, resume: bo
     first = checkpoints.resume() if resume else 0
     start = time.perf_counter()
     model.train()
-    with progress("reward model", total=cfg.steps) as bar, stop_requests() as stop:
+    savers = checkpointed_layers(model, recipe.train.gradient_checkpointing)
+    with progress("reward model", total=cfg.steps) as bar, stop_requests() as stop, savers:
         bar.advance(first)
         for step in range(first, cfg.steps):
             rows = batches.next(cfg.batch_size)

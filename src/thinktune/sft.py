@@ -17,7 +17,7 @@ from thinktune.config import ConfigError, Recipe
 from thinktune.console import console, progress
 from thinktune.data import DataError, Example, PromptBuilder
 from thinktune.logprobs import completion_logprobs
-from thinktune.modeling import left_pad
+from thinktune.modeling import checkpointed_layers, left_pad
 from thinktune.models import save_model
 from thinktune.run_dir import RunDir
 from thinktune.tracking import Tracker
@@ -124,7 +124,8 @@ def run_sft(
     start = checkpoints.resume() if resume else 0
     records = []
     model.train()
-    with progress("sft", total=cfg.steps) as bar, stop_requests() as stop:
+    savers = checkpointed_layers(model, recipe.train.gradient_checkpointing)
+    with progress("sft", total=cfg.steps) as bar, stop_requests() as stop, savers:
         bar.advance(start)
         for step in range(start, cfg.steps):
             batch = batches.next(cfg.batch_size)

@@ -144,6 +144,12 @@ class TrainConfig(_Section):
         "(logprob_mismatch). Pays on GPUs and on CPUs with AMX (amx_bf16 in lscpu); slower than float32 on CPUs "
         "without it. Measure with benchmarks/autocast.py.",
     )
+    gradient_checkpointing: bool = Field(
+        False,
+        description="Keep only each decoder layer's input for the backward pass and run its forward again there: "
+        "the update's activations shrink to one layer's at a time, for about a third more update time. The "
+        "gradients are those without it (GRPO, SFT and the reward model).",
+    )
 
 
 class SFTConfig(_Section):

@@ -18,6 +18,7 @@ from thinktune.distributed import Ranks
 from thinktune.grpo.batching import MicroBatchPlan
 from thinktune.grpo.losses import LOSSES, LossInputs, correction_weights, high_entropy_mask
 from thinktune.logprobs import SharedPrompts, completion_logprobs, rollout_logprobs, supports_shared_prompts
+from thinktune.modeling import checkpointed_layers
 from thinktune.models import reference_policy
 from thinktune.rollout import Rollout
 from thinktune.training import autocast, gradient_step
@@ -121,12 +122,13 @@ class PolicyUpdate:
             self.optimizer.zero_grad(set_to_none=True)
             with self.autocast():
                 prompts = SharedPrompts.encode(self.model, plan.prompt_ids, plan.prompt_mask) if shared else None
-            for rows in plan.batches:
-                parts = self.micro_batch(rollout, advantages, plan, rows, prompts, (old_logprobs, ref_logprobs),
-                                         correction, with_entropy=iteration == 0)  # fmt: skip
-                stats.add(**{name: value / cfg.iterations for name, value in parts.items() if name != "entropy"})
-                if iteration == 0:
-                    stats.add(entropy=parts["entropy"])
+            with checkpointed_layers(self.model, self.train_cfg.gradient_checkpointing):  # the prompts' pass: not
+                for rows in plan.batches:
+                    parts = self.micro_batch(rollout, advantages, plan, rows, prompts, (old_logprobs, ref_logprobs),
+                                             correction, with_entropy=iteration == 0)  # fmt: skip
+                    stats.add(**{name: value / cfg.iterations for name, value in parts.items() if name != "entropy"})
+                    if iteration == 0:
+                        stats.add(entropy=parts["entropy"])
             if prompts is not None:
                 prompts.backward()
             self.ranks.sum_gradients(self.params)

@@ -46,7 +46,7 @@ def scoring_tokenizer(path: str):
 def sequence_scores(model, tokenizer, texts: list[str], max_length: int = 1024) -> torch.Tensor:
     """The single-label head's logit for each text, as one padded batch (differentiable)."""
     batch = tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
-    return model(**batch.to(next(model.parameters()).device)).logits[:, 0].float()
+    return model(**batch.to(next(model.parameters()).device), use_cache=False).logits[:, 0].float()
 
 
 @torch.no_grad()

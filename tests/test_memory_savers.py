@@ -1,0 +1,79 @@
+"""The memory savers change what is kept, not what is computed: with activation checkpointing the update's loss and
+gradients are those without it, on the shared-prompt path and the plain one, for LoRA and full fine-tuning."""
+
+import pytest
+import torch
+
+from tests.helpers import tiny_recipe
+from thinktune.data import load_examples
+from thinktune.grpo.trainer import GRPOTrainer
+from thinktune.logprobs import completion_logprobs
+from thinktune.modeling import checkpointed_layers, left_pad
+from thinktune.run_dir import RunDir
+from thinktune.tracking import make_tracker
+
+
+def update_with(tmp_path, tiny_model_dir, *overrides):
+    """One update of the tiny model on its first rollout: the loss, the gradient, how often layer 0's attention ran."""
+    recipe = tiny_recipe(tmp_path, tiny_model_dir, *overrides)
+    torch.manual_seed(0)  # the same LoRA initialisation each time
+    train_set, _, scorer = load_examples(recipe.data)
+    run = RunDir(recipe)
+    trainer = GRPOTrainer.from_recipe(recipe, train_set, scorer, run, make_tracker([], run))
+    groups = trainer.rollout_round(2)
+    grads, calls = {}, []
+    trainer.optimizer.step = lambda: grads.setdefault("all", torch.cat([p.grad.flatten() for p in trainer.params]))
+    base = trainer.model.get_base_model() if hasattr(trainer.model, "get_base_model") else trainer.model
+    base.model.layers[0].self_attn.register_forward_hook(lambda *_: calls.append(1))  # seen in a replay too
+    calls.clear()
+    stats = trainer.learn(groups.rollout, torch.tensor([1.0, -1.0] * 8))
+    return stats.loss, grads["all"], len(calls)
+
+
+@pytest.mark.parametrize("finetune", ["lora", "full"])
+def test_checkpointing_replays_each_layer_and_gives_the_same_loss_and_gradient(tmp_path, tiny_model_dir, finetune):
+    (tmp_path / "plain").mkdir(), (tmp_path / "saver").mkdir()
+    common = (f"model.finetune={finetune}", "train.learning_rate=1e-5")
+    loss, grad, calls = update_with(tmp_path / "plain", tiny_model_dir, *common)
+    loss_gc, grad_gc, calls_gc = update_with(
+        tmp_path / "saver", tiny_model_dir, *common, "train.gradient_checkpointing=true"
+    )
+    assert calls_gc > calls  # the completions' passes ran layer 0 again in the backward (the prompts' pass did not)
+    assert loss_gc == pytest.approx(loss, rel=1e-6)
+    assert torch.allclose(grad_gc, grad, rtol=1e-6, atol=1e-9) and grad.abs().sum() > 0
+
+
+def test_checkpointing_on_the_plain_forward_gives_the_same_gradient(tiny):
+    model, tokenizer = tiny
+    prompt_ids, prompt_mask = left_pad([[5, 6, 7], [8, 9]], tokenizer.pad_token_id)
+    completion = torch.tensor([[10, 11, 12], [13, 14, 0]]), torch.tensor([[1, 1, 1], [1, 1, 0]])
+    grads = []
+    for enabled in (False, True):
+        model.zero_grad(set_to_none=True)
+        model.train()
+        with checkpointed_layers(model, enabled):
+            logprobs, _ = completion_logprobs(model, prompt_ids, prompt_mask, *completion, temperature=0.7)
+        (logprobs * completion[1]).sum().backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
+    model.zero_grad(set_to_none=True)
+    model.eval()
+    assert torch.allclose(grads[1], grads[0], rtol=1e-6, atol=1e-9) and grads[0].abs().sum() > 0
+    assert not any("forward" in vars(m) for m in model.modules())  # the layers' own forward again
+
+
+def test_checkpointing_the_reward_models_forward_gives_the_same_gradient(tiny_model_dir):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from thinktune.rewards.reward_model import sequence_scores
+
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=1).train()
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    grads = []
+    for enabled in (False, True):
+        model.zero_grad(set_to_none=True)
+        with checkpointed_layers(model, enabled):
+            sequence_scores(model, tokenizer, ["yes yes", "no"], max_length=16).sum().backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
+    assert torch.allclose(grads[1], grads[0], rtol=1e-6, atol=1e-9) and grads[0].abs().sum() > 0
