@@ -8,8 +8,9 @@ from tests.helpers import tiny_recipe
 from thinktune.data import load_examples
 from thinktune.grpo.trainer import GRPOTrainer
 from thinktune.logprobs import completion_logprobs
-from thinktune.modeling import checkpointed_layers, left_pad
+from thinktune.modeling import left_pad
 from thinktune.run_dir import RunDir
+from thinktune.savers import checkpointed_layers
 from thinktune.tracking import make_tracker
 
 
@@ -77,3 +78,38 @@ def test_checkpointing_the_reward_models_forward_gives_the_same_gradient(tiny_mo
             sequence_scores(model, tokenizer, ["yes yes", "no"], max_length=16).sum().backward()
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
     assert torch.allclose(grads[1], grads[0], rtol=1e-6, atol=1e-9) and grads[0].abs().sum() > 0
+
+
+def test_8bit_optimizer_state_is_8bit_and_a_resumed_run_equals_the_uninterrupted_one(tmp_path, tiny_model_dir):
+    from safetensors.torch import load_file
+
+    from tests.helpers import rewards
+    from thinktune.pipeline import train
+
+    length = "rewards=[{name: 'tests.user_rewards:length'}]"  # completions differ in length: every group trains
+    saver = ("train.optimizer=adamw_8bit", "run.save_every=2", length)
+    train(tiny_recipe(tmp_path, tiny_model_dir, "train.steps=4", *saver))
+    train(tiny_recipe(tmp_path, tiny_model_dir, "train.steps=2", "run.name=resumed", *saver))
+    state = torch.load(tmp_path / "resumed" / "checkpoint" / "state.pt", weights_only=True)
+
+    def tensors(tree):
+        return [t for v in tree.values() for t in (tensors(v) if isinstance(v, dict) else [v]) if torch.is_tensor(t)]
+
+    assert any(t.dtype == torch.uint8 for t in tensors(state["parts"]["optimizer"]))  # the moments, quantized
+    train(tiny_recipe(tmp_path, tiny_model_dir, "train.steps=4", "run.name=resumed", *saver), resume=True)
+    assert rewards(tmp_path / "resumed") == rewards(tmp_path / "tiny")
+    whole, resumed = (load_file(tmp_path / name / "final" / "model.safetensors") for name in ("tiny", "resumed"))
+    assert all(torch.equal(whole[k], resumed[k]) for k in whole)
+
+
+def test_a_saver_without_its_library_is_one_line_naming_the_field_and_the_install(monkeypatch):
+    import sys
+
+    from thinktune.config import ConfigError, TrainConfig
+    from thinktune.training import make_optimizer
+
+    monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # as if not installed
+    with pytest.raises(
+        ConfigError, match=r"train.optimizer: adamw_8bit needs bitsandbytes: pip install 'thinktune\[savers\]'"
+    ):
+        make_optimizer([torch.nn.Parameter(torch.zeros(2))], 1e-3, TrainConfig(optimizer="adamw_8bit"))

@@ -7,15 +7,12 @@ row's first real token. Those facts live here, so training code never imports th
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import inspect
 
 import torch
-import torch.utils.checkpoint
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
-from transformers.modeling_layers import GradientCheckpointingLayer
 
 FAST_MODEL_TYPES = ("llama", "qwen2", "qwen3")  # the Llama-family layout thinktune's fast paths are tested on
 
@@ -88,32 +85,6 @@ def cache_argument(module, cache) -> dict:
 @functools.cache
 def _cache_keyword(cls) -> str:
     return "cache" if "cache" in inspect.signature(cls.forward).parameters else "past_key_values"
-
-
-@contextlib.contextmanager
-def checkpointed_layers(model, enabled: bool = True):
-    """Inside: each decoder layer keeps only its input for the backward pass and runs its forward again there
-    (activation checkpointing, ``train.gradient_checkpointing``), trading about one more forward for the layer's
-    activations. The gradients are those without it.
-
-    Unlike Hugging Face's own switch, a layer keeps its KV cache: the shared-prompt completion pass reads the prompts'
-    keys and values from a :func:`prefix_cache`, which its replay reads the same way. A pass that *writes* a cache
-    (the prompt encoding) must run outside.
-    """
-    layers = [m for m in base_model(model).modules() if isinstance(m, GradientCheckpointingLayer)] if enabled else []
-    for layer in layers:
-        layer.forward = functools.partial(_replayed, layer.forward)
-    try:
-        yield
-    finally:
-        for layer in layers:
-            del layer.forward  # the class's forward again
-
-
-def _replayed(forward, *args, **kwargs):
-    if not torch.is_grad_enabled():
-        return forward(*args, **kwargs)
-    return torch.utils.checkpoint.checkpoint(forward, *args, use_reentrant=False, **kwargs)
 
 
 class _PrefixLayer(DynamicLayer):

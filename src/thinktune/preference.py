@@ -18,11 +18,11 @@ from thinktune.config import Recipe
 from thinktune.console import console, peak_rss_gb, progress
 from thinktune.data import DataError
 from thinktune.data.tables import read_table
-from thinktune.modeling import checkpointed_layers
 from thinktune.models import save_model
 from thinktune.pairs import pairs_path
 from thinktune.rewards.reward_model import scoring_tokenizer, sequence_scores
 from thinktune.run_dir import RunDir
+from thinktune.savers import checkpointed_layers
 from thinktune.tracking import Tracker
 from thinktune.training import (
     EpochBatches,

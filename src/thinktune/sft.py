@@ -17,9 +17,10 @@ from thinktune.config import ConfigError, Recipe
 from thinktune.console import console, progress
 from thinktune.data import DataError, Example, PromptBuilder
 from thinktune.logprobs import completion_logprobs
-from thinktune.modeling import checkpointed_layers, left_pad
+from thinktune.modeling import left_pad
 from thinktune.models import save_model
 from thinktune.run_dir import RunDir
+from thinktune.savers import checkpointed_layers
 from thinktune.tracking import Tracker
 from thinktune.training import (
     EpochBatches,

@@ -22,11 +22,16 @@ import time
 import torch
 
 from thinktune.console import console
+from thinktune.savers import bitsandbytes
 
 
-def make_optimizer(params: list[torch.nn.Parameter], lr: float, train) -> torch.optim.AdamW:
-    """AdamW over ``params`` with the recipe's betas and weight decay (``train`` section) at peak rate ``lr``."""
-    return torch.optim.AdamW(params, lr=lr, betas=train.adam_betas, weight_decay=train.weight_decay)
+def make_optimizer(params: list[torch.nn.Parameter], lr: float, train) -> torch.optim.Optimizer:
+    """AdamW over ``params`` with the recipe's betas and weight decay (``train`` section) at peak rate ``lr``: torch's,
+    or with ``train.optimizer: adamw_8bit`` bitsandbytes' 8-bit one."""
+    settings = {"lr": lr, "betas": train.adam_betas, "weight_decay": train.weight_decay}
+    if train.optimizer == "adamw_8bit":
+        return bitsandbytes("train.optimizer: adamw_8bit").optim.AdamW8bit(params, **settings)
+    return torch.optim.AdamW(params, **settings)
 
 
 def lr_factor(step: int, kind: str, warmup: int, total: int) -> float:

@@ -144,6 +144,12 @@ class TrainConfig(_Section):
         "(logprob_mismatch). Pays on GPUs and on CPUs with AMX (amx_bf16 in lscpu); slower than float32 on CPUs "
         "without it. Measure with benchmarks/autocast.py.",
     )
+    optimizer: Literal["adamw", "adamw_8bit"] = Field(
+        "adamw",
+        description="adamw = torch's AdamW (float32 moments, 8 bytes per trained weight); adamw_8bit = bitsandbytes' "
+        "blockwise 8-bit AdamW (about 2 bytes; tensors under 4,096 elements stay float32), on CPUs and CUDA "
+        "(pip install 'thinktune[savers]'). Its state goes into checkpoints, and a resume is exact.",
+    )
     gradient_checkpointing: bool = Field(
         False,
         description="Keep only each decoder layer's input for the backward pass and run its forward again there: "

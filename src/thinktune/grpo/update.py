@@ -18,9 +18,9 @@ from thinktune.distributed import Ranks
 from thinktune.grpo.batching import MicroBatchPlan
 from thinktune.grpo.losses import LOSSES, LossInputs, correction_weights, high_entropy_mask
 from thinktune.logprobs import SharedPrompts, completion_logprobs, rollout_logprobs, supports_shared_prompts
-from thinktune.modeling import checkpointed_layers
 from thinktune.models import reference_policy
 from thinktune.rollout import Rollout
+from thinktune.savers import checkpointed_layers
 from thinktune.training import autocast, gradient_step
 
 
