@@ -15,6 +15,25 @@ from thinktune.recipe import load_recipe
 QUESTIONS = ["What is 12 + 30?", "Name a prime number above 10.", "Say hello in French."]
 
 
+@pytest.fixture(autouse=True, scope="module")
+def gguf_parsed_once():
+    """transformers' GGUF loader rebuilds gguf's tensor-name map for every module of the model (397 times for
+    SmolLM2: 6 of a read-back's 16 s) and parses the file twice (config, then weights: 5 s more). The map depends on
+    the architecture and block count alone, and a file unchanged on disk parses the same, so each is made once.
+    What the reader reads and how it dequantizes stay its own."""
+    import functools
+    import os
+
+    import gguf
+
+    name_map, reader = gguf.get_tensor_name_map, gguf.GGUFReader
+    parsed = functools.cache(lambda path, stamp: reader(path))
+    gguf.get_tensor_name_map = functools.cache(name_map)
+    gguf.GGUFReader = lambda path, *args: parsed(str(path), (os.stat(path).st_mtime_ns, os.stat(path).st_size))
+    yield
+    gguf.get_tensor_name_map, gguf.GGUFReader = name_map, reader
+
+
 def greedy(model, tokenizer, questions=QUESTIONS, new_tokens=16) -> list[list[int]]:
     """Greedy continuations by Hugging Face ``generate`` (not thinktune's decoder): a reader of its own."""
     answers = []
