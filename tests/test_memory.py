@@ -64,3 +64,22 @@ def test_the_command_reads_a_config_file_and_names_a_bad_one(tmp_path):
     bad.write_text(json.dumps({"hidden_size": 8}))
     result = runner.invoke(app, ["memory", "recipes/demo.yaml", "--config", str(bad)])
     assert result.exit_code == 2 and f"--config {bad}: not a model config" in result.output
+
+
+def test_each_saver_moves_the_part_it_saves_and_only_that():
+    arch = Architecture(layers=2, hidden=8, intermediate=16, heads=2, kv_heads=1, head_dim=4, vocab=32, tied=True)
+    base = ["model.finetune=full", "grpo.micro_batch_size=2", "grpo.prompts_per_step=1", "grpo.group_size=2"]
+    plain = estimate(load_recipe(None, base), arch)
+    eight = estimate(load_recipe(None, [*base, "train.optimizer=adamw_8bit"]), arch)
+    params = arch.parameters()
+    assert plain["trained state (grad + AdamW)"] * 1e9 == params * 12  # float32 gradient and two moments
+    assert eight["trained state (grad + AdamW)"] * 1e9 == params * 6  # float32 gradient, two 8-bit moments
+    assert eight["weights"] == plain["weights"]
+    checkpointed = estimate(load_recipe(None, [*base, "train.gradient_checkpointing=true"]), arch)
+    # per token: 2 layers x 544 bytes of activations become 2 layer inputs (2 x 32 bytes) + one layer's 544, over
+    # 2 rows x (256 prompt + 128 completion) tokens
+    assert (plain["update pass"] - checkpointed["update pass"]) * 1e9 == pytest.approx((1088 - 608) * 2 * 384)
+    assert checkpointed["weights"] == plain["weights"]
+    lora, nf4 = (estimate(load_recipe(None, [*base[1:], *extra]), arch) for extra in ([], ["model.quantize=nf4"]))
+    linear = arch.layers * sum(a * b for a, b in arch.linear_shapes())
+    assert (lora["weights"] - nf4["weights"]) * 1e9 == pytest.approx(linear * (4 - 0.5625))

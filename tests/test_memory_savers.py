@@ -113,3 +113,49 @@ def test_a_saver_without_its_library_is_one_line_naming_the_field_and_the_instal
         ConfigError, match=r"train.optimizer: adamw_8bit needs bitsandbytes: pip install 'thinktune\[savers\]'"
     ):
         make_optimizer([torch.nn.Parameter(torch.zeros(2))], 1e-3, TrainConfig(optimizer="adamw_8bit"))
+
+
+def test_an_nf4_base_answers_as_its_dequantized_twin_and_through_our_decoder(tiny_model_dir):
+    from transformers import AutoModelForCausalLM
+
+    from thinktune.config import ModelConfig
+    from thinktune.modeling import plain_weight
+    from thinktune.models import load_policy
+    from thinktune.rollout import generate
+    from thinktune.rollout.decoders import supports_fast_decode
+
+    quantized, tokenizer = load_policy(ModelConfig(name=tiny_model_dir, finetune="lora", quantize="nf4", device="cpu"))
+    assert "Linear4bit" in type(quantized.get_base_model().model.layers[0].self_attn.q_proj.base_layer).__name__
+    twin = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    for name, module in quantized.get_base_model().named_modules():  # the twin: every 4-bit weight dequantized
+        if hasattr(getattr(module, "weight", None), "quant_state"):
+            twin.get_submodule(name.replace(".base_layer", "")).weight.data = plain_weight(module)
+    prompts = [[5, 6, 7, 8], [9, 10]]
+    ids, mask = left_pad(prompts, tokenizer.pad_token_id)
+    settings = {"max_new_tokens": 8, "do_sample": False, "pad_token_id": tokenizer.pad_token_id}
+    theirs, twins = (
+        m.generate(input_ids=ids, attention_mask=mask, **settings)[:, ids.shape[1] :] for m in (quantized.eval(), twin)
+    )
+    assert torch.equal(theirs, twins)  # bitsandbytes' 4-bit matmuls and the dequantized weights agree
+    ours = generate(quantized, prompts, eos_ids=[-1], pad_id=tokenizer.pad_token_id, max_new_tokens=8, greedy=True)
+    assert not supports_fast_decode(quantized)  # bitsandbytes' CPU kernels repack the weights: only they read them
+    assert torch.equal(ours.completion_ids, theirs)
+
+
+def test_a_qlora_run_learns_and_its_adapter_loads_and_merges_on_the_plain_base(tmp_path, tiny_model_dir):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from tests.helpers import rewards
+    from thinktune.export import merge_adapter
+    from thinktune.pipeline import train
+
+    train(tiny_recipe(tmp_path, tiny_model_dir, "model.finetune=lora", "model.quantize=nf4", "train.steps=12",
+                      "train.learning_rate=0.02"))  # fmt: skip
+    curve = rewards(tmp_path / "tiny")
+    assert sum(curve[-4:]) > sum(curve[:4])  # the reward rose
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    adapted = PeftModel.from_pretrained(base, tmp_path / "tiny" / "final")  # plain peft, plain float32 base
+    assert any("lora_B" in n and p.abs().sum() > 0 for n, p in adapted.named_parameters())
+    merged = merge_adapter(tmp_path / "tiny" / "final", tmp_path / "merged")
+    assert (merged / "model.safetensors").is_file()

@@ -11,6 +11,10 @@ An estimate, by arithmetic, of the tensors a GRPO step holds at its peak, not a 
   v and the attention output, gate, up, their product and the activation; the LM head's logits a 64 MB chunk at a
   time, in forward and backward).
 
+The memory savers change three parts: ``model.quantize: nf4`` the linear weights (about 0.56 bytes each) and the
+sampling copy (none), ``train.optimizer: adamw_8bit`` the moments (2 bytes a trained parameter), and
+``train.gradient_checkpointing`` the update's activations (each layer's input, plus one layer's activations).
+
 The CUDA context and the allocator's slack come on top (typically 0.5-1 GB).
 """
 
@@ -74,22 +78,27 @@ class Architecture:
 def estimate(recipe: Recipe, arch: Architecture) -> dict[str, float]:
     """The parts of a GRPO step's peak, in GB, and their ``total`` (see the module doc)."""
     width = 2 if recipe.model.dtype == "bfloat16" else 4
-    g = recipe.grpo
+    g, t = recipe.grpo, recipe.train
     params = arch.parameters()
-    parts = {"weights": params * width / GB}
-    if recipe.model.finetune == "lora":
-        parts["trained state (grad + AdamW)"] = arch.lora_parameters(recipe.model.lora.r) * 16 / GB
+    linear = arch.layers * sum(a * b for a, b in arch.linear_shapes())
+    nf4 = recipe.model.quantize == "nf4"  # 4 bits a linear weight and a float32 scale per 64 of them
+    parts = {"weights": ((params - linear) * width + linear * (0.5 + 4 / 64 if nf4 else width)) / GB}
+    moments = 2 if t.optimizer == "adamw_8bit" else None  # bytes per trained parameter: two 8-bit moments
+    if recipe.model.finetune == "lora":  # peft keeps adapters in float32: weight, gradient, two moments
+        parts["trained state (grad + AdamW)"] = arch.lora_parameters(recipe.model.lora.r) * (8 + (moments or 8)) / GB
     else:
-        parts["trained state (grad + AdamW)"] = params * 3 * width / GB
+        parts["trained state (grad + AdamW)"] = params * (width + (moments or 2 * width)) / GB
         if g.beta > 0:
             parts["reference weights"] = params * width / GB
     length = recipe.data.max_prompt_tokens + g.max_new_tokens
     rows = g.prompts_per_step * g.group_size
     kv = arch.layers * 2 * arch.kv_heads * arch.head_dim * width
-    linear = arch.layers * sum(a * b for a, b in arch.linear_shapes())
-    sampling = (linear * width + rows * length * kv + rows * arch.vocab * 4) / GB
+    merged_copy = 0 if nf4 else linear * width  # a 4-bit base samples through its own kernels, without a copy
+    sampling = (merged_copy + rows * length * kv + rows * arch.vocab * 4) / GB
     q, kvd = arch.heads * arch.head_dim, arch.kv_heads * arch.head_dim
-    per_token = arch.layers * (width * (4 * arch.hidden + 2 * q + 2 * kvd + 4 * arch.intermediate) + 8 * arch.hidden)
+    per_layer = width * (4 * arch.hidden + 2 * q + 2 * kvd + 4 * arch.intermediate) + 8 * arch.hidden
+    # with activation checkpointing every layer keeps its input, and one layer at a time its activations
+    per_token = arch.layers * width * arch.hidden + per_layer if t.gradient_checkpointing else arch.layers * per_layer
     tokens = g.micro_batch_size * length
     head = 3 * 4 * min(CHUNK_ELEMENTS, tokens * arch.vocab)  # logits, their exp, their gradient
     update = (tokens * per_token + head) / GB

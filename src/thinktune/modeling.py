@@ -41,13 +41,30 @@ def effective_weight(linear) -> tuple[torch.Tensor, torch.Tensor | None]:
     """
     if hasattr(linear, "base_layer"):  # a peft LoRA layer
         base = linear.base_layer
-        weight = base.weight.detach()
+        weight = plain_weight(base)
         if not linear.merged and not linear.disable_adapters:
             for name in linear.active_adapters:
                 if name in linear.lora_A:
                     weight = weight + linear.get_delta_weight(name).detach()
         return weight, None if base.bias is None else base.bias.detach()
-    return linear.weight.detach(), None if linear.bias is None else linear.bias.detach()
+    return plain_weight(linear), None if linear.bias is None else linear.bias.detach()
+
+
+def plain_weight(linear) -> torch.Tensor:
+    """A linear layer's weight as a plain tensor; a 4-bit one (``model.quantize: nf4``) dequantized, which holds only
+    until bitsandbytes' CPU kernels first run it (they repack it in place): samplers read such a model through its
+    own forward (:func:`is_quantized`)."""
+    weight = linear.weight
+    if getattr(weight, "quant_state", None) is None:
+        return weight.detach()
+    from bitsandbytes.functional import dequantize_4bit
+
+    return dequantize_4bit(weight.data, weight.quant_state)
+
+
+def is_quantized(model) -> bool:
+    """Whether the model's base was loaded quantized (bitsandbytes, ``model.quantize``)."""
+    return bool(getattr(base_model(model), "is_quantized", False))
 
 
 def left_pad(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:

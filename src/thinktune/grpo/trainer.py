@@ -77,8 +77,9 @@ class GRPOTrainer:
         t = recipe.train
         self.optimizer = make_optimizer(self.params, t.learning_rate, t)
         self.scheduler = make_scheduler(self.optimizer, t.lr_schedule, t.warmup_steps, t.steps * self.cfg.iterations)
-        # The trainer's log-probs are the sampler's only when both run the same weights at the same precision.
-        exact_logprobs = backend.exact_logprobs and t.autocast == "none"
+        # The trainer's log-probs are the sampler's only when both run the same weights at the same precision (a 4-bit
+        # base's kernels differ between a KV-cached decode step and a whole forward).
+        exact_logprobs = backend.exact_logprobs and t.autocast == "none" and recipe.model.quantize == "none"
         self.policy_update = PolicyUpdate(recipe, model, self.params, self.optimizer, self.scheduler,
                                           exact_logprobs, ranks)  # fmt: skip
         self.sampling = SamplingParams.of_recipe(self.cfg)

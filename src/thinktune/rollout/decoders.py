@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from transformers import DynamicCache
 
-from thinktune.modeling import FAST_MODEL_TYPES, base_model, cache_argument, effective_weight
+from thinktune.modeling import FAST_MODEL_TYPES, base_model, cache_argument, effective_weight, is_quantized
 
 
 class HFDecoder:
@@ -71,6 +71,7 @@ def supports_fast_decode(model) -> bool:
         and not getattr(config, "sliding_window", None)
         and not getattr(config, "use_sliding_window", False)
         and _lora_layers_supported(model)
+        and not is_quantized(model)  # 4-bit weights: only their own kernels read them (see modeling.plain_weight)
     )
 
 
