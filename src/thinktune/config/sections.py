@@ -38,7 +38,7 @@ class ModelConfig(_Section):
     quantize: Literal["none", "nf4"] = Field(
         "none",
         description="nf4 = hold the frozen base in 4-bit NormalFloat with LoRA on top (QLoRA; bitsandbytes, on CPUs "
-        "and CUDA: pip install 'thinktune[savers]'): about a quarter of the base's memory. Needs "
+        "and CUDA: pip install 'thinktune[savers]'): linear weights at about 0.56 bytes each, not 2 or 4. Needs "
         "model.finetune=lora; the adapter it saves loads on the unquantized base.",
         json_schema_extra=tagged(EVALUATED),
     )
