@@ -202,3 +202,26 @@ def test_a_full_disk_mid_run_is_one_line_and_resume_continues(tmp_path, tiny_mod
     resumed = start(recipe, "--resume")
     assert resumed.wait() == 0, resumed.stderr.read()
     assert [r["step"] for r in read_lines(run / "metrics.jsonl")] == [1, 2, 3, 4, 5, 6]
+
+
+def test_a_process_refused_while_the_holder_writes_its_record_still_names_the_holder(tmp_path):
+    import fcntl
+    import json
+    import threading
+    import time
+
+    from thinktune.outputs import RunLock
+    from thinktune.run_dir import RunError
+
+    holder = (tmp_path / ".lock").open("a+")
+    fcntl.flock(holder, fcntl.LOCK_EX | fcntl.LOCK_NB)  # locked, its record not written yet
+
+    def write_record():
+        time.sleep(0.2)
+        holder.write(json.dumps({"pid": 4242, "command": "thinktune train r.yaml"}) + "\n")
+        holder.flush()
+
+    threading.Thread(target=write_record).start()
+    with pytest.raises(RunError, match=r"in use by process 4242 \(thinktune train r.yaml\)"):
+        RunLock(tmp_path).acquire()
+    holder.close()

@@ -14,6 +14,7 @@ import fcntl
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 
@@ -81,8 +82,7 @@ class RunLock:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            handle.seek(0)
-            holder = _holder(handle.read())
+            holder = _holder(_record(handle))
             handle.close()
             raise RunError(
                 f"run folder {self.path.parent} is in use by {holder}; wait for it to finish, or set "
@@ -105,6 +105,18 @@ class RunLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+def _record(handle, seconds: float = 1.0) -> str:
+    """The lock file's record, waiting up to ``seconds`` for it: the holder writes it just after it takes the lock,
+    so a process refused in between would otherwise read an empty file."""
+    deadline = time.monotonic() + seconds
+    while True:
+        handle.seek(0)
+        text = handle.read()
+        if text.endswith("\n") or time.monotonic() >= deadline:
+            return text
+        time.sleep(0.02)
 
 
 def _holder(text: str) -> str:
