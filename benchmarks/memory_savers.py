@@ -75,7 +75,6 @@ def worker(name: str, model: str, steps: int, new_tokens: int, scratch: Path) ->
         "update_seconds": statistics.median(r["seconds_update"] for r in timed),
         "first_loss": records[0]["loss"],
         "first_grad_norm": records[0]["grad_norm"],
-        "completion_tokens": statistics.fmean(r["completion_length"] for r in records) * 32,
     }
 
 

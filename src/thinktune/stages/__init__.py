@@ -9,7 +9,6 @@ of the finished stage, or None when it must run, or continue, again) and ``run(c
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Protocol
 
 from thinktune.config import Recipe
 from thinktune.console import console
@@ -42,18 +41,23 @@ class StageContext:
         return replace(self, recipe=recipe)
 
 
-class Stage(Protocol):
+class Stage:
+    """A stage of a run; subclasses set ``name`` and ``outputs`` and define ``run``."""
+
     name: str
-    outputs: tuple[str, ...]  # what it leaves in the run folder (runs.STAGE_OUTPUTS)
+    outputs: tuple[str, ...]  # what it leaves in the run folder (run_dir.STAGE_OUTPUTS)
 
     def done(self, context: StageContext) -> dict | None:
-        """On a resume: the finished stage's summary, or None when it must run (or continue)."""
+        """On a resume: the finished stage's summary, or None when it must run (or continue itself)."""
+        return None
 
     def run(self, context: StageContext) -> dict:
         """Run the stage; its part of the run's summary."""
+        raise NotImplementedError
 
     def hand_over(self, context: StageContext) -> StageContext:
-        """The context of the stages after this one."""
+        """The context of the stages after this one: the same, unless the stage changes what they start from."""
+        return context
 
 
 def stages_of(recipe: Recipe) -> list[Stage]:

@@ -12,18 +12,15 @@ from thinktune.grpo.trainer import GRPOTrainer
 from thinktune.jsonl import read_jsonl
 from thinktune.models import save_model
 from thinktune.run_dir import STAGE_OUTPUTS
+from thinktune.stages import Stage
 from thinktune.stages.evaluations import TrainingEvaluations
 
 
-class GRPOStage:
+class GRPOStage(Stage):
+    """Never done in advance: a resume continues from the last checkpoint, or goes on to the evaluation after."""
+
     name = "grpo"
     outputs = STAGE_OUTPUTS["grpo"]
-
-    def done(self, context) -> dict | None:
-        return None  # a resume continues from the last checkpoint, or goes on to the evaluation after
-
-    def hand_over(self, context):
-        return context
 
     def run(self, context) -> dict:
         recipe, run, tracker, splits = context.recipe, context.run, context.tracker, context.splits

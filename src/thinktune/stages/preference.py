@@ -6,31 +6,25 @@ from __future__ import annotations
 from thinktune.pairs import build_pairs
 from thinktune.preference import train_reward_model
 from thinktune.run_dir import STAGE_OUTPUTS
+from thinktune.stages import Stage
 
 
-class PairsStage:
+class PairsStage(Stage):
+    """Never done in advance: the pairs file is continued after its last whole line, or found complete."""
+
     name = "pairs"
     outputs = STAGE_OUTPUTS["pairs"]
-
-    def done(self, context) -> dict | None:
-        return None  # the pairs file is continued after its last whole line, or found complete
-
-    def hand_over(self, context):
-        return context
 
     def run(self, context) -> dict:
         return {"path": str(build_pairs(context.recipe, context.splits.train))}
 
 
-class RewardModelStage:
+class RewardModelStage(Stage):
     name = "reward_model"
     outputs = STAGE_OUTPUTS["reward_model"]
 
     def done(self, context) -> dict | None:
         return context.run.read_json("reward_model_summary.json")
-
-    def hand_over(self, context):
-        return context
 
     def run(self, context) -> dict:
         return train_reward_model(context.recipe, context.run, context.tracker, context.resume)

@@ -14,6 +14,7 @@ from thinktune.rewards.scoring import recipe_scoring
 from thinktune.rollout import make_backend
 from thinktune.run_dir import STAGE_OUTPUTS
 from thinktune.sft import run_sft, save_sft_model
+from thinktune.stages import Stage
 from thinktune.stages.evaluations import earlier_evaluation, evaluate_and_save
 
 
@@ -22,7 +23,7 @@ def starting_from(recipe: Recipe, folder) -> Recipe:
     return recipe.model_copy(update={"model": recipe.model.model_copy(update={"name": str(folder)})})
 
 
-class SFTStage:
+class SFTStage(Stage):
     name = "sft"
     outputs = STAGE_OUTPUTS["sft"]
 
