@@ -1,5 +1,5 @@
 """Command line: ``thinktune train|sft|pairs|reward-model|sweep|eval|demo|generate|chat|merge|export|memory|
-report|compare``."""
+plan|report|compare``."""
 
 from __future__ import annotations
 
@@ -328,6 +328,35 @@ def memory(
             arch = Architecture.of(AutoConfig.from_pretrained(resolve_model(r.model.name)))
         for part, gb in estimate(r, arch).items():
             print(f"{part:<30} {gb:6.2f} GB")
+
+    _fail_cleanly(run)
+
+
+@app.command()
+def plan(
+    recipe: Path = typer.Argument(..., help="YAML recipe."),
+    overrides: list[str] = typer.Argument(None, help="key.sub=value overrides, e.g. run.memory_budget_gb=8"),
+    repeats: int = typer.Option(
+        1,
+        min=1,
+        help="Updates per micro-batch size; the time is the last one's (the "
+        "first pays for touching memory the first time).",
+    ),
+):
+    """Measure one worst-case GRPO step of a recipe in a separate process: the longest prompts, every completion at
+    grpo.max_new_tokens, an update on all of them. Prints peak memory and time per phase, the micro-batch size
+    that fits run.memory_budget_gb (else the device's free memory), the run's projected wall-clock and thinktune
+    memory's estimate beside them; exits 2, naming what to change, when the step does not fit.
+
+    Example: thinktune plan recipes/demo.yaml run.memory_budget_gb=4
+    """
+    from thinktune.plan import measure
+
+    def run():
+        r = load_recipe(recipe, overrides or [])
+        measured = measure(r, repeats)
+        print("\n".join(measured.lines(r)))
+        measured.choose(r)
 
     _fail_cleanly(run)
 

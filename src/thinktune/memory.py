@@ -75,8 +75,9 @@ class Architecture:
         return self.layers * sum(rank * (a + b) for a, b in self.linear_shapes())
 
 
-def estimate(recipe: Recipe, arch: Architecture) -> dict[str, float]:
-    """The parts of a GRPO step's peak, in GB, and their ``total`` (see the module doc)."""
+def estimate(recipe: Recipe, arch: Architecture, prompt_tokens: int | None = None) -> dict[str, float]:
+    """The parts of a GRPO step's peak, in GB, and their ``total`` (see the module doc), with prompts of
+    ``prompt_tokens`` (default: the budget, ``data.max_prompt_tokens``)."""
     width = 2 if recipe.model.dtype == "bfloat16" else 4
     g, t = recipe.grpo, recipe.train
     params = arch.parameters()
@@ -90,7 +91,7 @@ def estimate(recipe: Recipe, arch: Architecture) -> dict[str, float]:
         parts["trained state (grad + AdamW)"] = params * (width + (moments or 2 * width)) / GB
         if g.beta > 0:
             parts["reference weights"] = params * width / GB
-    length = recipe.data.max_prompt_tokens + g.max_new_tokens
+    length = (prompt_tokens or recipe.data.max_prompt_tokens) + g.max_new_tokens
     rows = g.prompts_per_step * g.group_size
     kv = arch.layers * 2 * arch.kv_heads * arch.head_dim * width
     merged_copy = 0 if nf4 else linear * width  # a 4-bit base samples through its own kernels, without a copy

@@ -13,6 +13,7 @@ from thinktune.data import load_examples
 from thinktune.distributed import Ranks, from_environment
 from thinktune.environment import describe
 from thinktune.models import pick_device
+from thinktune.plan import before_training, planned
 from thinktune.report import write_report
 from thinktune.run_dir import RunDir
 from thinktune.stages import Splits, StageContext, run_in_order
@@ -36,7 +37,11 @@ def train(recipe: Recipe, resume: bool = False) -> dict:
     device = pick_device(recipe.model.device)
     ranks = from_environment(device)
     check_distributable(recipe, ranks)
+    if resume:
+        recipe = planned(recipe)
     run = RunDir(recipe, resume=resume) if ranks.main else None  # locked: one process per run folder
+    if run and not resume:
+        recipe = plan_first(recipe, run, ranks, device)
     ranks.barrier()  # the others attach to the directory process 0 has checked and set up
     run = run or RunDir(recipe, attach=True)
     try:
@@ -64,6 +69,21 @@ def run_stages(recipe: Recipe, run: RunDir, resume: bool, ranks: Ranks, device) 
         run.write_json("summary.json", summary)
         write_report_or_warn(run)
     return summary
+
+
+def plan_first(recipe: Recipe, run: RunDir, ranks: Ranks, device) -> Recipe:
+    """The worst-case step measured before step 1 (``run.plan``, :mod:`thinktune.plan`): the recipe to train, with
+    the plan's micro-batch size under ``run.memory_budget_gb``; a step that cannot fit stops the run here, with
+    nothing in the folder but ``recipe.yaml``."""
+    if ranks.world > 1:
+        if recipe.run.plan is True or recipe.run.memory_budget_gb:
+            console.print("plan: not measured with several processes (run thinktune plan on one)")
+        return recipe
+    planned_recipe, plan = before_training(recipe, str(device))
+    if plan is not None:
+        run.write_json("plan.json", plan.record(planned_recipe))
+        run.write_recipe(planned_recipe)
+    return planned_recipe
 
 
 def check_distributable(recipe: Recipe, ranks: Ranks) -> None:

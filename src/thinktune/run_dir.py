@@ -83,11 +83,16 @@ class RunDir:
             saved = self.saved_recipe() if resume and self.has_any_checkpoint() else None
             if saved is not None:  # the check the checkpoint will make, before anything is rewritten
                 check_resumable({**saved, "stages": recipe.stages}, recipe, None, None, quiet=True)
-            with writing(self.path / "recipe.yaml"):
-                (self.path / "recipe.yaml").write_text(dump_recipe(recipe))
+            self.write_recipe(recipe)
         except BaseException:
             self.lock.release()
             raise
+
+    def write_recipe(self, recipe: Recipe) -> None:
+        """``recipe.yaml``: the recipe the run was started (or last resumed, or planned) with."""
+        self.recipe = recipe
+        with writing(self.path / "recipe.yaml"):
+            (self.path / "recipe.yaml").write_text(dump_recipe(recipe))
 
     def close(self) -> None:
         """Let another process have the folder (the lock also ends with this process, however it ends)."""

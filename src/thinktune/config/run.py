@@ -87,6 +87,19 @@ class RunConfig(_Section):
         2, ge=1, description="Checkpoints kept per stage, newest first; an unreadable one falls back to the next."
     )
     threads: int | None = Field(None, gt=0, description="torch CPU threads; None = torch's default.")
+    plan: bool | Literal["auto"] = Field(
+        "auto",
+        description="Before step 1 of a new run, measure one worst-case GRPO step in a separate process (thinktune "
+        "plan) and stop if it does not fit run.memory_budget_gb, naming what to change. auto: measure when "
+        "run.memory_budget_gb is set or thinktune memory's estimate is over half the device's free memory; "
+        "true: always; false: never.",
+    )
+    memory_budget_gb: float | None = Field(
+        None,
+        gt=0,
+        description="Memory the run may use, in GB (CPU: resident memory; CUDA: the allocator's reserved memory); "
+        "None = what the device has free. Set, the plan also picks the largest grpo.micro_batch_size that fits.",
+    )
     report_to: list[Literal["jsonl", "tensorboard", "wandb", "trackio"]] = Field(
         default_factory=lambda: ["jsonl"],
         description="Where metrics go while training: jsonl = metrics.jsonl, samples.jsonl, eval_curve.jsonl "

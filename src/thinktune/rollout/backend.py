@@ -32,6 +32,7 @@ class SamplingParams:
     temperature: float = 1.0
     top_k: int = 0
     top_p: float = 1.0
+    ignore_eos: bool = False  # every completion runs to max_new_tokens (the plan's worst case)
 
     @classmethod
     def of_recipe(cls, grpo, group_size: int | None = None, max_new_tokens: int | None = None) -> SamplingParams:
@@ -78,7 +79,7 @@ class NativeBackend:
         return generate(
             self.model,
             prompts,
-            eos_ids=self.eos_ids,
+            eos_ids=[] if params.ignore_eos else self.eos_ids,
             pad_id=self.tokenizer.pad_token_id,
             max_new_tokens=params.max_new_tokens,
             group_size=params.group_size,

@@ -136,7 +136,8 @@ class VllmBackend:
             top_k=params.top_k if params.top_k > 0 else -1,
             top_p=params.top_p,
             max_tokens=params.max_new_tokens,
-            stop_token_ids=self.eos_ids,
+            stop_token_ids=[] if params.ignore_eos else self.eos_ids,
+            ignore_eos=params.ignore_eos,
             logprobs=0,
             seed=seed,
         )
