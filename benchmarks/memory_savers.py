@@ -2,12 +2,17 @@
 
 Every configuration runs in a fresh process (peak RSS is a process's high-water mark) on the same recipe, seed and
 prompts: LoRA plain, + gradient checkpointing, + the 8-bit optimizer, + the nf4 base (QLoRA), all three; full
-fine-tuning plain, + the 8-bit optimizer, + both. The first step warms up and is not timed. Plain and checkpointed runs
-sample the same first rollout, so their first update's loss and gradient norm are compared too (they must agree to
-about 1e-6). Results go to benchmarks/MEMORY_SAVERS.md.
+fine-tuning plain, + the 8-bit optimizer, + both; TRL's GRPOTrainer with LoRA and its own gradient checkpointing
+(`trl + checkpointing`, needs `pip install -e '.[bench]'`). The first step warms up and is not timed (with --steps 1
+the one step is timed, cold). Plain and checkpointed runs sample the same first rollout, so their first update's loss
+and gradient norm are compared too (they must agree to about 1e-6). With --plan, `thinktune plan` measures each
+thinktune configuration's worst-case step too, in a process of its own, and its peak goes beside the run's.
+Results go to benchmarks/MEMORY_SAVERS.md.
 
 --model is smollm2 (the packaged SmolLM2-135M-Instruct) or a config in recipes/models/ (random weights, SmolLM2's
-tokenizer), e.g. llama-3.2-1b."""
+tokenizer), e.g. llama-3.2-1b. A random model writes random text, which the demo's rewards score 0 everywhere: there
+the reward is the letter share of the text, so every completion has an advantage and every update is the full one
+(as the plan's worst case)."""
 
 from __future__ import annotations
 
@@ -33,7 +38,9 @@ CONFIGS = {
     "full fine-tuning": ["model.finetune=full"],
     "full + adamw_8bit": ["model.finetune=full", "train.optimizer=adamw_8bit"],
     "full + both": ["model.finetune=full", "train.optimizer=adamw_8bit", "train.gradient_checkpointing=true"],
+    "trl + checkpointing": None,  # TRL's GRPOTrainer, LoRA, gradient_checkpointing=True
 }
+NO_EVALUATION = ["eval.before=false", "eval.after=false"]
 
 
 def random_model(config_file: Path, folder: Path) -> str:
@@ -51,17 +58,30 @@ def random_model(config_file: Path, folder: Path) -> str:
     return str(folder)
 
 
+def model_and_case(name: str, model: str, steps: int, scratch: Path):
+    """The model's path and the benchmark case (a random model gets the letter-share reward, see the doc)."""
+    from workload import Case
+
+    if model == "smollm2":
+        return "smollm2-135m-instruct", Case(name.replace(" ", "_"), "smollm2-135m-instruct", "lora", steps)
+    path = random_model(ROOT / "recipes/models" / f"{model}.json", scratch / model)
+    return path, Case(name.replace(" ", "_"), path, "lora", steps, reward="workload:letter_share")
+
+
+def overrides_of(name: str, path: str, new_tokens: int) -> tuple[str, ...]:
+    return (f"model.name={path}", f"grpo.max_new_tokens={new_tokens}", *NO_EVALUATION, *CONFIGS[name])
+
+
 def worker(name: str, model: str, steps: int, new_tokens: int, scratch: Path) -> dict:
     """``steps`` GRPO steps of the demo recipe under configuration ``name``; its numbers as a dict."""
     import torch
-    from workload import Case, build_trainer
+    from workload import build_trainer
 
     torch.manual_seed(0)
-    path = "smollm2-135m-instruct" if model == "smollm2" else random_model(ROOT / "recipes/models" / f"{model}.json",
-                                                                           scratch / model)  # fmt: skip
-    case = Case(name.replace(" ", "_"), path, "lora", steps)
-    overrides = (f"model.name={path}", f"grpo.max_new_tokens={new_tokens}", *CONFIGS[name])
-    trainer = build_trainer(case, scratch, scratch / "runs", overrides)
+    path, case = model_and_case(name, model, steps, scratch)
+    if CONFIGS[name] is None:
+        return trl_worker(name, path, steps, new_tokens, scratch)
+    trainer = build_trainer(case, scratch, scratch / "runs", overrides_of(name, path, new_tokens))
     records, seconds = [], []
     for step in range(steps):
         began = time.perf_counter()
@@ -78,12 +98,76 @@ def worker(name: str, model: str, steps: int, new_tokens: int, scratch: Path) ->
     }
 
 
+def trl_worker(name: str, path: str, steps: int, new_tokens: int, scratch: Path) -> dict:
+    """TRL's GRPOTrainer at the same settings: LoRA r 16 on every linear layer, 4 prompts x 8 completions per
+    optimizer step, the demo's prompts (as chat text), the letter-share reward, its gradient checkpointing on."""
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+    from workload import GROUP, LEARNING_RATE, PROMPTS_PER_STEP, letter_share
+
+    from thinktune.data import PromptBuilder, load_examples
+    from thinktune.models import load_tokenizer
+    from thinktune.recipe import load_recipe
+
+    r = load_recipe(ROOT / "recipes" / "demo.yaml", [f"model.name={path}", "data.train_size=200"])
+    tokenizer = load_tokenizer(path)
+    prompts = PromptBuilder.from_config(tokenizer, r.data)
+    rows = [{"prompt": prompts.text(e.question)} for e in load_examples(r.data)[0][: PROMPTS_PER_STEP * steps]]
+    seconds = []
+
+    class Timer(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kw):
+            seconds.append(time.perf_counter())
+
+        def on_step_end(self, args, state, control, **kw):
+            seconds[-1] = time.perf_counter() - seconds[-1]
+
+    config = GRPOConfig(
+        output_dir=str(scratch / "trl"), per_device_train_batch_size=GROUP, num_generations=GROUP,
+        gradient_accumulation_steps=PROMPTS_PER_STEP, max_completion_length=new_tokens, temperature=1.0,
+        learning_rate=LEARNING_RATE, beta=0.0, max_steps=steps, logging_steps=1, save_strategy="no", report_to=[],
+        use_cpu=True, shuffle_dataset=False, seed=0, disable_tqdm=True, gradient_checkpointing=True,
+        model_init_kwargs={"dtype": "float32"},
+    )  # fmt: skip
+    lora = LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", task_type="CAUSAL_LM")
+    trainer = GRPOTrainer(model=path, reward_funcs=letter_share, args=config, train_dataset=Dataset.from_list(rows),
+                          processing_class=tokenizer, peft_config=lora, callbacks=[Timer()])  # fmt: skip
+    trainer.train()
+    return {
+        "config": name,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "step_seconds": statistics.median(seconds[1:] or seconds),
+        "update_seconds": float("nan"),  # TRL does not time its phases apart
+        "first_loss": float("nan"),
+        "first_grad_norm": float("nan"),
+    }
+
+
+def planned(name: str, model: str, new_tokens: int, scratch: Path) -> dict:
+    """``thinktune plan``'s figures for configuration ``name``: its peak at the recipe's micro-batch, and its
+    worst-case step."""
+    from workload import recipe as benchmark_recipe
+
+    from thinktune.plan import measure
+
+    path, case = model_and_case(name, model, 1, scratch)
+    recipe = benchmark_recipe(case, path, scratch / "plan-runs", overrides=overrides_of(name, path, new_tokens))
+    plan = measure(recipe)
+    size = plan.choose(recipe)
+    return {"plan_peak_mb": plan.peak_gb(size) * 1000 / 1.048576, "plan_step_seconds": plan.step_seconds(size),
+            "estimate_mb": (plan.estimate_gb + plan.runtime_gb) * 1000 / 1.048576}  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="smollm2")
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--max-new-tokens", type=int, default=128)
-    parser.add_argument("--configs", default=",".join(CONFIGS))
+    parser.add_argument("--configs", default=",".join(c for c in CONFIGS if CONFIGS[c] is not None))
+    parser.add_argument("--plan", action="store_true", help="also measure each configuration with thinktune plan")
+    parser.add_argument("--model-cache", help="keep the random-weight models in this folder (default: temporary)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--scratch", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -92,27 +176,36 @@ def main() -> None:
         return
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
+        models = args.model_cache or scratch
         for name in args.configs.split(","):
             command = [sys.executable, __file__, "--worker", name, "--model", args.model, "--steps", str(args.steps),
-                       "--max-new-tokens", str(args.max_new_tokens), "--scratch", scratch]  # fmt: skip
+                       "--max-new-tokens", str(args.max_new_tokens), "--scratch", models]  # fmt: skip
             out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
             rows.append(json.loads(out.strip().splitlines()[-1]))
+            if args.plan and CONFIGS[name] is not None:
+                rows[-1].update(planned(name, args.model, args.max_new_tokens, Path(models)))
             print(rows[-1], flush=True)
     write(rows, args)
 
 
 def write(rows: list[dict], args) -> None:
     by = {r["config"]: r for r in rows}
+    command = f"python benchmarks/memory_savers.py --model {args.model} --steps {args.steps} --max-new-tokens " \
+              f"{args.max_new_tokens}" + (" --plan" if args.plan else "") + f" --configs '{args.configs}'"  # fmt: skip
     lines = [
         f"## {args.model}, 4 prompts x 8 completions, up to {args.max_new_tokens} new tokens "
-        f"({time.strftime('%Y-%m-%d')}; `python benchmarks/memory_savers.py --model {args.model} --steps {args.steps} "
-        f"--max-new-tokens {args.max_new_tokens}`)",
+        f"({time.strftime('%Y-%m-%d')}; `{command}`)",
         "",
-        "| configuration (LoRA unless full) | peak RSS (MB) | step (s) | update (s) |",
-        "|---|---|---|---|",
+        "| configuration (LoRA unless full) | peak RSS (MB) | step (s) | update (s) | plan: peak (MB) | plan / run "
+        "| plan: worst-case step (s) | thinktune memory + runtime (MB) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    lines += [f"| {r['config']} | {r['peak_rss_mb']:.0f} | {r['step_seconds']:.1f} | {r['update_seconds']:.1f} |"
-              for r in rows]  # fmt: skip
+    for r in rows:
+        ratio = r.get("plan_peak_mb", 0) / r["peak_rss_mb"]
+        plan = (f"{r['plan_peak_mb']:.0f} | {ratio:.2f} | {r['plan_step_seconds']:.1f} | {r['estimate_mb']:.0f}"
+                if "plan_peak_mb" in r else "| | |")  # fmt: skip
+        lines.append(f"| {r['config']} | {r['peak_rss_mb']:.0f} | {r['step_seconds']:.1f} | {r['update_seconds']:.1f} "
+                     f"| {plan} |")  # fmt: skip
     if "plain" in by and "checkpointing" in by:
         a, b = by["plain"], by["checkpointing"]
         loss_gap = abs(a["first_loss"] - b["first_loss"]) / max(abs(a["first_loss"]), 1e-12)

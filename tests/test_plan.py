@@ -84,6 +84,9 @@ def test_a_step_over_the_budget_is_refused_naming_what_to_change(tmp_path, tiny_
 
 def test_a_refusal_in_the_update_names_checkpointing_and_a_smaller_micro_batch(measured):
     recipe, plan = measured
-    over = dataclasses.replace(plan, budget_gb=plan.peak_gb(1) - 0.001)
-    with pytest.raises(ConfigError, match="train.gradient_checkpointing=true, grpo.micro_batch_size=4"):
+    over = dataclasses.replace(plan, budget_gb=plan.peak_gb(1) - 0.001)  # not even one row at a time
+    with pytest.raises(ConfigError, match=r"in its update phase, .* try train.gradient_checkpointing=true$"):
         over.choose(recipe)
+    without = dataclasses.replace(plan, updates={16: plan.updates[16]}, budget_gb=plan.peak_gb(16) - 0.001)
+    with pytest.raises(ConfigError, match="try train.gradient_checkpointing=true, grpo.micro_batch_size=8$"):
+        without.choose(recipe)

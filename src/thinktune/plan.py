@@ -103,25 +103,23 @@ class Plan:
         where = self.exceeded or {}
         phase = where.get("phase", "update")
         needed = where.get("gb") or max((self.peak_gb(m) for m in self.updates), default=self.loaded_gb)
-        fixes = []
-        if phase in ("update", "loading") and not recipe.train.gradient_checkpointing:
+        m, t, fixes = recipe.model, recipe.train, []
+        if phase == "update" and not t.gradient_checkpointing:
             fixes.append("train.gradient_checkpointing=true")
-        fitting = self.fitting()
-        if phase == "update" and recipe.grpo.micro_batch_size > 1:
-            smaller = fitting[-1] if fitting else max(1, recipe.grpo.micro_batch_size // 2)
-            fixes.append(f"grpo.micro_batch_size={smaller}")
-        if recipe.model.finetune == "lora" and recipe.model.quantize == "none":
+        tried = [*self.updates, *([where["micro_batch"]] if where.get("micro_batch") else [])]
+        lowest = min(tried or [recipe.grpo.micro_batch_size])
+        if phase == "update" and lowest > 1:
+            fixes.append(f"grpo.micro_batch_size={lowest // 2}")
+        if phase != "evaluation" and m.finetune == "lora" and m.quantize == "none":
             fixes.append("model.quantize=nf4")
-        if recipe.train.optimizer == "adamw" and phase == "loading":
-            fixes.append("train.optimizer=adamw_8bit")
-        if phase == "rollout":
-            fixes.append("a lower grpo.max_new_tokens or grpo.prompts_per_step")
-        if phase == "evaluation":
-            fixes.append("a lower eval.batch_size")
+        if phase == "loading" and m.finetune == "full":
+            fixes += ["train.optimizer=adamw_8bit"] * (t.optimizer == "adamw") + ["model.finetune=lora"]
+        fixes += {"rollout": ["a lower grpo.max_new_tokens or grpo.prompts_per_step"],
+                  "evaluation": ["a lower eval.batch_size"], "loading": ["a smaller model"]}.get(phase, [])  # fmt: skip
         budget = "run.memory_budget_gb" if recipe.run.memory_budget_gb else f"free on {self.device}"
         return (
             f"plan: the worst-case GRPO step needs more than {needed:.2f} GB in its {phase} phase, over the "
-            f"{self.budget_gb:.2f} GB budget ({budget}); try " + (", ".join(fixes) or "a smaller model")
+            f"{self.budget_gb:.2f} GB budget ({budget}); try " + ", ".join(fixes)
         )
 
     def step_seconds(self, micro_batch: int) -> float:
