@@ -81,7 +81,8 @@ def worker(name: str, model: str, steps: int, new_tokens: int, scratch: Path) ->
     path, case = model_and_case(name, model, steps, scratch)
     if CONFIGS[name] is None:
         return trl_worker(name, path, steps, new_tokens, scratch)
-    trainer = build_trainer(case, scratch, scratch / "runs", overrides_of(name, path, new_tokens))
+    runs = Path(tempfile.mkdtemp(prefix="memory-savers-"))  # scratch may be a kept --model-cache
+    trainer = build_trainer(case, scratch, runs, overrides_of(name, path, new_tokens))
     records, seconds = [], []
     for step in range(steps):
         began = time.perf_counter()
@@ -150,14 +151,19 @@ def planned(name: str, model: str, new_tokens: int, scratch: Path) -> dict:
     worst-case step."""
     from workload import recipe as benchmark_recipe
 
+    from thinktune.config import ConfigError
     from thinktune.plan import measure
 
     path, case = model_and_case(name, model, 1, scratch)
     recipe = benchmark_recipe(case, path, scratch / "plan-runs", overrides=overrides_of(name, path, new_tokens))
     plan = measure(recipe)
-    size = plan.choose(recipe)
-    return {"plan_peak_mb": plan.peak_gb(size) * 1000 / 1.048576, "plan_step_seconds": plan.step_seconds(size),
-            "estimate_mb": (plan.estimate_gb + plan.runtime_gb) * 1000 / 1.048576}  # fmt: skip
+    mb = 1000 / 1.048576  # MB (10^6 bytes) -> MiB, as peak RSS is counted
+    row = {"estimate_mb": (plan.estimate_gb + plan.runtime_gb) * mb}
+    try:
+        size = plan.choose(recipe)
+    except ConfigError as refused:  # over the budget: the plan stopped the step where it crossed it
+        return {**row, "plan_refused": str(refused), "plan_peak_mb": plan.exceeded["gb"] * mb}
+    return {**row, "plan_peak_mb": plan.peak_gb(size) * mb, "plan_step_seconds": plan.step_seconds(size)}
 
 
 def main() -> None:
@@ -168,16 +174,26 @@ def main() -> None:
     parser.add_argument("--configs", default=",".join(c for c in CONFIGS if CONFIGS[c] is not None))
     parser.add_argument("--plan", action="store_true", help="also measure each configuration with thinktune plan")
     parser.add_argument("--model-cache", help="keep the random-weight models in this folder (default: temporary)")
+    parser.add_argument("--rows", help="JSON Lines file of finished rows: rerun with it to skip what is measured")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--scratch", help=argparse.SUPPRESS)
+    parser.add_argument("--save-model", metavar="FOLDER", help="only save the random-weight --model to FOLDER")
     args = parser.parse_args()
+    if args.save_model:
+        print(random_model(ROOT / "recipes/models" / f"{args.model}.json", Path(args.save_model)))
+        return
     if args.worker:
         print(json.dumps(worker(args.worker, args.model, args.steps, args.max_new_tokens, Path(args.scratch))))
         return
+    done = {r["config"]: r for r in map(json.loads, Path(args.rows).read_text().splitlines())} if args.rows and \
+        Path(args.rows).is_file() else {}  # fmt: skip
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
         models = args.model_cache or scratch
         for name in args.configs.split(","):
+            if name in done:  # measured by an earlier, interrupted run with the same --rows file
+                rows.append(done[name])
+                continue
             command = [sys.executable, __file__, "--worker", name, "--model", args.model, "--steps", str(args.steps),
                        "--max-new-tokens", str(args.max_new_tokens), "--scratch", models]  # fmt: skip
             out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
@@ -185,6 +201,9 @@ def main() -> None:
             if args.plan and CONFIGS[name] is not None:
                 rows[-1].update(planned(name, args.model, args.max_new_tokens, Path(models)))
             print(rows[-1], flush=True)
+            if args.rows:
+                with open(args.rows, "a") as f:
+                    f.write(json.dumps(rows[-1]) + "\n")
     write(rows, args)
 
 
@@ -202,8 +221,12 @@ def write(rows: list[dict], args) -> None:
     ]
     for r in rows:
         ratio = r.get("plan_peak_mb", 0) / r["peak_rss_mb"]
-        plan = (f"{r['plan_peak_mb']:.0f} | {ratio:.2f} | {r['plan_step_seconds']:.1f} | {r['estimate_mb']:.0f}"
-                if "plan_peak_mb" in r else "| | |")  # fmt: skip
+        if "plan_refused" in r:
+            plan = f"over budget at {r['plan_peak_mb']:.0f} | > {ratio:.2f} | | {r['estimate_mb']:.0f}"
+        elif "plan_peak_mb" in r:
+            plan = f"{r['plan_peak_mb']:.0f} | {ratio:.2f} | {r['plan_step_seconds']:.1f} | {r['estimate_mb']:.0f}"
+        else:
+            plan = "| | |"
         lines.append(f"| {r['config']} | {r['peak_rss_mb']:.0f} | {r['step_seconds']:.1f} | {r['update_seconds']:.1f} "
                      f"| {plan} |")  # fmt: skip
     if "plain" in by and "checkpointing" in by:

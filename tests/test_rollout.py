@@ -56,6 +56,29 @@ def test_llama_decoder_merges_lora_and_leaves_the_model_alone(tiny_model_dir):
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
+def test_a_bfloat16_base_with_float32_adapters_samples_from_peft_s_own_merge(tiny_model_dir):
+    """The decoder's merged weights are what peft's merge_adapter writes, in the base's dtype (bfloat16 here, with
+    peft's float32 adapters): found by the plan of a bfloat16 3B run, which stopped on mixed dtypes."""
+    import copy
+
+    from thinktune.config import ModelConfig
+    from thinktune.models import load_policy
+
+    model, tokenizer = load_policy(ModelConfig(name=tiny_model_dir, finetune="lora", dtype="bfloat16", device="cpu"))
+    for name, p in model.named_parameters():
+        if "lora_B" in name:
+            p.data.normal_(0, 0.5)
+    decoder = LlamaDecoder(model, max_columns=16)
+    merged = copy.deepcopy(model)
+    merged.merge_adapter()
+    layer = merged.base_model.model.model.layers[0]
+    peft_qkv = torch.cat([getattr(layer.self_attn, f"{x}_proj").base_layer.weight for x in "qkv"])
+    assert decoder.layers[0]["qkv"][0].dtype == torch.bfloat16
+    assert torch.equal(decoder.layers[0]["qkv"][0], peft_qkv)
+    out = generate(model, prompts_of(tokenizer), eos_ids=[0], pad_id=0, max_new_tokens=4, greedy=True)
+    assert out.completion_ids.shape == (len(prompts_of(tokenizer)), 4)
+
+
 def test_llama_decoder_runs_qwen2_with_qkv_bias(tiny):
     from transformers import Qwen2Config, Qwen2ForCausalLM
 

@@ -33,7 +33,7 @@ def _every_command():
     keep_freed_memory()
 
 
-def _user_errors() -> tuple[type[Exception], ...]:
+def user_errors() -> tuple[type[Exception], ...]:
     from thinktune.data import DataError
     from thinktune.models import ModelError
     from thinktune.report.run_data import ReportError
@@ -53,7 +53,7 @@ def _fail_cleanly(fn, *args, again: list[str] | None = None, **kwargs):
 
     try:
         return fn(*args, **kwargs)
-    except (*_user_errors(), OSError) as err:
+    except (*user_errors(), OSError) as err:
         if isinstance(err, OSError):  # a write no site names (a library's own file)
             if err.errno not in WRITE_ERRNOS:
                 raise

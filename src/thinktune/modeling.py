@@ -36,16 +36,18 @@ def plain_head(model) -> torch.nn.Linear | None:
 def effective_weight(linear) -> tuple[torch.Tensor, torch.Tensor | None]:
     """A linear layer's weight with its active LoRA adapters merged in (peft layers), and its bias.
 
-    For a LoRA layer ``W' = W + scaling * B @ A``, exactly the update ``merge_adapter`` would apply,
+    For a LoRA layer ``W' = W + scaling * B @ A``, exactly the update ``merge_adapter`` would apply, in the base
+    weight's dtype (float32 adapters on a bfloat16 base give a bfloat16 ``W'``, as peft's in-place merge does),
     computed into a new tensor so the trainable model is never touched.
     """
     if hasattr(linear, "base_layer"):  # a peft LoRA layer
         base = linear.base_layer
         weight = plain_weight(base)
+        dtype = weight.dtype
         if not linear.merged and not linear.disable_adapters:
             for name in linear.active_adapters:
                 if name in linear.lora_A:
-                    weight = weight + linear.get_delta_weight(name).detach()
+                    weight = (weight + linear.get_delta_weight(name).detach()).to(dtype)
         return weight, None if base.bias is None else base.bias.detach()
     return plain_weight(linear), None if linear.bias is None else linear.bias.detach()
 

@@ -8,10 +8,10 @@ length. Rewards are not run: a learned reward model's weights come on top of the
 
 It runs in a separate process (:mod:`thinktune.worst_case`), so the run starts from a clean slate and the figure
 is that process's own high-water mark: peak resident memory (RSS) on the CPU, the allocator's peak reserved memory
-on CUDA (the CUDA context, typically 0.5 GB, comes on top). The budget, ``run.memory_budget_gb`` or else what the
-device has free, is enforced while measuring: on the CPU a watchdog stops the process at the first sample above it;
-on CUDA the allocator is capped there. With ``run.memory_budget_gb`` set, every micro-batch size from 1 up to the
-step's rows is measured, in that order, and the largest that fits is taken.
+on CUDA (the CUDA context, typically 0.5 GB, comes on top). The budget, ``run.memory_budget_gb`` or else 90% of
+what the device has free, is enforced while measuring: on the CPU a watchdog stops the process at the first sample
+above it; on CUDA the allocator is capped there. With ``run.memory_budget_gb`` set, every micro-batch size from 1
+up to the step's rows is measured, in that order, and the largest that fits is taken.
 
     plan = measure(recipe)          # Plan: peaks and times, per micro-batch size
     plan.choose(recipe)             # the micro-batch size; a ConfigError naming what to change when none fits
@@ -72,7 +72,7 @@ class Plan:
     evaluation: dict = field(default_factory=dict)  # {"seconds", "peak_gb", "prompts", "examples"}; empty: none
     updates: dict[int, dict] = field(default_factory=dict)  # micro-batch size -> {"seconds", "peak_gb"}
     exceeded: dict | None = None  # {"phase", "micro_batch", "gb"}: where the budget was crossed
-    runtime_gb: float = 0.0  # the measuring process before loading anything: Python, torch, the CUDA context
+    runtime_gb: float = 0.0  # the measuring process before loading anything (Python, torch; on CUDA nothing)
     prompt_tokens: int = 0  # the longest training prompt's
     estimate_gb: float | None = None  # thinktune memory's figure for these prompts (tensors only, no runtime)
 
@@ -116,7 +116,7 @@ class Plan:
             fixes += ["train.optimizer=adamw_8bit"] * (t.optimizer == "adamw") + ["model.finetune=lora"]
         fixes += {"rollout": ["a lower grpo.max_new_tokens or grpo.prompts_per_step"],
                   "evaluation": ["a lower eval.batch_size"], "loading": ["a smaller model"]}.get(phase, [])  # fmt: skip
-        budget = "run.memory_budget_gb" if recipe.run.memory_budget_gb else f"free on {self.device}"
+        budget = "run.memory_budget_gb" if recipe.run.memory_budget_gb else f"90% of the free memory on {self.device}"
         return (
             f"plan: the worst-case GRPO step needs more than {needed:.2f} GB in its {phase} phase, over the "
             f"{self.budget_gb:.2f} GB budget ({budget}); try " + ", ".join(fixes)
@@ -169,8 +169,9 @@ class Plan:
             out.append(f"{x['phase'] + size:<28} > {x['gb']:5.2f} GB  over budget: stopped there")
         if self.estimate_gb is not None:
             total = self.estimate_gb + self.runtime_gb
+            prompts = f"{self.prompt_tokens}-token" if self.prompt_tokens else "data.max_prompt_tokens"
             out.append(f"{'thinktune memory estimate':<28} {self.estimate_gb:7.2f} GB  + runtime {self.runtime_gb:.2f} "
-                       f"GB = {total:.2f} GB ({self.prompt_tokens}-token prompts)")  # fmt: skip
+                       f"GB = {total:.2f} GB ({prompts} prompts)")  # fmt: skip
         fitting = self.fitting()
         if fitting:
             m = self.choose(recipe)
@@ -212,6 +213,9 @@ def measure(recipe: Recipe, repeats: int = 1) -> Plan:
         with console.status("plan: measuring a worst-case step in a separate process"):
             done = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         lines = [json.loads(line) for line in report.read_text().splitlines()] if report.is_file() else []
+    if done.returncode < 0:  # SIGKILL: the kernel's out-of-memory killer, before the watchdog saw the budget crossed
+        raise ConfigError(f"plan: the measuring process was killed (signal {-done.returncode}), most likely out of "
+                          "memory; set run.memory_budget_gb below what the machine has free")  # fmt: skip
     if done.returncode not in (0, EXCEEDED) or not lines:
         tail = "\n".join(done.stderr.strip().splitlines()[-8:])
         raise ConfigError(f"plan: the measuring process failed (exit {done.returncode}):\n{tail}")

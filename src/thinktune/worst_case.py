@@ -87,6 +87,10 @@ class Phases:
                 self.stop(now)
             time.sleep(WATCH_SECONDS)
 
+    def note(self, **facts) -> None:
+        """Facts of the current phase, reported with it."""
+        self.where.update(facts)
+
     @contextlib.contextmanager
     def phase(self, name: str, **facts):
         self.where = {"phase": name, **facts}
@@ -113,6 +117,8 @@ def worst_case(recipe: Recipe, phases: Phases, repeats: int = 1) -> None:
         model, tokenizer = load_policy(recipe.model)
         trainer = GRPOTrainer(recipe, make_backend(recipe.rollout, model, tokenizer), model, train_set, None, None,
                               None, None)  # fmt: skip
+        for p in model.parameters():  # read a value of every page: weights mapped from their file count once read
+            p.detach().flatten()[::512].float().sum()
         for p in trainer.params:  # the optimizer's state, as it is from step 2 on
             p.grad = torch.zeros_like(p)
         trainer.optimizer.step()
@@ -122,7 +128,7 @@ def worst_case(recipe: Recipe, phases: Phases, repeats: int = 1) -> None:
         rollout = trainer.backend.generate(
             longest, replace(SamplingParams.of_recipe(g), ignore_eos=True), trainer.generator
         )
-        phases.where["completion_tokens"] = int(rollout.completion_mask.sum())
+        phases.note(completion_tokens=int(rollout.completion_mask.sum()))
     evaluated = recipe.eval.before or recipe.eval.after or recipe.eval.every
     prompts = PromptBuilder.from_config(tokenizer, recipe.data).fitting(held_out) if evaluated else []
     if prompts:
@@ -140,7 +146,7 @@ def worst_case(recipe: Recipe, phases: Phases, repeats: int = 1) -> None:
 
 def main(recipe_file: str, report: str, repeats: str = "1") -> None:
     from thinktune.allocator import keep_freed_memory
-    from thinktune.cli import _user_errors
+    from thinktune.cli import user_errors
     from thinktune.models import pick_device
 
     keep_freed_memory()  # as thinktune train does
@@ -150,14 +156,15 @@ def main(recipe_file: str, report: str, repeats: str = "1") -> None:
     torch.manual_seed(recipe.train.seed)
     device = pick_device(recipe.model.device)
     meter = MemoryMeter(device)
-    # what is free, plus what this process holds already (the budget is the whole process's)
-    budget = recipe.run.memory_budget_gb or free_memory_gb(str(device)) + meter.current()
+    # 90% of what is free plus what this process holds already (the budget is the whole process's): the rest is
+    # the OS's and the parent's, so the watchdog stops the process before the kernel's out-of-memory killer would
+    budget = recipe.run.memory_budget_gb or 0.9 * (free_memory_gb(str(device)) + meter.current())
     phases = Phases(Path(report), meter, budget)
     phases.emit({"budget_gb": budget, "device": str(device), "runtime_gb": meter.current()})
     phases.enforce(device)
     try:
         worst_case(recipe, phases, int(repeats))
-    except _user_errors() as err:
+    except user_errors() as err:
         phases.emit({"error": str(err)})
 
 

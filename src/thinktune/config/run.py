@@ -98,7 +98,7 @@ class RunConfig(_Section):
         None,
         gt=0,
         description="Memory the run may use, in GB (CPU: resident memory; CUDA: the allocator's reserved memory); "
-        "None = what the device has free. Set, the plan also picks the largest grpo.micro_batch_size that fits.",
+        "None = 90% of what the device has free. Set, the plan also picks the largest grpo.micro_batch_size that fits.",
     )
     report_to: list[Literal["jsonl", "tensorboard", "wandb", "trackio"]] = Field(
         default_factory=lambda: ["jsonl"],
