@@ -43,8 +43,9 @@ CONFIGS = {
 NO_EVALUATION = ["eval.before=false", "eval.after=false"]
 
 
-def random_model(config_file: Path, folder: Path) -> str:
-    """A randomly initialised model of the architecture in ``config_file``, with SmolLM2's tokenizer."""
+def random_model(config_file: Path, folder: Path, dtype: str = "float32") -> str:
+    """A randomly initialised model of the architecture in ``config_file``, with SmolLM2's tokenizer, its weights
+    stored in ``dtype`` (bfloat16 as the hub's checkpoints are: loading it in bfloat16 then holds no float32 copy)."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -53,7 +54,7 @@ def random_model(config_file: Path, folder: Path) -> str:
     if not (folder / "config.json").is_file():
         torch.manual_seed(0)
         config = AutoConfig.for_model(**json.loads(config_file.read_text()))
-        AutoModelForCausalLM.from_config(config).save_pretrained(folder)
+        AutoModelForCausalLM.from_config(config, dtype=getattr(torch, dtype)).save_pretrained(folder)
         load_tokenizer(resolve_model("smollm2-135m-instruct")).save_pretrained(folder)
     return str(folder)
 
@@ -178,9 +179,10 @@ def main() -> None:
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--scratch", help=argparse.SUPPRESS)
     parser.add_argument("--save-model", metavar="FOLDER", help="only save the random-weight --model to FOLDER")
+    parser.add_argument("--dtype", default="float32", help="with --save-model: the weights' dtype on disk")
     args = parser.parse_args()
     if args.save_model:
-        print(random_model(ROOT / "recipes/models" / f"{args.model}.json", Path(args.save_model)))
+        print(random_model(ROOT / "recipes/models" / f"{args.model}.json", Path(args.save_model), args.dtype))
         return
     if args.worker:
         print(json.dumps(worker(args.worker, args.model, args.steps, args.max_new_tokens, Path(args.scratch))))

@@ -152,7 +152,8 @@ class Plan:
         g = recipe.grpo
         shape = f"the {g.prompts_per_step} longest prompts x {g.group_size} completions x {g.max_new_tokens} new tokens"
         out = [f"worst case: {shape}, every completion trained on; {self.device}, budget {self.budget_gb:.2f} GB"]
-        out.append(f"{'model + optimizer state':<28} {self.loaded_gb:7.2f} GB")
+        if self.loaded_gb:
+            out.append(f"{'model + optimizer state':<28} {self.loaded_gb:7.2f} GB")
         if self.rollout:
             out.append(f"{'sampling':<28} {self.rollout['peak_gb']:7.2f} GB {self.rollout['seconds']:8.1f} s")
         if self.evaluation:
