@@ -90,3 +90,18 @@ def test_a_refusal_in_the_update_names_checkpointing_and_a_smaller_micro_batch(m
     without = dataclasses.replace(plan, updates={16: plan.updates[16]}, budget_gb=plan.peak_gb(16) - 0.001)
     with pytest.raises(ConfigError, match="try train.gradient_checkpointing=true, grpo.micro_batch_size=8$"):
         without.choose(recipe)
+
+
+def test_a_resumed_run_keeps_the_micro_batch_its_plan_chose(tmp_path):
+    from thinktune.config import Recipe
+    from thinktune.plan import planned
+
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / "recipe.yaml").write_text("grpo:\n  micro_batch_size: 16\n")
+    where = {"output_dir": str(tmp_path), "name": "run"}
+    budgeted = Recipe.model_validate({"run": {**where, "memory_budget_gb": 8}})
+    assert planned(budgeted).grpo.micro_batch_size == 16
+    assert planned(Recipe.model_validate({"run": where})).grpo.micro_batch_size == 8  # no budget: nothing planned
+    (folder / "recipe.yaml").write_text("grpo: [not, a, section]\n")
+    assert planned(budgeted).grpo.micro_batch_size == 8  # unreadable: left to the resume check

@@ -345,7 +345,7 @@ def plan(
 ):
     """Measure one worst-case GRPO step of a recipe in a separate process: the longest prompts, every completion at
     grpo.max_new_tokens, an update on all of them. Prints peak memory and time per phase, the micro-batch size
-    that fits run.memory_budget_gb (else the device's free memory), the run's projected wall-clock and thinktune
+    that fits run.memory_budget_gb (else 90% of the device's free memory), the run's projected wall-clock and thinktune
     memory's estimate beside them; exits 2, naming what to change, when the step does not fit.
 
     Example: thinktune plan recipes/demo.yaml run.memory_budget_gb=4

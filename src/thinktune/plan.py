@@ -277,13 +277,10 @@ def before_training(recipe: Recipe, device: str) -> tuple[Recipe, Plan | None]:
 def planned(recipe: Recipe) -> Recipe:
     """A resumed run under ``run.memory_budget_gb`` trains on with the micro-batch size its plan chose (kept in the
     run folder's ``recipe.yaml``), not the one the recipe file says."""
-    saved = recipe.run.path / "recipe.yaml"
-    if not recipe.run.memory_budget_gb or not saved.is_file():
-        return recipe
-    import yaml
+    from thinktune.run_dir import saved_recipe
 
-    try:
-        size = yaml.safe_load(saved.read_text())["grpo"]["micro_batch_size"]
-    except (OSError, yaml.YAMLError, KeyError, TypeError):
-        return recipe  # unreadable: the resume check reports it
+    grpo = (saved_recipe(recipe.run.path) or {}).get("grpo")
+    size = grpo.get("micro_batch_size") if isinstance(grpo, dict) else None
+    if not recipe.run.memory_budget_gb or not isinstance(size, int):
+        return recipe  # nothing planned, or unreadable: the resume check reports it
     return recipe.model_copy(update={"grpo": recipe.grpo.model_copy(update={"micro_batch_size": size})})

@@ -55,6 +55,17 @@ def stage_outputs(recipe: Recipe, stages: list[str] | None = None) -> list[Path]
     ]
 
 
+def saved_recipe(folder: Path) -> dict | None:
+    """The recipe tree in ``folder/recipe.yaml``; None when there is none or it cannot be read (the checkpoint's own
+    recipe is checked when it loads)."""
+    path = Path(folder) / "recipe.yaml"
+    try:
+        tree = yaml.safe_load(path.read_text()) if path.is_file() else None
+    except (OSError, yaml.YAMLError):
+        return None
+    return tree if isinstance(tree, dict) else None
+
+
 class RunDir:
     """The run directory of ``recipe``, for the stages about to run (default: the recipe's ``stages``).
 
@@ -100,12 +111,7 @@ class RunDir:
 
     def saved_recipe(self) -> dict | None:
         """The recipe the run was started (or last resumed) with, as written in ``recipe.yaml``."""
-        path = self.file("recipe.yaml")
-        try:
-            tree = yaml.safe_load(path.read_text()) if path.is_file() else None
-        except (OSError, yaml.YAMLError):
-            return None  # unreadable: the checkpoint's own recipe is checked when it loads
-        return tree if isinstance(tree, dict) else None
+        return saved_recipe(self.path)
 
     def file(self, name: str) -> Path:
         return self.path / name
