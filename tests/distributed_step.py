@@ -1,10 +1,14 @@
 """One GRPO update on a fixed rollout, run by each of torchrun's processes on its share of the groups:
-`torchrun --nproc_per_node N tests/distributed_step.py RECIPE.yaml ROLLOUT.pt OUT.pt` (tests/test_distributed.py)."""
+`torchrun --nproc_per_node N tests/distributed_step.py RECIPE.yaml ROLLOUT.pt OUT.pt` (tests/test_distributed.py).
+
+Writes the whole weights after the update, its statistics, and the share of the parameters, gradients and optimizer
+state this process held (elements held here over the whole tensors' elements)."""
 
 import sys
 from pathlib import Path
 
 import torch
+from torch.distributed.tensor import DTensor
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -24,9 +28,20 @@ def main(recipe_file: str, rollout_file: str, out: str) -> None:
     trainer = GRPOTrainer.from_recipe(recipe, train_set, task_dataset, RunDir(recipe, attach=True), Trackers([]), ranks)
     rollout, advantages = torch.load(rollout_file, weights_only=False)
     rows = torch.tensor(ranks.share(list(range(advantages.numel()))))  # whole groups: G divides each share
+    held = {}
+    trainer.optimizer.register_step_pre_hook(lambda *_: held.update(grads=share([p.grad for p in trainer.params])))
     stats = trainer.learn(rollout.take(rows), advantages[rows])
+    held["params"] = share(trainer.params)
+    held["optimizer"] = share([t for state in trainer.optimizer.state.values() for t in state.values() if t.dim()])
+    whole = [p.full_tensor() if isinstance(p, DTensor) else p.detach() for p in trainer.params]
     if ranks.main:
-        torch.save({"params": [p.detach() for p in trainer.params], "stats": stats.record()}, out)
+        torch.save({"params": whole, "stats": stats.record(), "held": held}, out)
+
+
+def share(tensors) -> float:
+    """Elements this process holds of ``tensors`` over their whole elements."""
+    local = sum(t.to_local().numel() if isinstance(t, DTensor) else t.numel() for t in tensors)
+    return local / sum(t.numel() for t in tensors)
 
 
 if __name__ == "__main__":

@@ -22,28 +22,53 @@ def torchrun(processes: int, *args, cwd=None) -> subprocess.CompletedProcess:
     return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
 
 
-def test_an_update_split_over_two_processes_equals_one_process_on_everything(tmp_path, tiny, tiny_model_dir):
+def one_update(tmp_path, tiny, tiny_model_dir, processes: int, *overrides) -> dict:
+    """One update on a fixed rollout (4 prompts × 8 completions) by ``processes`` processes
+    (tests/distributed_step.py): the whole weights after it, its statistics and the shares each process held."""
     model, tokenizer = tiny
-    recipe = tmp_path / "r.yaml"
-    recipe.write_text(dump_recipe(tiny_recipe(tmp_path, tiny_model_dir, "grpo.prompts_per_step=4", "run.threads=1")))
-    prompts = [tokenizer(f"say {w}")["input_ids"] for w in ("one", "two", "cat", "dog")]
-    rollout = generate(model, prompts, eos_ids=[tokenizer.eos_token_id], pad_id=tokenizer.pad_token_id,
-                       max_new_tokens=8, group_size=8, generator=torch.Generator().manual_seed(0))  # fmt: skip
-    advantages = torch.randn(32, generator=torch.Generator().manual_seed(1))
-    torch.save((rollout, advantages), tmp_path / "rollout.pt")
-    script = str(ROOT / "tests" / "distributed_step.py")
-    for processes in (1, 2):
-        done = torchrun(processes, script, str(recipe), str(tmp_path / "rollout.pt"), str(tmp_path / f"{processes}.pt"))
-        assert done.returncode == 0, done.stderr[-3000:]
-    one, two = (torch.load(tmp_path / f"{n}.pt", weights_only=False) for n in (1, 2))
-    moved = [not torch.equal(a, b) for a, b in zip(one["params"], [p for p in model.parameters()], strict=True)]
-    assert any(moved)
-    # The same update, its sums taken in another order. AdamW's first step moves each weight by about lr·sign(g),
-    # so a gradient within rounding of 0 can move either way: measured, 3 of 90k weights differed, by 7e-6 at most.
+    rollout_file = tmp_path / "rollout.pt"
+    if not rollout_file.is_file():
+        prompts = [tokenizer(f"say {w}")["input_ids"] for w in ("one", "two", "cat", "dog")]
+        rollout = generate(model, prompts, eos_ids=[tokenizer.eos_token_id], pad_id=tokenizer.pad_token_id,
+                           max_new_tokens=8, group_size=8, generator=torch.Generator().manual_seed(0))  # fmt: skip
+        advantages = torch.randn(32, generator=torch.Generator().manual_seed(1))
+        torch.save((rollout, advantages), rollout_file)
+    name = f"{processes}-{'-'.join(overrides)}"
+    recipe = tmp_path / f"{name}.yaml"
+    settings = ["grpo.prompts_per_step=4", "grpo.micro_batch_size=8", "run.threads=1", *overrides]
+    recipe.write_text(dump_recipe(tiny_recipe(tmp_path, tiny_model_dir, *settings)))
+    out = tmp_path / f"{name}.pt"
+    done = torchrun(processes, str(ROOT / "tests" / "distributed_step.py"), str(recipe), str(rollout_file), str(out))
+    assert done.returncode == 0, done.stderr[-3000:]
+    return torch.load(out, weights_only=False)
+
+
+def assert_same_update(one: dict, two: dict) -> None:
+    """The same update, its sums taken in another order. AdamW's first step moves each weight by about lr·sign(g),
+    so a gradient within rounding of 0 can move either way: measured, 3 of 90k weights differed, by 7e-6 at most."""
     differences = torch.cat([(a - b).abs().flatten() for a, b in zip(one["params"], two["params"], strict=True)])
     assert differences.max() < 1e-5 and (differences > 1e-6).float().mean() < 1e-3
     assert two["stats"]["loss"] == pytest.approx(one["stats"]["loss"], abs=1e-6)
     assert two["stats"]["grad_norm"] == pytest.approx(one["stats"]["grad_norm"], rel=1e-5)
+
+
+def test_an_update_on_ddp_equals_one_process_on_everything(tmp_path, tiny, tiny_model_dir):
+    # micro-batches of 8 rows: each process accumulates three (shared prompts), the fourth reduces
+    one, two = (one_update(tmp_path, tiny, tiny_model_dir, n) for n in (1, 2))
+    moved = [not torch.equal(a, b) for a, b in zip(one["params"], tiny[0].parameters(), strict=True)]
+    assert any(moved)
+    assert_same_update(one, two)
+    assert two["held"] == {"grads": 1.0, "params": 1.0, "optimizer": 1.0}  # DDP: everything everywhere
+
+
+@pytest.mark.parametrize("finetune", ["full", "lora"])
+def test_an_update_on_fsdp_equals_one_process_and_each_holds_half(tmp_path, tiny, tiny_model_dir, finetune):
+    one = one_update(tmp_path, tiny, tiny_model_dir, 1, f"model.finetune={finetune}")
+    two = one_update(tmp_path, tiny, tiny_model_dir, 2, f"model.finetune={finetune}", "train.distributed=fsdp")
+    assert_same_update(one, two)
+    # FSDP2 splits each tensor's first dimension in two; rows that do not split evenly leave a little over
+    for part, held in two["held"].items():
+        assert 0.45 < held <= 0.55, (part, held)
 
 
 def test_a_run_under_torchrun_logs_each_step_once_and_resumes(tmp_path, tiny_model_dir):

@@ -2,13 +2,12 @@
 
     torchrun --nproc_per_node 2 -m thinktune.cli train RECIPE.yaml [key=value ...]
 
-Every process holds the whole model and draws the same ``prompts_per_step`` prompts; each samples, scores and
-trains on its own contiguous share of them (groups never straddle processes, so advantages stay per group). The
-losses are normalised by the totals of the whole step (tokens, rows), and the gradients are summed across
-processes before clipping and the optimizer step, so the update is the one a single process would make on all
-the prompts, and the weights stay identical everywhere. Process 0 alone logs, evaluates, checkpoints and saves;
-the others wait for it. ``gloo`` on CPUs, ``nccl`` on GPUs. This is the arithmetic of DDP done by hand: the
-shared-prompt backward runs in two passes, which DDP's hooks would all-reduce twice.
+Every process draws the same ``prompts_per_step`` prompts; each samples, scores and trains on its own contiguous
+share of them (groups never straddle processes, so advantages stay per group). The losses are normalised by the
+totals of the whole step (tokens, rows), and DDP or FSDP (``train.distributed``, :mod:`thinktune.parallel`)
+reduce the gradients, so the update is the one a single process would make on all the prompts. Process 0 alone
+logs, evaluates, checkpoints and saves; the others wait for it. ``gloo`` on CPUs, ``nccl`` on GPUs. Here: the
+processes' places (:class:`Ranks`) and the small reductions of numbers and objects between them.
 """
 
 from __future__ import annotations
@@ -55,16 +54,6 @@ class Ranks:
         tensor = torch.tensor([float(value)], dtype=torch.float64)
         dist.all_reduce(tensor, op=op)
         return tensor.item()
-
-    def sum_gradients(self, params: list[torch.nn.Parameter]) -> None:
-        """Every parameter's gradient summed over the processes (a process with nothing to train adds zeros)."""
-        if self.world == 1:
-            return
-        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-        flat = torch.cat([g.reshape(-1) for g in grads])
-        dist.all_reduce(flat)
-        for p, piece in zip(params, flat.split([g.numel() for g in grads]), strict=True):
-            p.grad = piece.view_as(p).clone()
 
     def gather(self, item):
         """Every process's ``item``, in rank order, on every process."""

@@ -8,7 +8,7 @@ import torch
 from transformers import DynamicCache
 
 from thinktune.logits import entropy, head_token_logprobs, token_logprobs
-from thinktune.modeling import base_model, cache_argument, plain_head, positions, prefix_cache
+from thinktune.modeling import base_model, cache_argument, decoder_stack, plain_head, positions, prefix_cache
 
 
 def completion_logprobs(
@@ -32,7 +32,7 @@ def completion_logprobs(
     inputs = {"input_ids": ids, "attention_mask": mask, "position_ids": positions(mask), "use_cache": False}
     head = plain_head(model)
     if head is not None:
-        hidden = base_model(model).model(**inputs).last_hidden_state[:, -width - 1 : -1]
+        hidden = decoder_stack(model)(**inputs).last_hidden_state[:, -width - 1 : -1]
         return head_token_logprobs(hidden, head.weight, completion_ids, temperature, with_entropy)
     out = model(**inputs, logits_to_keep=width + 1)
     logits = out.logits[:, :-1].float() / temperature  # position t predicts token t + 1
@@ -76,17 +76,13 @@ class SharedPrompts:
     @classmethod
     def encode(cls, model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor) -> SharedPrompts:
         cache = DynamicCache()
-        hidden = (
-            base_model(model)
-            .model(
-                input_ids=prompt_ids,
-                attention_mask=prompt_mask,
-                position_ids=positions(prompt_mask),
-                **cache_argument(base_model(model).model, cache),
-                use_cache=True,
-            )
-            .last_hidden_state[:, -1]
-        )
+        hidden = decoder_stack(model)(
+            input_ids=prompt_ids,
+            attention_mask=prompt_mask,
+            position_ids=positions(prompt_mask),
+            **cache_argument(base_model(model).model, cache),
+            use_cache=True,
+        ).last_hidden_state[:, -1]
         outputs = [hidden] + [t for layer in cache.layers for t in (layer.keys, layer.values)]
         leaves = [t.detach().requires_grad_(t.requires_grad) for t in outputs]
         return cls(outputs, leaves, prompt_mask)
@@ -113,17 +109,13 @@ class SharedPrompts:
         ]
         cache = prefix_cache(layers)  # read, never grown: a replay under activation checkpointing reads the same
         mask = torch.cat([self.mask[prompt_index], completion_mask], dim=1)
-        hidden = (
-            base_model(model)
-            .model(
-                input_ids=completion_ids,
-                attention_mask=mask,
-                position_ids=positions(mask)[:, -completion_ids.shape[1] :],
-                **cache_argument(base_model(model).model, cache),
-                use_cache=True,
-            )
-            .last_hidden_state
-        )
+        hidden = decoder_stack(model)(
+            input_ids=completion_ids,
+            attention_mask=mask,
+            position_ids=positions(mask)[:, -completion_ids.shape[1] :],
+            **cache_argument(base_model(model).model, cache),
+            use_cache=True,
+        ).last_hidden_state
         # The prompt's last position predicts the first completion token; completion position t the t + 1-th.
         hidden = torch.cat([last_hidden.index_select(0, prompt_index)[:, None], hidden[:, :-1]], dim=1)
         return head_token_logprobs(hidden, plain_head(model).weight, completion_ids, temperature, with_entropy)

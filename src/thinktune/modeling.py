@@ -22,6 +22,13 @@ def base_model(model):
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
+def decoder_stack(model):
+    """What the trainer's passes call: the decoder stack under the LM head (``model.model``), or with several
+    processes on DDP the wrapper that runs it and arms DDP's gradient reduction (:class:`thinktune.parallel.DDP`)."""
+    base = base_model(model)
+    return base.__dict__.get("data_parallel") or base.model
+
+
 def plain_head(model) -> torch.nn.Linear | None:
     """The LM head when logits are exactly ``hidden @ W.T`` (no bias, adapter, soft-capping or scaling) on a
     Llama-family model, else None."""

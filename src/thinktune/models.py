@@ -262,8 +262,9 @@ def reference_policy(model: PreTrainedModel):
     raise ModelError("a KL reference (grpo.beta > 0) needs model.finetune=lora")
 
 
-def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, folder: Path) -> None:
-    """Save in standard form: a peft adapter folder (LoRA) or a full HF model folder, plus the tokenizer.
+def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, folder: Path, state_dict=None) -> None:
+    """Save in standard form: a peft adapter folder (LoRA) or a full HF model folder, plus the tokenizer
+    (``state_dict``: the weights to write, when the model's own are shards; :meth:`Parallel.whole_state_dict`).
 
     Written under a temporary name and renamed when complete, so ``folder`` is either whole or absent (an
     earlier complete folder stays until the new one replaces it).
@@ -273,7 +274,7 @@ def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, folde
     try:
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir(parents=True)
-        model.save_pretrained(partial)
+        model.save_pretrained(partial, **({} if state_dict is None else {"state_dict": state_dict}))
         tokenizer.save_pretrained(partial)
         if hasattr(model, "peft_config"):
             base = model.peft_config["default"].base_model_name_or_path

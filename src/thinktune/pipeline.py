@@ -13,6 +13,7 @@ from thinktune.data import load_examples
 from thinktune.distributed import Ranks, from_environment
 from thinktune.environment import describe
 from thinktune.models import pick_device
+from thinktune.parallel import check_engine
 from thinktune.plan import before_training, planned
 from thinktune.report import write_report
 from thinktune.run_dir import RunDir
@@ -99,6 +100,7 @@ def check_distributable(recipe: Recipe, ranks: Ranks) -> None:
         problems.append("grpo.scale_rewards: batch (each process would divide by its own share's std)")
     if recipe.grpo.prompts_per_step % ranks.world:
         problems.append(f"grpo.prompts_per_step: {recipe.grpo.prompts_per_step} does not split over {ranks.world}")
+    problems += check_engine(recipe)
     if problems:
         raise ConfigError(f"{ranks.world} processes: " + "; ".join(problems))
 

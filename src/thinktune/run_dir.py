@@ -26,6 +26,7 @@ from __future__ import annotations
 import itertools
 import json
 import random
+import shutil
 from pathlib import Path
 
 import torch
@@ -134,7 +135,10 @@ class RunDir:
         state = {
             "step": step,
             "recipe": recipe.model_dump(mode="json"),
-            "trainable": {n: p.detach().cpu() for n, p in model.named_parameters() if p.requires_grad},
+            # under fsdp the trainable weights are in the "shards" part's folder
+            "trainable": {}
+            if "shards" in parts
+            else {n: p.detach().cpu() for n, p in model.named_parameters() if p.requires_grad},
             "parts": {name: part.state_dict() for name, part in parts.items()},
             "rng": {
                 "python": random.getstate(),
@@ -158,6 +162,8 @@ class RunDir:
             if (folder / newer).is_file():
                 (folder / newer).replace(folder / older)
         partial.replace(latest)
+        for old in sorted(folder.glob("shards-*"), key=lambda p: int(p.name.partition("-")[2]))[: -len(names)]:
+            shutil.rmtree(old, ignore_errors=True)  # the newest run.keep_checkpoints: those the kept files name
 
     def checkpoint_folder(self, stage: str = "grpo") -> Path:
         return self.checkpoint if stage == "grpo" else self.file(f"{stage}_checkpoint")
@@ -196,7 +202,9 @@ class RunDir:
         state = self.read_checkpoint(stage)
         record = None if self.attached else self.file("resume_changes.jsonl")
         check_resumable(state["recipe"], recipe, state["step"], record)
+        check_layout(state, parts)
         missing = [n for n, p in model.named_parameters() if p.requires_grad and n not in state["trainable"]]
+        missing = [] if "shards" in parts else missing
         if missing:
             raise RunError(
                 f"checkpoint does not match the model: no weights for {missing[0]} (and {len(missing) - 1} more)"
@@ -213,6 +221,22 @@ class RunDir:
         if "cuda" in state["rng"] and torch.cuda.is_available():  # dropout and any sampling on the GPU
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
         return state["step"]
+
+
+def check_layout(state: dict, parts: dict) -> None:
+    """A checkpoint written under fsdp (its weights in shards) resumes under fsdp, on any number of processes; one
+    with whole weights (one process, ddp) resumes without fsdp. Otherwise one line says how to resume it."""
+    written = state["parts"].get("shards")
+    if written and "shards" not in parts:
+        raise RunError(
+            f"--resume: the checkpoint (step {state['step']}) holds FSDP shards written by {written['processes']} "
+            "processes: resume it under torchrun with train.distributed=fsdp"
+        )
+    if "shards" in parts and not written:
+        raise RunError(
+            f"--resume: the checkpoint (step {state['step']}) holds whole weights (one process or ddp): resume it "
+            "with train.distributed=ddp, or on one process"
+        )
 
 
 class GeneratorState:

@@ -156,6 +156,13 @@ class TrainConfig(_Section):
         "the update's activations shrink to one layer's at a time, for about a third more update time. The "
         "gradients are those without it (GRPO, SFT and the reward model).",
     )
+    distributed: Literal["ddp", "fsdp"] = Field(
+        "ddp",
+        description="With several processes (torchrun): ddp = torch's DistributedDataParallel, every process holds "
+        "the whole model; fsdp = FSDP2 (fully_shard over each decoder layer), every process holds 1/N of the "
+        "weights, gradients and optimizer state between steps and gathers whole weights once a step to sample. "
+        "No effect on one process.",
+    )
 
 
 class SFTConfig(_Section):

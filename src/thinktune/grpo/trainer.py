@@ -28,6 +28,7 @@ from thinktune.grpo.metrics import PhaseTimes, sample_rows, step_record
 from thinktune.grpo.sampling import PromptSampler
 from thinktune.grpo.update import PolicyUpdate, UpdateStats
 from thinktune.models import load_policy, reference_policy
+from thinktune.parallel import Shards, parallel_engine
 from thinktune.rewards import RewardError, RewardSet
 from thinktune.rewards.bounded import StopRequested
 from thinktune.rewards.guard import GRADER
@@ -73,6 +74,7 @@ class GRPOTrainer:
                 f"only {len(self.pool)} training prompts fit data.max_prompt_tokens={data.max_prompt_tokens} "
                 f"({self.prompts.stats.skipped} skipped); grpo.prompts_per_step={recipe.grpo.prompts_per_step}"
             )
+        self.engine = parallel_engine(recipe, model, ranks)  # with several processes: DDP or FSDP around the model
         self.params = [p for p in model.parameters() if p.requires_grad]
         t = recipe.train
         self.optimizer = make_optimizer(self.params, t.learning_rate, t)
@@ -81,7 +83,7 @@ class GRPOTrainer:
         # base's kernels differ between a KV-cached decode step and a whole forward).
         exact_logprobs = backend.exact_logprobs and t.autocast == "none" and recipe.model.quantize == "none"
         self.policy_update = PolicyUpdate(recipe, model, self.params, self.optimizer, self.scheduler,
-                                          exact_logprobs, ranks)  # fmt: skip
+                                          exact_logprobs, self.engine)  # fmt: skip
         self.sampling = SamplingParams.of_recipe(self.cfg)
         # On the model's device: sampling draws its random numbers where the logits are (a CPU generator
         # cannot feed a CUDA draw).
@@ -116,6 +118,7 @@ class GRPOTrainer:
             indices = self.sample_prompts(count)
             examples = [self.pool[i][0] for i in indices]
             texts = [self.prompts.text(e.question) for e in examples]
+            self.engine.gather()  # fsdp: the sampler reads whole weights
             rollout = self.backend.generate([self.pool[i][1] for i in indices], self.sampling, self.generator)
             completions = decode(self.tokenizer, rollout.completion_ids, rollout.completion_mask)
         with self.times.timed("score"):
@@ -183,6 +186,8 @@ class GRPOTrainer:
             drawn = Groups.cat(self.ranks.gather(drawn), self.tokenizer.pad_token_id)
         lr = self.scheduler.get_last_lr()[0]
         record = step_record(drawn, self.task.format_ok(drawn.completions), stats, sampling, lr, self.times)
+        if self.engine.sharded:
+            record["seconds_weight_gather"] = self.ranks.max(self.engine.take_gather_seconds())
         self.tracker.log(step + 1, record)
         self.tracker.log_samples(step + 1, sample_rows(drawn, self.recipe.run.samples_per_step))
         self.last_drawn = drawn
@@ -200,9 +205,7 @@ class GRPOTrainer:
             raise RewardError(f"step {step + 1}: {err}") from err
         except StopRequested:
             self.restore_sampling_state(began)
-            parts = self.checkpoint_parts()
-            if self.ranks.main:
-                self.run.save_checkpoint(step, self.recipe, self.model, parts)
+            self.save_checkpoint(step)
             raise Interrupted(step) from None
         finally:
             self.rewards.stop = GRADER.stop = None
@@ -220,8 +223,21 @@ class GRPOTrainer:
 
     def checkpoint_parts(self) -> dict:
         """What a checkpoint restores besides the weights: optimizer, schedule, sampling RNG, prompt order."""
-        return {"optimizer": self.optimizer, "scheduler": self.scheduler, "sampling_generator":
-                GeneratorState(self.generator, self.ranks), "prompt_sampler": self.sampler}  # fmt: skip
+        parts = {"optimizer": self.optimizer, "scheduler": self.scheduler, "sampling_generator":
+                 GeneratorState(self.generator, self.ranks), "prompt_sampler": self.sampler}  # fmt: skip
+        if self.engine.sharded:  # the weights and the optimizer's state: each process's shards
+            del parts["optimizer"]
+            parts["shards"] = Shards(self.engine, self.run.checkpoint_folder(), self.optimizer)
+        return parts
+
+    def save_checkpoint(self, step: int) -> None:
+        """The checkpoint after ``step``; every process takes part (generator states are gathered; under fsdp each
+        writes its shards), process 0 writes the rest."""
+        parts = self.checkpoint_parts()
+        if "shards" in parts:
+            parts["shards"].save(step)
+        if self.ranks.main:
+            self.run.save_checkpoint(step, self.recipe, self.model, parts)
 
     def train(self, start_step: int = 0, on_eval=None) -> list[dict]:
         """Run the remaining steps; ``on_eval(step)`` is called every ``eval.every`` steps, and stops training
@@ -242,12 +258,11 @@ class GRPOTrainer:
                 done = step + 1
                 halt = False  # on_eval says True to stop here (the regression alarm with eval.stop_on_regression)
                 if self.recipe.eval.every and done % self.recipe.eval.every == 0 and done < t.steps and on_eval:
+                    self.engine.gather()  # process 0 evaluates (and may save best/) from whole weights
                     halt = self.ranks.any(bool(on_eval(done)))
                 stopping = self.ranks.any(stop.requested)
                 if policy.due(done, stopping=stopping or halt):
-                    parts = self.checkpoint_parts()  # every process takes part: generator states are gathered
-                    if self.ranks.main:
-                        self.run.save_checkpoint(done, self.recipe, self.model, parts)
+                    self.save_checkpoint(done)
                     policy.saved()
                 if stopping:
                     raise Interrupted(done)

@@ -19,6 +19,7 @@ from thinktune.grpo.batching import MicroBatchPlan
 from thinktune.grpo.losses import LOSSES, LossInputs, correction_weights, high_entropy_mask
 from thinktune.logprobs import SharedPrompts, completion_logprobs, rollout_logprobs, supports_shared_prompts
 from thinktune.models import reference_policy
+from thinktune.parallel import Parallel
 from thinktune.rollout import Rollout
 from thinktune.savers import checkpointed_layers
 from thinktune.training import autocast, gradient_step
@@ -68,10 +69,10 @@ class UpdateStats:
 class PolicyUpdate:
     """The policy's optimizer steps on a rollout, by the recipe's loss, with its rollout correction."""
 
-    def __init__(self, recipe, model, params, optimizer, scheduler, exact_logprobs: bool, ranks: Ranks):
+    def __init__(self, recipe, model, params, optimizer, scheduler, exact_logprobs: bool, engine: Parallel):
         self.cfg, self.train_cfg, self.rollout_cfg = recipe.grpo, recipe.train, recipe.rollout
         self.model, self.params, self.optimizer, self.scheduler = model, params, optimizer, scheduler
-        self.exact_logprobs, self.ranks = exact_logprobs, ranks
+        self.exact_logprobs, self.engine, self.ranks = exact_logprobs, engine, engine.ranks
         self.autocast = functools.partial(autocast, next(model.parameters()).device, recipe.train.autocast)
         self.loss_fn = LOSSES[self.cfg.loss]
 
@@ -115,31 +116,54 @@ class PolicyUpdate:
             for _ in range(cfg.iterations):  # no gradients: the weights stay as they are
                 gradient_step(self.optimizer, self.scheduler, self.params, max_norm)
             return stats
-        stats.trained_rows = self.ranks.sum(plan.trained_rows) / plan.totals["total_rows"]
-        shared = supports_shared_prompts(self.model) and plan.trained_rows > 0
+        trained_rows = self.ranks.sum(plan.trained_rows)
+        stats.trained_rows = trained_rows / plan.totals["total_rows"]
+        # Several processes: the last micro-batch is the synchronised pass that reduces every gradient (see
+        # parallel.py), with its own prompts; a process with nothing to train still takes part, with a zero loss.
+        local, synced = plan.batches, []
+        if self.ranks.world > 1 and trained_rows:
+            local, synced = plan.batches[:-1], plan.batches[-1:] or [torch.tensor([0])]
+        shared = supports_shared_prompts(self.model) and len(local) > 0
         self.model.train()
         for iteration in range(cfg.iterations):
             self.optimizer.zero_grad(set_to_none=True)
-            with self.autocast():
-                prompts = SharedPrompts.encode(self.model, plan.prompt_ids, plan.prompt_mask) if shared else None
-            with checkpointed_layers(self.model, self.train_cfg.gradient_checkpointing):  # the prompts' pass: not
-                for rows in plan.batches:
-                    parts = self.micro_batch(rollout, advantages, plan, rows, prompts, (old_logprobs, ref_logprobs),
-                                             correction, with_entropy=iteration == 0)  # fmt: skip
-                    stats.add(**{name: value / cfg.iterations for name, value in parts.items() if name != "entropy"})
-                    if iteration == 0:
-                        stats.add(entropy=parts["entropy"])
-            if prompts is not None:
-                prompts.backward()
-            self.ranks.sum_gradients(self.params)
+            self.engine.gather()  # fsdp: whole weights for this iteration's passes
+            with self.engine.accumulating():
+                with self.autocast():
+                    prompts = SharedPrompts.encode(self.model, plan.prompt_ids, plan.prompt_mask) if shared else None
+                # the prompt pass writes a cache, so it runs outside checkpointed layers
+                with checkpointed_layers(self.model, self.train_cfg.gradient_checkpointing):
+                    for rows in local:
+                        self.train_on(rollout, advantages, plan, rows, prompts, (old_logprobs, ref_logprobs),
+                                      correction, iteration, stats)  # fmt: skip
+                if prompts is not None:
+                    prompts.backward()
+            with checkpointed_layers(self.model, self.train_cfg.gradient_checkpointing):
+                for rows in synced:
+                    self.train_on(rollout, advantages, plan, rows, None, (old_logprobs, ref_logprobs), correction,
+                                  iteration, stats, zero=not plan.batches)  # fmt: skip
             loss = self.ranks.sum(stats.loss)  # NaN in any process reaches every process
             grad_norm = gradient_step(self.optimizer, self.scheduler, self.params, max_norm, loss)
             stats.add(grad_norm=grad_norm / cfg.iterations)
         stats.reduce(self.ranks)
         return stats
 
-    def micro_batch(self, rollout, advantages, plan, rows, prompts, old_and_ref, correction, with_entropy):
-        """Forward and backward of one micro-batch; its shares of the step's loss, clip fraction, KL and entropy."""
+    def train_on(self, rollout, advantages, plan, rows, prompts, old_and_ref, correction, iteration, stats,
+                 zero=False) -> None:  # fmt: skip
+        """One micro-batch's forward and backward, its shares added to ``stats`` (``zero``: a pass that only takes
+        part in the processes' gradient reduction, adding nothing)."""
+        scale = 0.0 if zero else self.engine.loss_scale
+        parts = self.micro_batch(rollout, advantages, plan, rows, prompts, old_and_ref, correction,
+                                 with_entropy=iteration == 0, scale=scale)  # fmt: skip
+        if zero:
+            return
+        stats.add(**{name: value / self.cfg.iterations for name, value in parts.items() if name != "entropy"})
+        if iteration == 0:
+            stats.add(entropy=parts["entropy"])
+
+    def micro_batch(self, rollout, advantages, plan, rows, prompts, old_and_ref, correction, with_entropy, scale=1):
+        """Forward and backward of one micro-batch (its loss times ``scale``, :attr:`Parallel.loss_scale`); its shares
+        of the step's loss, clip fraction, KL and entropy."""
         cfg = self.cfg
         width = max(1, int(rollout.completion_mask[rows].sum(-1).max()))  # trim padding columns
         completion = rollout.completion_ids[rows, :width], rollout.completion_mask[rows, :width]
@@ -175,7 +199,7 @@ class PolicyUpdate:
                 **plan.totals,
             )
         )
-        out.loss.backward()
+        (out.loss if scale == 1 else out.loss * scale).backward()
         tokens = plan.totals["total_tokens"]
         return {
             "loss": out.loss.item(),

@@ -77,7 +77,7 @@ class TrainingEvaluations:
             console.print(f"[bold yellow]regression alarm: {self.alarms[-1]}[/]")
         self.tracker.log(step, {"label": label, **result["metrics"], **(alarm.fields() if alarm else {})}, stage="eval")
         if self.recipe.eval.every and self.watch.improved(step, result):
-            save_model(t.model, t.tokenizer, run.file("best"))
+            save_model(t.model, t.tokenizer, run.file("best"), t.engine.whole_state_dict())
             run.write_json("best.json", self.watch.best)
         return result, alarm
 

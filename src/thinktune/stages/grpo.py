@@ -38,15 +38,17 @@ class GRPOStage(Stage):
             console.print(f"resumed after step {start}")
         if context.resume:
             tracker.rewind(start if start else -1)  # what was logged after the checkpoint runs again: logged once
+        trainer.engine.gather()  # fsdp: process 0 evaluates whole weights
         before = evaluations.before(start)
         previous = (run.read_json("summary.json") if context.resume else None) or {}
         began = time.perf_counter()
         records = trainer.train(start, on_eval=evaluations.during_training)
         seconds = time.perf_counter() - began if records else previous.get("seconds", 0.0)
         summary = grpo_summary(context, records, seconds, previous)
+        trainer.engine.gather()  # fsdp: process 0 saves and evaluates whole weights
         if not context.ranks.main:
             return {}
-        save_model(trainer.model, trainer.tokenizer, run.file("final"))
+        save_model(trainer.model, trainer.tokenizer, run.file("final"), trainer.engine.whole_state_dict())
         console.print(f"saved {run.file('final')}")
         stats = trainer.prompts.stats
         summary["before"] = before and before["metrics"]
