@@ -2,12 +2,14 @@
 groups, and a whole run under torchrun logs every step once, counts every process's prompts and resumes."""
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from transformers import AutoModelForCausalLM
 
 from tests.helpers import read_lines, tiny_recipe
 from thinktune.recipe import dump_recipe
@@ -97,3 +99,53 @@ def test_what_several_processes_cannot_run_is_refused_by_name(tmp_path, tiny_mod
     done = torchrun(2, "-m", "thinktune.cli", "train", str(recipe))
     assert done.returncode != 0
     assert "2 processes: grpo.prompts_per_step: 3 does not split over 2" in done.stderr
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def two_nodes(*args) -> list[subprocess.CompletedProcess]:
+    """``torchrun --nnodes 2 --nproc_per_node 1`` launched twice on this machine, as two nodes would launch it
+    (c10d rendezvous at one address); both launchers' results."""
+    port = free_port()
+    command = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1", "--rdzv-id=test",
+               "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}", *args]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    nodes = [subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]  # fmt: skip
+    outputs = [node.communicate(timeout=300) for node in nodes]
+    return [subprocess.CompletedProcess(command, n.returncode, *out) for n, out in zip(nodes, outputs, strict=True)]
+
+
+def test_two_nodes_train_on_fsdp_with_sharded_checkpoints_and_resume(tmp_path, tiny_model_dir):
+    settings = ["train.distributed=fsdp", "run.save_every=2", "eval.every=2", "eval.after=true", "run.threads=1"]
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(dump_recipe(tiny_recipe(tmp_path, tiny_model_dir, "train.steps=4", *settings)))
+    for node in two_nodes("-m", "thinktune.cli", "train", str(recipe)):
+        assert node.returncode == 0, node.stderr[-3000:]
+    run = tmp_path / "tiny"
+    assert [r["step"] for r in read_lines(run / "metrics.jsonl")] == [1, 2, 3, 4]
+    assert all(r["seconds_weight_gather"] >= 0 for r in read_lines(run / "metrics.jsonl"))  # the gather's cost
+    assert [r["step"] for r in read_lines(run / "eval_curve.jsonl")] == [2, 4]
+    assert sorted(p.name for p in (run / "checkpoint").glob("shards-*")) == ["shards-2", "shards-4"]
+    final = AutoModelForCausalLM.from_pretrained(run / "final")  # whole weights, plain transformers
+    assert sum(p.numel() for p in final.parameters()) == sum(
+        p.numel() for p in AutoModelForCausalLM.from_pretrained(tiny_model_dir).parameters()
+    )
+
+    # one process cannot read the shards: one line says how to resume
+    refused = subprocess.run([sys.executable, "-m", "thinktune.cli", "train", str(recipe), "--resume"],
+                             env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True)  # fmt: skip
+    assert refused.returncode != 0
+    assert "holds FSDP shards written by 2 processes: resume it under torchrun with train.distributed=fsdp" in (
+        refused.stdout + refused.stderr
+    )
+
+    recipe.write_text(dump_recipe(tiny_recipe(tmp_path, tiny_model_dir, "train.steps=6", *settings)))
+    done = torchrun(2, "-m", "thinktune.cli", "train", str(recipe), "--resume")  # 2 nodes -> 2 local processes
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert [r["step"] for r in read_lines(run / "metrics.jsonl")] == [1, 2, 3, 4, 5, 6]
+    assert sorted(p.name for p in (run / "checkpoint").glob("shards-*")) == ["shards-4", "shards-6"]
