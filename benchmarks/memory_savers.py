@@ -65,12 +65,28 @@ def model_and_case(name: str, model: str, steps: int, scratch: Path):
 
     if model == "smollm2":
         return "smollm2-135m-instruct", Case(name.replace(" ", "_"), "smollm2-135m-instruct", "lora", steps)
-    path = random_model(ROOT / "recipes/models" / f"{model}.json", scratch / model)
+    path = random_model(ROOT / "recipes/models" / f"{model}.json", scratch / model, DEVICE["dtype"])
     return path, Case(name.replace(" ", "_"), path, "lora", steps, reward="workload:letter_share")
 
 
+# --device cuda: the model trains there in --dtype, and peaks are torch.cuda.max_memory_allocated
+DEVICE = {"device": "cpu", "dtype": "float32"}
+
+
 def overrides_of(name: str, path: str, new_tokens: int) -> tuple[str, ...]:
-    return (f"model.name={path}", f"grpo.max_new_tokens={new_tokens}", *NO_EVALUATION, *CONFIGS[name])
+    on_device = (
+        [f"model.device={DEVICE['device']}", f"model.dtype={DEVICE['dtype']}"] if DEVICE["device"] != "cpu" else []
+    )
+    return (f"model.name={path}", f"grpo.max_new_tokens={new_tokens}", *NO_EVALUATION, *on_device, *CONFIGS[name])
+
+
+def peak_mb() -> float:
+    """This process's peak memory: on CUDA the allocator's high-water mark, else the peak RSS (MiB)."""
+    if DEVICE["device"] == "cuda":
+        import torch
+
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def worker(name: str, model: str, steps: int, new_tokens: int, scratch: Path) -> dict:
@@ -92,7 +108,7 @@ def worker(name: str, model: str, steps: int, new_tokens: int, scratch: Path) ->
     timed = records[1:] or records
     return {
         "config": name,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mb": peak_mb(),
         "step_seconds": statistics.median(seconds[1:] or seconds),
         "update_seconds": statistics.median(r["seconds_update"] for r in timed),
         "first_loss": records[0]["loss"],
@@ -130,8 +146,8 @@ def trl_worker(name: str, path: str, steps: int, new_tokens: int, scratch: Path)
         output_dir=str(scratch / "trl"), per_device_train_batch_size=GROUP, num_generations=GROUP,
         gradient_accumulation_steps=PROMPTS_PER_STEP, max_completion_length=new_tokens, temperature=1.0,
         learning_rate=LEARNING_RATE, beta=0.0, max_steps=steps, logging_steps=1, save_strategy="no", report_to=[],
-        use_cpu=True, shuffle_dataset=False, seed=0, disable_tqdm=True, gradient_checkpointing=True,
-        model_init_kwargs={"dtype": "float32"},
+        use_cpu=DEVICE["device"] == "cpu", shuffle_dataset=False, seed=0, disable_tqdm=True,
+        gradient_checkpointing=True, model_init_kwargs={"dtype": DEVICE["dtype"]}, bf16=DEVICE["dtype"] == "bfloat16",
     )  # fmt: skip
     lora = LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", task_type="CAUSAL_LM")
     trainer = GRPOTrainer(model=path, reward_funcs=letter_share, args=config, train_dataset=Dataset.from_list(rows),
@@ -139,7 +155,7 @@ def trl_worker(name: str, path: str, steps: int, new_tokens: int, scratch: Path)
     trainer.train()
     return {
         "config": name,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mb": peak_mb(),
         "step_seconds": statistics.median(seconds[1:] or seconds),
         "update_seconds": float("nan"),  # TRL does not time its phases apart
         "first_loss": float("nan"),
@@ -179,8 +195,12 @@ def main() -> None:
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--scratch", help=argparse.SUPPRESS)
     parser.add_argument("--save-model", metavar="FOLDER", help="only save the random-weight --model to FOLDER")
-    parser.add_argument("--dtype", default="float32", help="with --save-model: the weights' dtype on disk")
+    parser.add_argument(
+        "--dtype", default="float32", help="the random weights' dtype on disk (and on cuda, in training)"
+    )
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     args = parser.parse_args()
+    DEVICE.update(device=args.device, dtype=args.dtype)
     if args.save_model:
         print(random_model(ROOT / "recipes/models" / f"{args.model}.json", Path(args.save_model), args.dtype))
         return
@@ -197,7 +217,8 @@ def main() -> None:
                 rows.append(done[name])
                 continue
             command = [sys.executable, __file__, "--worker", name, "--model", args.model, "--steps", str(args.steps),
-                       "--max-new-tokens", str(args.max_new_tokens), "--scratch", models]  # fmt: skip
+                       "--max-new-tokens", str(args.max_new_tokens), "--scratch", models, "--device", args.device,
+                       "--dtype", args.dtype]  # fmt: skip
             out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
             rows.append(json.loads(out.strip().splitlines()[-1]))
             if args.plan and CONFIGS[name] is not None:
@@ -212,12 +233,14 @@ def main() -> None:
 def write(rows: list[dict], args) -> None:
     by = {r["config"]: r for r in rows}
     command = f"python benchmarks/memory_savers.py --model {args.model} --steps {args.steps} --max-new-tokens " \
-              f"{args.max_new_tokens}" + (" --plan" if args.plan else "") + f" --configs '{args.configs}'"  # fmt: skip
+              f"{args.max_new_tokens}" + (" --plan" if args.plan else "") + f" --configs '{args.configs}'" + \
+              (f" --device {args.device} --dtype {args.dtype}" if args.device != "cpu" else "")  # fmt: skip
     lines = [
         f"## {args.model}, 4 prompts x 8 completions, up to {args.max_new_tokens} new tokens "
         f"({time.strftime('%Y-%m-%d')}; `{command}`)",
         "",
-        "| configuration (LoRA unless full) | peak RSS (MB) | step (s) | update (s) | plan: peak (MB) | plan / run "
+        f"| configuration (LoRA unless full) | {'peak allocated' if args.device == 'cuda' else 'peak RSS'} (MB) "
+        "| step (s) | update (s) | plan: peak (MB) | plan / run "
         "| plan: worst-case step (s) | thinktune memory + runtime (MB) |",
         "|---|---|---|---|---|---|---|---|",
     ]
