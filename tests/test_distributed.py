@@ -74,7 +74,9 @@ def test_an_update_on_fsdp_equals_one_process_and_each_holds_half(tmp_path, tiny
 
 
 def test_a_run_under_torchrun_logs_each_step_once_and_resumes(tmp_path, tiny_model_dir):
-    settings = ["train.steps=4", "run.save_every=2", "eval.every=2", "eval.after=true", "run.threads=1"]
+    # dynamic sampling and the curriculum: every process draws the same prompts and the rounds are agreed
+    settings = ["train.steps=4", "run.save_every=2", "eval.every=2", "eval.after=true", "run.threads=1",
+                "grpo.dynamic_sampling=true", "grpo.max_sampling_rounds=3", "grpo.curriculum=pass_rate"]  # fmt: skip
     recipe = tmp_path / "r.yaml"
     recipe.write_text(dump_recipe(tiny_recipe(tmp_path, tiny_model_dir, *settings)))
     done = torchrun(2, "-m", "thinktune.cli", "train", str(recipe))
@@ -82,7 +84,9 @@ def test_a_run_under_torchrun_logs_each_step_once_and_resumes(tmp_path, tiny_mod
     run = tmp_path / "tiny"
     records = read_lines(run / "metrics.jsonl")
     assert [r["step"] for r in records] == [1, 2, 3, 4]
-    assert all(r["sampled_prompts"] == 4 for r in records)  # both processes' prompts, counted once
+    for r in records:  # both processes' prompts, counted once; each round draws 2 or more for each process
+        assert r["sampled_prompts"] >= 4 and r["sampled_prompts"] % 2 == 0 and 1 <= r["sampling_rounds"] <= 3
+        assert r["kept_groups"] + r["sampling_shortfall"] == 4
     assert [r["step"] for r in read_lines(run / "eval_curve.jsonl")] == [2, 4]
     assert read_lines(run / "samples.jsonl") and (run / "final" / "config.json").is_file()
 

@@ -88,14 +88,12 @@ def plan_first(recipe: Recipe, run: RunDir, ranks: Ranks, device) -> Recipe:
 
 
 def check_distributable(recipe: Recipe, ranks: Ranks) -> None:
-    """What several processes can run: the GRPO stage with plain prompt sampling, split evenly."""
+    """What several processes can run: the GRPO stage, its prompts split evenly."""
     if ranks.world == 1:
         return
     problems = []
     if recipe.stages != ["grpo"]:
         problems.append(f"stages: {recipe.stages} (several processes run the grpo stage alone)")
-    if recipe.grpo.dynamic_sampling or recipe.grpo.curriculum != "none":
-        problems.append("grpo.dynamic_sampling / grpo.curriculum: not with several processes yet")
     if recipe.grpo.scale_rewards == "batch":
         problems.append("grpo.scale_rewards: batch (each process would divide by its own share's std)")
     if recipe.grpo.prompts_per_step % ranks.world:

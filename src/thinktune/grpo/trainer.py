@@ -12,6 +12,7 @@ One step, as the algorithm reads:
 from __future__ import annotations
 
 import copy
+import itertools
 import math
 import random
 
@@ -127,8 +128,9 @@ class GRPOTrainer:
             advantages, flat = group_advantages(scores.total, g, self.cfg.scale_rewards, scores.scorable)
             correct = self.task.accuracy(completions, rows)
             groups = Groups(g, indices, examples, texts, rollout, completions, scores, advantages, flat, correct)
-            for group, index in enumerate(indices):
-                self.sampler.observe(index, pass_rate(groups, group))
+            observed = [(index, pass_rate(groups, group)) for group, index in enumerate(indices)]
+            for index, rate in itertools.chain(*self.ranks.gather(observed)):  # every process's groups, in order:
+                self.sampler.observe(index, rate)  # the samplers stay identical, so every process draws the same
         return groups
 
     def collect(self) -> tuple[Groups, Groups, dict[str, float]]:
@@ -138,30 +140,36 @@ class GRPOTrainer:
         on (flat groups then have zero advantage and are skipped by the update). With it, flat groups are
         dropped and further rounds draw the shortfall, scaled up by the share of groups kept so far, until
         ``prompts_per_step`` groups have spread or ``max_sampling_rounds`` rounds are spent.
+
+        With several processes each fills its share of ``prompts_per_step``; a round draws what the neediest process
+        asks for, times the process count, so every process draws the same prompts and takes its share, and the
+        rounds end when every process is full.
         """
-        cfg = self.cfg
+        cfg, ranks = self.cfg, self.ranks
         rejected_before = self.sampler.rejected
         drawn, kept = [], []
         kept_count = drawn_count = 0
+        target = cfg.prompts_per_step // ranks.world  # this process's groups
         for _ in range(cfg.max_sampling_rounds if cfg.dynamic_sampling else 1):
-            missing = cfg.prompts_per_step - kept_count
+            missing = target - kept_count
             kept_share = kept_count / drawn_count if drawn_count else 1.0
-            groups = self.rollout_round(math.ceil(missing / max(kept_share, 0.25)))
+            wanted = math.ceil(missing / max(kept_share, 0.25))
+            groups = self.rollout_round(ranks.world * int(ranks.max(wanted)))
             drawn.append(groups)
             drawn_count += groups.size
             signal = [i for i in range(groups.size) if not groups.flat[i]] if cfg.dynamic_sampling else None
             part = groups.take(signal[:missing]) if signal is not None else groups
             kept.append(part)
             kept_count += part.size
-            if kept_count >= cfg.prompts_per_step:
+            if not ranks.any(kept_count < target):
                 break
         pad = self.tokenizer.pad_token_id
         info = {
             "sampling_rounds": len(drawn),
-            "sampled_prompts": self.ranks.sum(drawn_count),
-            "kept_groups": self.ranks.sum(kept_count),
-            "kept_fraction": kept_count / drawn_count,
-            "sampling_shortfall": max(0, cfg.prompts_per_step - kept_count),
+            "sampled_prompts": ranks.sum(drawn_count),
+            "kept_groups": ranks.sum(kept_count),
+            "kept_fraction": ranks.sum(kept_count) / ranks.sum(drawn_count),
+            "sampling_shortfall": max(0, cfg.prompts_per_step - ranks.sum(kept_count)),
             "curriculum_passed_over": self.sampler.rejected - rejected_before,
             "pool_seen": len(self.sampler.pass_rate) / len(self.pool),
         }

@@ -98,6 +98,8 @@ class PolicyUpdate:
         with a KL term, the reference policy's."""
         rows = self.cfg.micro_batch_size
         old = rollout.logprobs
+        if old.shape[0] == 0:  # several processes: this one kept no group this step (dynamic sampling)
+            return old, None
         with self.autocast():
             if self.cfg.iterations > 1 or not self.exact_logprobs:
                 old = rollout_logprobs(self.model, rollout, rows)
@@ -112,8 +114,8 @@ class PolicyUpdate:
         the rollout correction's per-token weights, or None."""
         cfg, stats = self.cfg, UpdateStats()
         max_norm = self.train_cfg.max_grad_norm
-        if plan.rows == 0:  # dynamic sampling found no group with spread: nothing to learn, the schedule moves on
-            for _ in range(cfg.iterations):  # no gradients: the weights stay as they are
+        if self.ranks.sum(plan.rows) == 0:  # dynamic sampling found no group with spread: nothing to learn, the
+            for _ in range(cfg.iterations):  # schedule moves on; no gradients: the weights stay as they are
                 gradient_step(self.optimizer, self.scheduler, self.params, max_norm)
             return stats
         trained_rows = self.ranks.sum(plan.trained_rows)
@@ -122,7 +124,7 @@ class PolicyUpdate:
         # parallel.py), with its own prompts; a process with nothing to train still takes part, with a zero loss.
         local, synced = plan.batches, []
         if self.ranks.world > 1 and trained_rows:
-            local, synced = plan.batches[:-1], plan.batches[-1:] or [torch.tensor([0])]
+            local, synced = plan.batches[:-1], plan.batches[-1:]
         shared = supports_shared_prompts(self.model) and len(local) > 0
         self.model.train()
         for iteration in range(cfg.iterations):
@@ -141,22 +143,27 @@ class PolicyUpdate:
             with checkpointed_layers(self.model, self.train_cfg.gradient_checkpointing):
                 for rows in synced:
                     self.train_on(rollout, advantages, plan, rows, None, (old_logprobs, ref_logprobs), correction,
-                                  iteration, stats, zero=not plan.batches)  # fmt: skip
+                                  iteration, stats)  # fmt: skip
+                if self.ranks.world > 1 and trained_rows and not plan.batches:
+                    self.zero_pass()
             loss = self.ranks.sum(stats.loss)  # NaN in any process reaches every process
             grad_norm = gradient_step(self.optimizer, self.scheduler, self.params, max_norm, loss)
             stats.add(grad_norm=grad_norm / cfg.iterations)
         stats.reduce(self.ranks)
         return stats
 
-    def train_on(self, rollout, advantages, plan, rows, prompts, old_and_ref, correction, iteration, stats,
-                 zero=False) -> None:  # fmt: skip
-        """One micro-batch's forward and backward, its shares added to ``stats`` (``zero``: a pass that only takes
-        part in the processes' gradient reduction, adding nothing)."""
-        scale = 0.0 if zero else self.engine.loss_scale
+    def zero_pass(self) -> None:
+        """A process with nothing to train takes part in the synchronised pass: one token through the whole model,
+        its loss times 0 (every trainable weight gets a zero gradient, as DDP expects)."""
+        token = torch.zeros(1, 1, dtype=torch.long, device=next(self.model.parameters()).device)
+        with self.autocast():
+            logprobs, _ = completion_logprobs(self.model, token, torch.ones_like(token), token, torch.ones_like(token))
+        (logprobs.sum() * 0.0).backward()
+
+    def train_on(self, rollout, advantages, plan, rows, prompts, old_and_ref, correction, iteration, stats) -> None:
+        """One micro-batch's forward and backward, its shares added to ``stats``."""
         parts = self.micro_batch(rollout, advantages, plan, rows, prompts, old_and_ref, correction,
-                                 with_entropy=iteration == 0, scale=scale)  # fmt: skip
-        if zero:
-            return
+                                 with_entropy=iteration == 0, scale=self.engine.loss_scale)  # fmt: skip
         stats.add(**{name: value / self.cfg.iterations for name, value in parts.items() if name != "entropy"})
         if iteration == 0:
             stats.add(entropy=parts["entropy"])
