@@ -26,7 +26,8 @@ def decoder_stack(model):
     """What the trainer's passes call: the decoder stack under the LM head (``model.model``), or with several
     processes on DDP the wrapper that runs it and arms DDP's gradient reduction (:class:`thinktune.parallel.DDP`)."""
     base = base_model(model)
-    return base.__dict__.get("data_parallel") or base.model
+    wrapper = base.__dict__.get("data_parallel")
+    return base.model if wrapper is None else wrapper
 
 
 def plain_head(model) -> torch.nn.Linear | None:
