@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
 from tests.helpers import read_lines, tiny_recipe
@@ -153,3 +154,14 @@ def test_two_nodes_train_on_fsdp_with_sharded_checkpoints_and_resume(tmp_path, t
     assert done.returncode == 0, done.stderr[-3000:]
     assert [r["step"] for r in read_lines(run / "metrics.jsonl")] == [1, 2, 3, 4, 5, 6]
     assert sorted(p.name for p in (run / "checkpoint").glob("shards-*")) == ["shards-4", "shards-6"]
+
+
+def test_a_lora_run_on_fsdp_saves_an_adapter_plain_peft_loads(tmp_path, tiny_model_dir):
+    settings = ["model.finetune=lora", "train.distributed=fsdp", "train.steps=2", "run.threads=1"]
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(dump_recipe(tiny_recipe(tmp_path, tiny_model_dir, *settings)))
+    done = torchrun(2, "-m", "thinktune.cli", "train", str(recipe))
+    assert done.returncode == 0, done.stderr[-3000:]
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), tmp_path / "tiny" / "final")
+    trained = [p for name, p in model.named_parameters() if "lora_B" in name]  # B starts at zero: moved = trained
+    assert trained and all(p.abs().sum() > 0 for p in trained)
