@@ -1,8 +1,8 @@
 """One GRPO update on a fixed rollout, run by each of torchrun's processes on its share of the groups:
 `torchrun --nproc_per_node N tests/distributed_step.py RECIPE.yaml ROLLOUT.pt OUT.pt` (tests/test_distributed.py).
 
-Writes the whole weights after the update, its statistics, and the share of the parameters, gradients and optimizer
-state this process held (elements held here over the whole tensors' elements)."""
+Writes the whole gradients at the optimizer step and the weights after it, the update's statistics, and the share of
+the parameters, gradients and optimizer state this process held (elements held here over the whole tensors')."""
 
 import sys
 from pathlib import Path
@@ -29,13 +29,24 @@ def main(recipe_file: str, rollout_file: str, out: str) -> None:
     rollout, advantages = torch.load(rollout_file, weights_only=False)
     rows = torch.tensor(ranks.share(list(range(advantages.numel()))))  # whole groups: G divides each share
     held = {}
-    trainer.optimizer.register_step_pre_hook(lambda *_: held.update(grads=share([p.grad for p in trainer.params])))
+    gradients = []
+
+    def before_step(*_):  # the reduced gradients, as the optimizer is about to use them
+        held["grads"] = share([p.grad for p in trainer.params])
+        gradients.extend(whole([p.grad for p in trainer.params]))
+
+    trainer.optimizer.register_step_pre_hook(before_step)
     stats = trainer.learn(rollout.take(rows), advantages[rows])
     held["params"] = share(trainer.params)
     held["optimizer"] = share([t for state in trainer.optimizer.state.values() for t in state.values() if t.dim()])
-    whole = [p.full_tensor() if isinstance(p, DTensor) else p.detach() for p in trainer.params]
+    params = whole(trainer.params)
     if ranks.main:
-        torch.save({"params": whole, "stats": stats.record(), "held": held}, out)
+        torch.save({"params": params, "gradients": gradients, "stats": stats.record(), "held": held}, out)
+
+
+def whole(tensors) -> list[torch.Tensor]:
+    """The whole tensors (gathered from every process under fsdp; every process must call it)."""
+    return [t.full_tensor() if isinstance(t, DTensor) else t.detach().clone() for t in tensors]
 
 
 def share(tensors) -> float:

@@ -26,10 +26,9 @@ import time
 
 import torch
 
+from thinktune.config import ConfigError
 from thinktune.distributed import Ranks
-from thinktune.modeling import base_model
-
-ENGINES = ("ddp", "fsdp")
+from thinktune.modeling import FAST_MODEL_TYPES, base_model, plain_head
 
 
 class Parallel:
@@ -105,7 +104,6 @@ class FSDP(Parallel):
         for module in self.modules:  # the optimizer must hold the shards, not the gathered weights
             module.reshard()
         base.model.register_forward_pre_hook(lambda *_: base.unshard())
-        self.base = base
 
     def accumulating(self):
         return _fsdp_accumulating(self.modules)
@@ -191,6 +189,12 @@ def parallel_engine(recipe, model, ranks: Ranks) -> Parallel:
     """The recipe's ``train.distributed`` engine around ``model`` (one process: no engine)."""
     if ranks.world == 1:
         return Parallel(model, ranks)
+    if plain_head(model) is None:  # other heads run the model's own forward, which neither engine would see
+        model_type = getattr(base_model(model).config, "model_type", "?")
+        raise ConfigError(
+            f"train.distributed: several processes train Llama-family models with a plain LM head "
+            f"({', '.join(FAST_MODEL_TYPES)}); this model is {model_type}"
+        )
     return {"ddp": DDP, "fsdp": FSDP}[recipe.train.distributed](model, ranks)
 
 

@@ -203,8 +203,8 @@ class RunDir:
         record = None if self.attached else self.file("resume_changes.jsonl")
         check_resumable(state["recipe"], recipe, state["step"], record)
         check_layout(state, parts)
-        missing = [n for n, p in model.named_parameters() if p.requires_grad and n not in state["trainable"]]
-        missing = [] if "shards" in parts else missing
+        trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+        missing = [] if "shards" in parts else [n for n in trainable if n not in state["trainable"]]  # fsdp: shards
         if missing:
             raise RunError(
                 f"checkpoint does not match the model: no weights for {missing[0]} (and {len(missing) - 1} more)"
