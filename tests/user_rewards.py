@@ -107,3 +107,15 @@ def graded_yes(prompts, completions, **_):
     from thinktune.rewards.guard import GRADER
 
     return [share * GRADER.call(math_equal, "1", "1") for share in yes_fraction(prompts, completions)]
+
+
+def dies_once_in_the_eval_worker(prompts, completions, **_):
+    """yes_fraction; but the evaluation worker's process dies (exit code 3) the first time it scores, leaving the
+    file THINKTUNE_TEST_DIED_ONCE names."""
+    import os
+
+    marker = os.environ.get("THINKTUNE_TEST_DIED_ONCE")
+    if os.environ.get("THINKTUNE_EVAL_WORKER") and marker and not os.path.exists(marker):
+        open(marker, "w").close()
+        os._exit(3)
+    return yes_fraction(prompts, completions)

@@ -46,6 +46,12 @@ class EvalResult:
     samples: list[dict] = field(default_factory=list)
 
 
+def evaluation_record(recipe, result: EvalResult) -> dict:
+    """What ``eval_<label>.json`` holds: the split, the fingerprint of what made it, metrics and samples."""
+    return {"split": recipe.eval.split, "made_by": evaluation_key(recipe), "metrics": result.metrics,
+            "samples": result.samples}  # fmt: skip
+
+
 @dataclass
 class Sampling:
     """How sampled evaluation draws: ``params.group_size`` (k) completions per problem, at the training

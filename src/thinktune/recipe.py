@@ -31,6 +31,11 @@ def validate_recipe(recipe: Recipe) -> list[str]:
         except RewardError as err:
             reason = str(err).removeprefix("rewards: ").removeprefix("rewards[].name: ")
             errors.append(f"rewards[{index}].name: {reason}")
+        if recipe.eval.worker and reward.name.startswith("python:"):
+            errors.append(
+                f"rewards[{index}].name: {reward.name} lives in this process alone, and eval.worker's process cannot "
+                "load it; give it as pkg.module:function or set eval.worker: false"
+            )
         needed = NEEDS_SOURCE.get(reward.name)
         if needed and recipe.data.source != needed:
             errors.append(

@@ -79,6 +79,11 @@ class Recipe(_Section):
                 f"model.quantize: {self.model.quantize} trains GRPO adapters with rollout.backend: native (vLLM reads "
                 "merged weights; the sft stage merges into its base; the reward model loads its own)"
             )
+        if self.eval.worker and not (self.eval.every and self.rollout.backend == "native"):
+            raise ValueError(
+                "eval.worker: true evaluates the eval.every steps (set eval.every > 0) with rollout.backend: native "
+                f"(this recipe: eval.every {self.eval.every}, rollout.backend {self.rollout.backend})"
+            )
         if self.eval.split == "validation" and not self.data.validation_size:
             raise ValueError("eval.split: validation needs data.validation_size > 0")
         return self

@@ -52,6 +52,19 @@ class EvalConfig(_Section):
         "raises the regression alarm.",
         json_schema_extra=tagged(RESUME_SAFE),
     )
+    worker: bool = Field(
+        False,
+        description="Make the eval.every evaluations in a process of their own on eval.device, from a snapshot of "
+        "each due step: training goes on meanwhile, and eval_curve.jsonl, best/ and the regression alarm follow as "
+        "results arrive (the alarm stops training at the first step after it arrives). Its rewards must be "
+        "importable (a name or pkg.module:function).",
+        json_schema_extra=tagged(RESUME_SAFE),
+    )
+    device: str | None = Field(
+        None,
+        description="The evaluation worker's device (cpu, cuda:1, ...); None = model.device.",
+        json_schema_extra=tagged(RESUME_SAFE),
+    )
     stop_on_regression: bool = Field(
         False,
         description="Stop GRPO at the regression alarm (then save final/ and evaluate as usual).",

@@ -247,9 +247,10 @@ class GRPOTrainer:
         if self.ranks.main:
             self.run.save_checkpoint(step, self.recipe, self.model, parts)
 
-    def train(self, start_step: int = 0, on_eval=None) -> list[dict]:
-        """Run the remaining steps; ``on_eval(step)`` is called every ``eval.every`` steps, and stops training
-        there (after a checkpoint) by returning True."""
+    def train(self, start_step: int = 0, evaluations=None) -> list[dict]:
+        """Run the remaining steps. Every ``eval.every`` steps ``evaluations.during_training(step)`` is called, and
+        ``evaluations.arrived()`` (the worker's results) after the other steps; True from either stops training
+        there, after a checkpoint."""
         t = self.recipe.train
         records = []
         policy = CheckpointPolicy(self.recipe.run, t.steps, at_end=True)  # the last: --resume goes to evaluation
@@ -264,10 +265,15 @@ class GRPOTrainer:
                     f"fmt {record['format']:.2f}  len {record['completion_length']:.0f}"
                 )
                 done = step + 1
-                halt = False  # on_eval says True to stop here (the regression alarm with eval.stop_on_regression)
-                if self.recipe.eval.every and done % self.recipe.eval.every == 0 and done < t.steps and on_eval:
-                    self.engine.gather()  # process 0 evaluates (and may save best/) from whole weights
-                    halt = self.ranks.any(bool(on_eval(done)))
+                halt = False  # True stops here: the regression alarm with eval.stop_on_regression
+                if evaluations:
+                    every = self.recipe.eval.every
+                    if every and done % every == 0 and done < t.steps:
+                        self.engine.gather()  # process 0 evaluates (and may save best/) from whole weights
+                        halt = evaluations.during_training(done)
+                    else:
+                        halt = evaluations.arrived()
+                    halt = self.ranks.any(bool(halt))
                 stopping = self.ranks.any(stop.requested)
                 if policy.due(done, stopping=stopping or halt):
                     self.save_checkpoint(done)

@@ -6,10 +6,13 @@
 
 from __future__ import annotations
 
+import shutil
+
 from thinktune.before_after import compared
 from thinktune.config import Recipe
 from thinktune.console import console
-from thinktune.evaluation import evaluate_recipe, evaluation_key
+from thinktune.eval_worker import EvalWorker
+from thinktune.evaluation import evaluate_recipe, evaluation_key, evaluation_record
 from thinktune.jsonl import read_jsonl
 from thinktune.models import save_model
 from thinktune.run_dir import RunDir
@@ -20,14 +23,14 @@ def evaluate_and_save(run: RunDir, label: str, backend, recipe: Recipe, held_out
     """Greedy held-out evaluation, printed and written to ``eval_<label>.json`` with the fingerprint of what it
     was made with (:func:`evaluation_key`); returns metrics and samples."""
     result = evaluate_recipe(backend, recipe, held_out, rewards, task, label=f"eval {label}")
-    saved = {
-        "split": recipe.eval.split,
-        "made_by": evaluation_key(recipe),
-        "metrics": result.metrics,
-        "samples": result.samples,
-    }
+    return keep_evaluation(run, label, evaluation_record(recipe, result))
+
+
+def keep_evaluation(run: RunDir, label: str, saved: dict) -> dict:
+    """``eval_<label>.json``, and its figures printed."""
     run.write_json(f"eval_{label}.json", saved)
-    console.print(f"eval {label}: " + "  ".join(f"{k} {result.metrics[k]:.3f}" for k in compared(result.metrics)))
+    metrics = saved["metrics"]
+    console.print(f"eval {label}: " + "  ".join(f"{k} {metrics[k]:.3f}" for k in compared(metrics)))
     return saved
 
 
@@ -55,7 +58,8 @@ class TrainingEvaluations:
     """The GRPO stage's held-out evaluations of ``trainer``'s policy, on process 0 (the others evaluate nothing).
 
     Each is saved, logged to the tracker's eval stage and checked by the :class:`EvaluationWatch`: a better one
-    (with ``eval.every``) is kept in ``best/``, a significant drop while the reward rises raises the alarm.
+    (with ``eval.every``) is kept in ``best/``, a significant drop while the reward rises raises the alarm. With
+    ``eval.worker`` the ``eval.every`` evaluations are made by the :class:`EvalWorker` and recorded as they arrive.
     """
 
     def __init__(self, context, trainer):
@@ -65,32 +69,72 @@ class TrainingEvaluations:
         best = self.run.read_json("best.json") if context.resume else None
         self.watch = EvaluationWatch(self.recipe.eval.best_metric, best)
         self.alarms: list[str] = []
+        self.worker: EvalWorker | None = None
 
     def evaluate(self, label: str, step: int) -> tuple[dict, Regression | None]:
-        """One evaluation (before, every N steps, after) and what the watch makes of it."""
-        t, run = self.trainer, self.run
-        result = evaluate_and_save(run, label, t.backend, self.recipe, self.held_out, t.rewards, t.task)
-        rewards = {r["step"]: r["reward"] for r in read_jsonl(run.file("metrics.jsonl"))}
+        """One evaluation (before, every N steps, after), made here, and what the watch makes of it."""
+        t = self.trainer
+        result = evaluate_and_save(self.run, label, t.backend, self.recipe, self.held_out, t.rewards, t.task)
+        return result, self.record(label, step, result)
+
+    def record(self, label: str, step: int, result: dict, snapshot=None) -> Regression | None:
+        """The watch's verdict on an evaluation, logged; a better one becomes ``best/`` (``snapshot``: the worker's
+        folder of that step's weights, else the policy as it is now)."""
+        rewards = {r["step"]: r["reward"] for r in read_jsonl(self.run.file("metrics.jsonl"))}
         alarm = self.watch.check(step, result, rewards)
         if alarm:
             self.alarms.append(alarm.message(self.watch.metric))
             console.print(f"[bold yellow]regression alarm: {self.alarms[-1]}[/]")
         self.tracker.log(step, {"label": label, **result["metrics"], **(alarm.fields() if alarm else {})}, stage="eval")
         if self.recipe.eval.every and self.watch.improved(step, result):
-            save_model(t.model, t.tokenizer, run.file("best"), t.engine.whole_state_dict())
-            run.write_json("best.json", self.watch.best)
-        return result, alarm
+            best, t = self.run.file("best"), self.trainer
+            if snapshot is None:
+                save_model(t.model, t.tokenizer, best, t.engine.whole_state_dict())
+            else:
+                shutil.rmtree(best, ignore_errors=True)
+                snapshot.rename(best)
+            self.run.write_json("best.json", self.watch.best)
+        return alarm
 
     def during_training(self, step: int) -> bool:
-        """The ``eval.every`` evaluation; True stops training (the alarm, with ``eval.stop_on_regression``)."""
+        """The ``eval.every`` evaluation (made here, or snapshotted for the worker); True stops training (the alarm,
+        with ``eval.stop_on_regression``)."""
         if not self.main:
             return False
+        if self.worker:
+            t = self.trainer
+            self.worker.submit(step, t.model, t.tokenizer, t.engine.whole_state_dict())
+            return self.arrived()
         _, alarm = self.evaluate(f"step{step}", step)
         return alarm is not None and self.recipe.eval.stop_on_regression
 
+    def arrived(self) -> bool:
+        """Record the worker's results that have arrived, in step order; True stops training (an alarm among
+        them, with ``eval.stop_on_regression``)."""
+        halt = False
+        for step, saved in self.worker.arrived() if self.worker else []:
+            alarm = self.record(f"step{step}", step, keep_evaluation(self.run, f"step{step}", saved),
+                                self.worker.queue.snapshot(step))  # fmt: skip
+            self.worker.done(step)
+            halt |= alarm is not None and self.recipe.eval.stop_on_regression
+        return halt
+
+    def finish(self) -> None:
+        """Wait for the worker's last results and record them (the summary and the evaluation after need them)."""
+        if self.worker:
+            while self.worker.pending():
+                self.worker.wait()
+                self.arrived()
+            self.close()
+
+    def close(self, finished: bool = True) -> None:
+        if self.worker:
+            self.worker.close(finished)
+            self.worker = None
+
     def before(self, start: int) -> dict | None:
         """The evaluation before training: made by the SFT stage, a sweep or before a crash, else made now; the watch
-        then compares the next one with the newest at or before ``start``."""
+        then compares the next one with the newest at or before ``start``. The worker, if any, starts here."""
         before = None
         if self.recipe.eval.before and self.held_out:
             before = earlier_evaluation(self.run, "before", self.recipe)
@@ -99,4 +143,6 @@ class TrainingEvaluations:
             elif start == 0:
                 self.tracker.log(0, {"label": "before", **before["metrics"]}, stage="eval")
         self.watch.previous = last_evaluation(self.run, start, before)
+        if self.recipe.eval.worker and self.main and self.held_out:
+            self.worker = EvalWorker(self.run, self.recipe, start)
         return before

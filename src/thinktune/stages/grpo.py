@@ -42,7 +42,11 @@ class GRPOStage(Stage):
         before = evaluations.before(start)
         previous = (run.read_json("summary.json") if context.resume else None) or {}
         began = time.perf_counter()
-        records = trainer.train(start, on_eval=evaluations.during_training)
+        try:
+            records = trainer.train(start, evaluations)
+            evaluations.finish()  # the worker's last results
+        finally:
+            evaluations.close(finished=False)  # an interrupted run leaves its snapshots for --resume
         seconds = time.perf_counter() - began if records else previous.get("seconds", 0.0)
         summary = grpo_summary(context, records, seconds, previous)
         trainer.engine.gather()  # fsdp: process 0 saves and evaluates whole weights

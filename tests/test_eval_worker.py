@@ -1,0 +1,60 @@
+"""eval.worker: the eval.every evaluations made in a process of their own while training goes on, recorded as they
+arrive; the same curve, best/ and files as inline evaluations; a worker that dies is started again, and no
+evaluation is lost or made twice."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.helpers import read_lines, tiny_recipe
+from thinktune.config import ConfigError
+from thinktune.pipeline import train
+from thinktune.recipe import load_recipe
+
+pytestmark = pytest.mark.slow
+
+STEPS = ["train.steps=6", "eval.every=2", "data.eval_size=4", "eval.before=true", "eval.after=true", "run.threads=1"]
+
+
+def test_the_worker_records_what_inline_evaluation_records(tmp_path, tiny_model_dir):
+    train(tiny_recipe(tmp_path, tiny_model_dir, *STEPS, "run.name=inline"))
+    summary = train(tiny_recipe(tmp_path, tiny_model_dir, *STEPS, "run.name=worker", "eval.worker=true"))
+    inline, worker = tmp_path / "inline", tmp_path / "worker"
+    curve = read_lines(worker / "eval_curve.jsonl")
+    assert [r["label"] for r in curve] == ["before", "step2", "step4", "after"]
+    assert curve == read_lines(inline / "eval_curve.jsonl")
+    for label in ("step2", "step4"):
+        assert json.loads((worker / f"eval_{label}.json").read_text()) == json.loads(
+            (inline / f"eval_{label}.json").read_text()
+        )
+    assert (worker / "best.json").read_text() == (inline / "best.json").read_text()
+    best, expected = load_file(worker / "best" / "model.safetensors"), load_file(inline / "best" / "model.safetensors")
+    assert best.keys() == expected.keys() and all(torch.equal(best[k], expected[k]) for k in best)
+    assert summary["best"] == json.loads((inline / "summary.json").read_text())["best"]
+    assert not [p.name for p in (worker / "eval_worker").iterdir() if p.name.startswith("step")]  # all recorded
+    assert "evaluated step 4" in (worker / "eval_worker.log").read_text()
+
+
+def test_a_worker_that_dies_is_started_again_and_no_evaluation_is_lost_or_made_twice(
+    tmp_path, tiny_model_dir, monkeypatch, capsys
+):
+    monkeypatch.setenv("THINKTUNE_TEST_DIED_ONCE", str(tmp_path / "died"))
+    reward = "rewards=[{name: 'tests.user_rewards:dies_once_in_the_eval_worker'}]"
+    train(tiny_recipe(tmp_path, tiny_model_dir, *STEPS, reward, "eval.worker=true"))
+    assert (tmp_path / "died").is_file()
+    err = capsys.readouterr().err
+    assert "evaluation worker died (exit code 3) while evaluating step 2" in err and "1 of 3 restarts" in err
+    curve = read_lines(tmp_path / "tiny" / "eval_curve.jsonl")
+    assert [r["step"] for r in curve] == [0, 2, 4, 6]  # each once, in order
+
+
+def test_the_worker_needs_its_rewards_importable_and_eval_every():
+    with pytest.raises(ConfigError, match="eval.worker: true evaluates the eval.every steps"):
+        load_recipe(None, ["eval.worker=true"])
+    from thinktune.api import reward, with_rewards
+
+    worker = load_recipe(None, ["eval.worker=true", "eval.every=5"])
+    with pytest.raises(ConfigError, match=r"rewards\[0\].name: python:<lambda> lives in this process alone"):
+        with_rewards(worker, [reward(lambda p, c, **_: [1.0])])
