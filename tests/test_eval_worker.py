@@ -9,6 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 from tests.helpers import read_lines, tiny_recipe
+from tests.test_faults import kill_when, recipe_file, start
 from thinktune.config import ConfigError
 from thinktune.pipeline import train
 from thinktune.recipe import load_recipe
@@ -48,6 +49,21 @@ def test_a_worker_that_dies_is_started_again_and_no_evaluation_is_lost_or_made_t
     assert "evaluation worker died (exit code 3) while evaluating step 2" in err and "1 of 3 restarts" in err
     curve = read_lines(tmp_path / "tiny" / "eval_curve.jsonl")
     assert [r["step"] for r in curve] == [0, 2, 4, 6]  # each once, in order
+
+
+def test_a_run_killed_while_the_worker_evaluates_has_that_evaluation_made_on_resume(tmp_path, tiny_model_dir):
+    reward = "rewards=[{name: 'tests.user_rewards:slow_in_the_eval_worker'}]"
+    recipe = recipe_file(
+        tmp_path, tiny_model_dir, *STEPS, "train.steps=4", "run.save_every=2", reward, "eval.worker=true"
+    )
+    run = tmp_path / "tiny"
+    # the step-2 checkpoint follows its snapshot; the worker is 10 s into scoring it
+    assert kill_when(start(recipe), lambda: (run / "checkpoint" / "state.pt").is_file())
+    assert (run / "eval_worker" / "step2").is_dir() and not (run / "eval_step2.json").exists()
+    resumed = start(recipe, "--resume")
+    assert resumed.wait(timeout=300) == 0, resumed.stderr.read()
+    assert [r["label"] for r in read_lines(run / "eval_curve.jsonl")] == ["before", "step2", "after"]
+    assert (run / "eval_worker.log").read_text().count("evaluated step 2") == 1  # the first worker died with the run
 
 
 def test_the_worker_needs_its_rewards_importable_and_eval_every():

@@ -119,3 +119,13 @@ def dies_once_in_the_eval_worker(prompts, completions, **_):
         open(marker, "w").close()
         os._exit(3)
     return yes_fraction(prompts, completions)
+
+
+def slow_in_the_eval_worker(prompts, completions, **_):
+    """yes_fraction, taking 10 s a call in the evaluation worker's process."""
+    import os
+    import time
+
+    if os.environ.get("THINKTUNE_EVAL_WORKER"):
+        time.sleep(10)
+    return yes_fraction(prompts, completions)

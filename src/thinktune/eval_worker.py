@@ -22,8 +22,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -185,18 +187,20 @@ def serve(folder: Path, parent: int) -> None:
     from thinktune.rewards.scoring import recipe_scoring
     from thinktune.rollout import make_backend
 
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the trainer, which stops the worker itself
+    threading.Thread(target=_exit_with, args=(parent,), daemon=True).start()
     queue = EvalQueue(folder)
     recipe = load_recipe(queue.recipe)
-    if recipe.run.threads:
+    if threads := recipe.eval.worker_threads or recipe.run.threads:
         import torch
 
-        torch.set_num_threads(recipe.run.threads)
+        torch.set_num_threads(threads)
     device = recipe.eval.device or recipe.model.device
     _, held_out, task_dataset = load_examples(recipe.data, recipe.eval.split)
     while True:
         waiting = queue.waiting()
         if not waiting:
-            if queue.stop.exists() or os.getppid() != parent:
+            if queue.stop.exists():
                 return
             time.sleep(POLL_SECONDS)
             continue
@@ -207,6 +211,14 @@ def serve(folder: Path, parent: int) -> None:
         result = evaluate_recipe(backend, recipe, held_out, rewards, task, label=f"eval step{step}")
         queue.write_result(step, evaluation_record(recipe, result))
         console.print(f"evaluated step {step}")
+
+
+def _exit_with(parent: int) -> None:
+    """End this process as soon as the trainer's is gone (killed, say), even mid-evaluation: the snapshot stays for
+    the worker of ``--resume``, and two workers never evaluate one snapshot."""
+    while os.getppid() == parent:
+        time.sleep(POLL_SECONDS)
+    os._exit(0)
 
 
 if __name__ == "__main__":

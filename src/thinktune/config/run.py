@@ -65,6 +65,13 @@ class EvalConfig(_Section):
         description="The evaluation worker's device (cpu, cuda:1, ...); None = model.device.",
         json_schema_extra=tagged(RESUME_SAFE),
     )
+    worker_threads: int | None = Field(
+        None,
+        gt=0,
+        description="torch CPU threads of the evaluation worker; None = run.threads. On a CPU that also trains, "
+        "split the cores (say run.threads=3, eval.worker_threads=1 on 4): threads beyond the cores slow both.",
+        json_schema_extra=tagged(RESUME_SAFE),
+    )
     stop_on_regression: bool = Field(
         False,
         description="Stop GRPO at the regression alarm (then save final/ and evaluate as usual).",
