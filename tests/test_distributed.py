@@ -1,6 +1,7 @@
 """Several processes (torchrun, gloo on CPU): one update split over two processes equals one process on all the
 groups, and a whole run under torchrun logs every step once, counts every process's prompts and resumes."""
 
+import json
 import os
 import socket
 import subprocess
@@ -10,10 +11,12 @@ from pathlib import Path
 import pytest
 import torch
 from peft import PeftModel
+from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 from tests.helpers import read_lines, tiny_recipe
 from tests.test_model_families import gemma_3
+from tests.test_pairs import pairs_recipe
 from thinktune.config import ConfigError
 from thinktune.distributed import Ranks
 from thinktune.parallel import parallel_engine
@@ -114,6 +117,59 @@ def test_a_run_under_torchrun_logs_each_step_once_and_resumes(tmp_path, tiny_mod
     assert done.returncode == 0, done.stderr[-3000:]
     assert [r["step"] for r in read_lines(run / "metrics.jsonl")] == [1, 2, 3, 4, 5, 6]
     assert [r["step"] for r in read_lines(run / "resume_changes.jsonl")] == [4]  # recorded once, by process 0
+
+
+def test_sft_pairs_and_the_reward_model_on_two_processes_equal_one(tmp_path, tiny_model_dir):
+    # SFT: 4 examples a step, 2 each; pairs: 3 a batch each, written by process 0 in order; the reward model:
+    # 8 pairs a step, 4 each in micro-batches of 2 (the first kept local, the second reduces)
+    settings = ["stages=[sft, pairs, reward_model]", "sft.steps=3", "sft.batch_size=4", "reward_model.steps=2",
+                "reward_model.eval_pairs=2", "reward_model.micro_batch_size=2", "eval.before=false",
+                "eval.after=false", "run.threads=1"]  # fmt: skip
+    runs = {}
+    for processes in (1, 2):
+        folder = tmp_path / str(processes)
+        folder.mkdir()
+        recipe = folder / "r.yaml"
+        recipe.write_text(dump_recipe(pairs_recipe(folder, tiny_model_dir, *settings)))
+        done = torchrun(processes, "-m", "thinktune.cli", "train", str(recipe))
+        assert done.returncode == 0, done.stderr[-3000:]
+        runs[processes] = folder / "pairs"
+    one, two = runs[1], runs[2]
+
+    def pairs(run):  # the paths in their provenance differ
+        return [
+            {k: v for k, v in p.items() if k not in ("dataset", "rejected_by")} for p in read_lines(run / "pairs.jsonl")
+        ]
+
+    assert pairs(two) == pairs(one) and [p["example_index"] for p in pairs(two)] == list(range(8))
+    for name in ("sft_metrics.jsonl", "reward_model_metrics.jsonl"):
+        a, b = read_lines(one / name), read_lines(two / name)
+        assert [r["step"] for r in b] == [r["step"] for r in a] and len(a) > 1
+        for x, y in zip(a, b, strict=True):
+            assert y["loss"] == pytest.approx(x["loss"], rel=1e-5) and y["grad_norm"] == pytest.approx(
+                x["grad_norm"], rel=1e-4
+            )
+    for folder, weights in (("sft", "model.safetensors"), ("reward_model", "adapter_model.safetensors")):
+        a, b = (load_file(run / folder / weights) for run in (one, two))
+        assert a.keys() == b.keys()
+        for key in a:
+            torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=1e-5)
+
+
+def test_an_evaluation_split_over_two_processes_equals_one_process(tmp_path, tiny_model_dir):
+    # 4 problems in chunks of 2 (greedy) and of 1 (2 samples each): each process generates every other chunk
+    settings = ["train.steps=1", "eval.before=true", "eval.samples=2", "eval.batch_size=2", "run.threads=1"]
+    saved = {}
+    for processes in (1, 2):
+        folder = tmp_path / str(processes)
+        folder.mkdir()
+        recipe = folder / "r.yaml"
+        recipe.write_text(dump_recipe(tiny_recipe(folder, tiny_model_dir, *settings)))
+        done = torchrun(processes, "-m", "thinktune.cli", "train", str(recipe))
+        assert done.returncode == 0, done.stderr[-3000:]
+        saved[processes] = json.loads((folder / "tiny" / "eval_before.json").read_text())
+    assert saved[2]["metrics"] == saved[1]["metrics"] and saved[2]["samples"] == saved[1]["samples"]
+    assert saved[1]["metrics"]["n"] == 4 and "mean@2" in saved[1]["metrics"]
 
 
 def test_what_several_processes_cannot_run_is_refused_by_name(tmp_path, tiny_model_dir):

@@ -39,6 +39,16 @@ class Ranks:
         size = len(items) // self.world
         return items[self.rank * size : (self.rank + 1) * size]
 
+    def part(self, items: list) -> list:
+        """This process's contiguous part of ``items`` when they need not divide: the last parts are shorter, or
+        empty.
+
+        >>> [Ranks(r, 3).part([10, 11, 12, 13]) for r in range(3)]
+        [[10, 11], [12, 13], []]
+        """
+        size = -(-len(items) // self.world)
+        return items[self.rank * size : (self.rank + 1) * size]
+
     def sum(self, value: float) -> float:
         return self._reduce(value, dist.ReduceOp.SUM)
 

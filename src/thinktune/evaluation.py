@@ -12,6 +12,7 @@ import torch
 from thinktune.config import EVALUATED, tagged_fields
 from thinktune.console import progress
 from thinktune.data import Example, PromptBuilder
+from thinktune.distributed import SINGLE, Ranks
 from thinktune.rewards import RewardSet
 from thinktune.rewards.extract import extract_answer
 from thinktune.rewards.scoring import TaskMetrics
@@ -57,8 +58,9 @@ class Sampling:
     """How sampled evaluation draws: ``params.group_size`` (k) completions per problem, at the training
     temperature.
 
-    The generator is seeded the same way for every evaluation, so before and after draw from the same
-    uniform numbers: their difference comes from the model, less from the luck of the draw.
+    Each chunk of problems has a generator seeded from ``seed`` and the chunk's place, the same for every
+    evaluation, so before and after draw from the same uniform numbers: their difference comes from the model, less
+    from the luck of the draw. The draw does not depend on which process samples the chunk either.
     """
 
     params: SamplingParams
@@ -69,22 +71,33 @@ class Sampling:
         return self.params.group_size
 
 
-def _generate_all(backend: RolloutBackend, prompt_ids, *, max_new_tokens, batch_size, bar, sampling=None):
-    """Completions (texts), lengths and truncation flags for every prompt; ``sampling.k`` per prompt if sampled."""
-    completions, lengths, truncated = [], [], []
+def _generate_all(backend, prompt_ids, *, max_new_tokens, batch_size, bar, sampling=None, ranks=SINGLE):
+    """Completions (texts), lengths and truncation flags for every prompt; ``sampling.k`` per prompt if sampled.
+
+    With several processes each generates every ``world``-th chunk, and every process gets all the outputs in
+    order. The chunks are those one process would generate, so the outputs are the same.
+    """
     if sampling:
-        params, generator = sampling.params, torch.Generator(device=backend.device).manual_seed(sampling.seed)
-        per_chunk = max(1, batch_size // sampling.k)  # batch_size rows, as greedy
+        params, per_chunk = sampling.params, max(1, batch_size // sampling.k)  # batch_size rows, as greedy
     else:
-        params, generator = SamplingParams(max_new_tokens, greedy=True), None
-        per_chunk = batch_size
-    for start in range(0, len(prompt_ids), per_chunk):
+        params, per_chunk = SamplingParams(max_new_tokens, greedy=True), batch_size
+    starts = range(0, len(prompt_ids), per_chunk)
+    mine = {}
+    for start in starts[ranks.rank :: ranks.world]:
         chunk = prompt_ids[start : start + per_chunk]
+        generator = None
+        if sampling:
+            generator = torch.Generator(device=backend.device).manual_seed(sampling.seed * 1_000_003 + start)
         out = backend.generate(chunk, params, generator)
-        completions += decode(backend.tokenizer, out.completion_ids, out.completion_mask)
-        lengths += out.completion_lengths.tolist()
-        truncated += out.truncated.tolist()
+        texts = decode(backend.tokenizer, out.completion_ids, out.completion_mask)
+        mine[start] = texts, out.completion_lengths.tolist(), out.truncated.tolist()
         bar.advance(len(chunk))
+    outputs = {start: part for each in ranks.gather(mine) for start, part in each.items()}
+    completions, lengths, truncated = [], [], []
+    for start in starts:
+        completions += outputs[start][0]
+        lengths += outputs[start][1]
+        truncated += outputs[start][2]
     return completions, lengths, truncated
 
 
@@ -99,19 +112,27 @@ def evaluate(
     batch_size: int = 32,
     label: str = "eval",
     sampling: Sampling | None = None,
-) -> EvalResult:
+    ranks: Ranks = SINGLE,
+) -> EvalResult | None:
     """Greedy completions for every held-out example; accuracy, format accuracy, mean reward.
 
     With ``sampling``, also ``k`` sampled completions per example, summarised as mean@k, pass@j, maj@k and the
     share of examples whose samples are all wrong / all right (see :func:`thinktune.stats.sampled_metrics`).
+    With several processes the generation is split between them and process 0 scores it; the others get None.
     """
     kept = prompts.fitting(examples)
     ids = [i for _, i in kept]
     with progress(label, total=len(kept)) as bar:
         completions, lengths, truncated = _generate_all(
-            backend, ids, max_new_tokens=max_new_tokens, batch_size=batch_size, bar=bar
+            backend, ids, max_new_tokens=max_new_tokens, batch_size=batch_size, bar=bar, ranks=ranks
         )
-    used = [e for e, _ in kept]
+    used, sampled = [e for e, _ in kept], None
+    if sampling and any(e.answer for e in used):  # graded problems: sampled metrics
+        with progress(f"{label}, {sampling.k} samples each", total=len(kept)) as bar:
+            sampled, _, _ = _generate_all(backend, ids, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                                          bar=bar, sampling=sampling, ranks=ranks)  # fmt: skip
+    if not ranks.main:
+        return None
     prompt_texts = [prompts.text(e.question) for e in used]
     scores = rewards.score(prompt_texts, completions, [e.columns() for e in used])
     accuracy = task.accuracy(completions, used)
@@ -132,11 +153,7 @@ def evaluate(
         {"question": e.question, "answer": e.answer, "completion": c, "correct": a, "format": f}
         for e, c, a, f in zip(used, completions, accuracy or [None] * len(used), fmt, strict=True)
     ]
-    if sampling and accuracy is not None and used:
-        with progress(f"{label}, {sampling.k} samples each", total=len(kept)) as bar:
-            sampled, _, _ = _generate_all(
-                backend, ids, max_new_tokens=max_new_tokens, batch_size=batch_size, bar=bar, sampling=sampling
-            )
+    if sampled is not None:
         metrics.update(_summarise_samples(sampled, used, task, sampling.k, samples))
     return EvalResult(metrics, samples)
 
@@ -156,8 +173,9 @@ def _summarise_samples(completions: list[str], examples: list[Example], task, k:
     return {**sampled_metrics(counts, majority, k), f"format@{k}": sum(fmt) / len(fmt)}
 
 
-def evaluate_recipe(backend, recipe, examples, rewards, task, label: str = "eval") -> EvalResult:
-    """:func:`evaluate` with the recipe's prompts, completion budget, batch size and ``eval.samples``."""
+def evaluate_recipe(backend, recipe, examples, rewards, task, label: str = "eval", ranks=SINGLE) -> EvalResult | None:
+    """:func:`evaluate` with the recipe's prompts, completion budget, batch size and ``eval.samples`` (split over
+    ``ranks``: None on all but process 0)."""
     budget = recipe.eval.max_new_tokens or recipe.grpo.max_new_tokens
     k = recipe.eval.samples
     sampling = Sampling(SamplingParams.of_recipe(recipe.grpo, k, budget), recipe.eval.seed) if k else None
@@ -171,4 +189,5 @@ def evaluate_recipe(backend, recipe, examples, rewards, task, label: str = "eval
         batch_size=recipe.eval.batch_size,
         label=label,
         sampling=sampling,
+        ranks=ranks,
     )

@@ -18,6 +18,7 @@ from pathlib import Path
 from thinktune.config import Recipe
 from thinktune.console import console, progress
 from thinktune.data import Example, PromptBuilder
+from thinktune.distributed import SINGLE, Ranks
 from thinktune.jsonl import JsonlWriter, keep_records
 from thinktune.models import load_for_inference
 from thinktune.rollout import SamplingParams, make_backend
@@ -29,12 +30,14 @@ def pairs_path(recipe: Recipe) -> Path:
     return Path(recipe.pairs.out) if recipe.pairs.out else recipe.run.path / "pairs.jsonl"
 
 
-def build_pairs(recipe: Recipe, train_set: list[Example]) -> Path:
-    """Write (or continue) the pairs file for the training examples; return its path."""
+def build_pairs(recipe: Recipe, train_set: list[Example], ranks: Ranks = SINGLE) -> Path:
+    """Write (or continue) the pairs file for the training examples; return its path. Several processes answer
+    their parts of each ``world × pairs.batch_size`` examples, and process 0 writes them all, in order."""
     cfg, data = recipe.pairs, recipe.data
     examples = train_set[: cfg.limit] if cfg.limit else train_set
     out = pairs_path(recipe)
-    done = len(keep_records(out, lambda pair: True))  # a line cut short by a kill is written again
+    done = len(keep_records(out, lambda pair: True)) if ranks.main else 0  # a line cut short by a kill: again
+    done = ranks.gather(done)[0]
     if done >= len(examples):
         console.print(f"{out}: all {len(examples)} pairs already written")
         return out
@@ -47,7 +50,7 @@ def build_pairs(recipe: Recipe, train_set: list[Example]) -> Path:
     direct = PromptBuilder(
         tokenizer, system_prompt=cfg.rejected_system_prompt, max_tokens=data.max_prompt_tokens, overlong="truncate"
     )
-    writer = JsonlWriter(out)
+    writer = JsonlWriter(out) if ranks.main else None
     provenance = {
         "dataset": data.task if data.source == "reasoning_gym" else data.path or data.source,
         "source": data.source,
@@ -61,11 +64,14 @@ def build_pairs(recipe: Recipe, train_set: list[Example]) -> Path:
     }
     with progress("pairs", total=len(examples)) as bar:
         bar.advance(done)
-        for start in range(done, len(examples), cfg.batch_size):
-            chunk = examples[start : start + cfg.batch_size]
-            rollout = backend.generate([direct.ids(e.question) for e in chunk], greedy)
-            rejected = decode(tokenizer, rollout.completion_ids, rollout.completion_mask)
-            for offset, (example, answer) in enumerate(zip(chunk, rejected, strict=True)):
+        for start in range(done, len(examples), cfg.batch_size * ranks.world):
+            chunk = examples[start : start + cfg.batch_size * ranks.world]
+            rejected = []
+            if mine := ranks.part(chunk):
+                rollout = backend.generate([direct.ids(e.question) for e in mine], greedy)
+                rejected = decode(tokenizer, rollout.completion_ids, rollout.completion_mask)
+            rejected = [answer for part in ranks.gather(rejected) for answer in part]
+            for offset, (example, answer) in enumerate(zip(chunk, rejected, strict=True) if writer else ()):
                 writer.write(
                     {
                         "prompt": prompt.text(example.question),

@@ -88,12 +88,16 @@ def plan_first(recipe: Recipe, run: RunDir, ranks: Ranks, device) -> Recipe:
 
 
 def check_distributable(recipe: Recipe, ranks: Ranks) -> None:
-    """What several processes can run: the GRPO stage, its prompts split evenly."""
+    """What several processes can run: every stage, each batch split evenly; fsdp for GRPO alone."""
     if ranks.world == 1:
         return
     problems = []
-    if recipe.stages != ["grpo"]:
-        problems.append(f"stages: {recipe.stages} (several processes run the grpo stage alone)")
+    for stage in {"sft", "reward_model"} & {*recipe.stages}:
+        size = getattr(recipe, stage).batch_size
+        if size % ranks.world:
+            problems.append(f"{stage}.batch_size: {size} does not split over {ranks.world}")
+        if recipe.train.distributed == "fsdp":
+            problems.append(f"stages: {stage} trains on ddp only (set train.distributed: ddp, or run it apart)")
     if recipe.grpo.scale_rewards == "batch":
         problems.append("grpo.scale_rewards: batch (each process would divide by its own share's std)")
     if recipe.grpo.prompts_per_step % ranks.world:

@@ -8,6 +8,7 @@ a full model), and the `reward_model` reward and `thinktune eval` load it.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
 
@@ -18,6 +19,7 @@ from thinktune.config import Recipe
 from thinktune.console import console, peak_rss_gb, progress
 from thinktune.data import DataError
 from thinktune.data.tables import read_table
+from thinktune.distributed import SINGLE, Ranks
 from thinktune.models import save_model
 from thinktune.pairs import pairs_path
 from thinktune.rewards.reward_model import scoring_tokenizer, sequence_scores
@@ -99,19 +101,27 @@ def _pair_scores(model, tokenizer, pairs: Pairs, max_length: int) -> tuple[torch
     return scores[: len(pairs)], scores[len(pairs) :]
 
 
-def accumulate_gradients(model, tokenizer, pairs: Pairs, cfg) -> tuple[float, float]:
+def accumulate_gradients(model, tokenizer, pairs: Pairs, cfg, ddp=None, ranks: Ranks = SINGLE) -> tuple[float, float]:
     """Backpropagate the mean Bradley-Terry loss of ``pairs``, ``cfg.micro_batch_size`` pairs at a time (long
-    pairs' activations are what fills memory; the gradient is the full batch's). Returns (loss, mean margin)."""
+    pairs' activations are what fills memory; the gradient is the full batch's). Returns (loss, mean margin).
+
+    With several processes ``pairs`` is this process's share of a batch ``ranks.world`` times as large and
+    ``model`` runs under ``ddp``: every micro-batch but the last keeps its gradient local (``no_sync``), the last
+    reduces them all, and the loss is scaled by the process count since DDP averages. The loss and margin returned
+    are the whole batch's."""
     loss = margin = 0.0
+    trained, whole = ddp or model, len(pairs) * ranks.world
     for first in range(0, len(pairs), cfg.micro_batch_size):
+        last = first + cfg.micro_batch_size >= len(pairs)
         part = pairs.take(range(first, min(first + cfg.micro_batch_size, len(pairs))))
-        chosen, rejected = _pair_scores(model, tokenizer, part, cfg.max_length)
-        share = len(part) / len(pairs)
-        part_loss = bradley_terry_loss(chosen, rejected)
-        (part_loss * share).backward()
+        with contextlib.nullcontext() if ddp is None or last else ddp.no_sync():
+            chosen, rejected = _pair_scores(trained, tokenizer, part, cfg.max_length)
+            share = len(part) / whole
+            part_loss = bradley_terry_loss(chosen, rejected)
+            (part_loss * (share * ranks.world)).backward()
         loss += part_loss.item() * share
         margin += (chosen - rejected).mean().item() * share
-    return loss, margin
+    return ranks.sum(loss), ranks.sum(margin)
 
 
 def load_reward_model_for_training(recipe: Recipe):
@@ -146,23 +156,27 @@ def split_pairs(recipe: Recipe):
     return pairs, pairs.take(range(split)), pairs.take(range(split, len(pairs)))
 
 
-def train_reward_model(recipe: Recipe, run: RunDir, tracker: Tracker, resume: bool = False) -> dict:
+def train_reward_model(
+    recipe: Recipe, run: RunDir, tracker: Tracker, resume: bool = False, ranks: Ranks = SINGLE
+) -> dict:
     """Train on the pairs file, report held-out pair accuracy before and after, save ``<run>/reward_model``.
-    Checkpoints every ``run.save_every`` steps (and on Ctrl-C/SIGTERM); ``resume`` continues after the last."""
+    Checkpoints every ``run.save_every`` steps (and on Ctrl-C/SIGTERM); ``resume`` continues after the last.
+    Several processes (DDP) draw the same batch and train on their shares of it; process 0 alone measures, saves
+    and returns the summary, and the others wait for it."""
     cfg = recipe.reward_model
     torch.manual_seed(recipe.train.seed)
     pairs, train_pairs, held_out = split_pairs(recipe)
     model, tokenizer = load_reward_model_for_training(recipe)
-    before = pair_accuracy(model.eval(), tokenizer, held_out, cfg.max_length)
+    before = pair_accuracy(model.eval(), tokenizer, held_out, cfg.max_length) if ranks.main else 0.0
     console.print(f"held-out pair accuracy before: {before:.3f} ({len(held_out)} pairs)")
-
+    ddp = torch.nn.parallel.DistributedDataParallel(model) if ranks.world > 1 else None
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = make_optimizer(params, cfg.learning_rate, recipe.train)
     scheduler = make_scheduler(optimizer, "constant", 0, cfg.steps)
     batches = EpochBatches(len(train_pairs), recipe.train.seed)
     guard = NonFiniteGuard(recipe.train.max_nonfinite_steps)
     parts = {"optimizer": optimizer, "scheduler": scheduler, "batches": batches}
-    checkpoints = StageCheckpoints(run, recipe, model, parts, "reward_model", tracker, cfg.steps)
+    checkpoints = StageCheckpoints(run, recipe, model, parts, "reward_model", tracker, cfg.steps, ranks)
     first = checkpoints.resume() if resume else 0
     start = time.perf_counter()
     model.train()
@@ -170,8 +184,8 @@ def train_reward_model(recipe: Recipe, run: RunDir, tracker: Tracker, resume: bo
     with progress("reward model", total=cfg.steps) as bar, stop_requests() as stop, savers:
         bar.advance(first)
         for step in range(first, cfg.steps):
-            rows = batches.next(cfg.batch_size)
-            loss, margin = accumulate_gradients(model, tokenizer, train_pairs.take(rows), cfg)
+            rows = ranks.share(batches.next(cfg.batch_size))
+            loss, margin = accumulate_gradients(model, tokenizer, train_pairs.take(rows), cfg, ddp, ranks)
             grad_norm = gradient_step(optimizer, scheduler, params, recipe.train.max_grad_norm, loss)
             skipped = float(not guard.check(step + 1, loss, grad_norm))
             record = {"loss": loss, "margin": margin, "grad_norm": grad_norm, "nonfinite_skipped": skipped}
@@ -180,18 +194,17 @@ def train_reward_model(recipe: Recipe, run: RunDir, tracker: Tracker, resume: bo
             bar.show(f"loss {loss:.3f}")
             checkpoints.after_step(step + 1, stop)
     seconds = time.perf_counter() - start
+    if not ranks.main:
+        return {}
     after = pair_accuracy(model.eval(), tokenizer, held_out, cfg.max_length)
     console.print(f"held-out pair accuracy after: {after:.3f}")
     folder = run.file("reward_model")
     save_model(model, tokenizer, folder)
     console.print(f"saved {folder}")
+    counts = {"train": len(train_pairs), "held_out": len(held_out), "skipped_empty": pairs.skipped_empty,
+              "skipped_identical": pairs.skipped_identical}  # fmt: skip
     summary = {
-        "pairs": {
-            "train": len(train_pairs),
-            "held_out": len(held_out),
-            "skipped_empty": pairs.skipped_empty,
-            "skipped_identical": pairs.skipped_identical,
-        },
+        "pairs": counts,
         "pair_accuracy_before": before,
         "pair_accuracy_after": after,
         "seconds": seconds,

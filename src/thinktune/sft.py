@@ -16,9 +16,11 @@ import torch
 from thinktune.config import ConfigError, Recipe
 from thinktune.console import console, progress
 from thinktune.data import DataError, Example, PromptBuilder
+from thinktune.distributed import SINGLE, Ranks
 from thinktune.logprobs import completion_logprobs
 from thinktune.modeling import left_pad
 from thinktune.models import save_model
+from thinktune.parallel import parallel_engine
 from thinktune.run_dir import RunDir
 from thinktune.savers import checkpointed_layers
 from thinktune.tracking import Tracker
@@ -86,10 +88,13 @@ def sft_data(recipe: Recipe, examples: list[Example], tokenizer) -> SFTData:
     return data
 
 
-def completion_loss(model, prompts: list[list[int]], targets: list[list[int]], pad_id: int) -> torch.Tensor:
+def completion_loss(
+    model, prompts: list[list[int]], targets: list[list[int]], pad_id: int, tokens: int | None = None
+) -> torch.Tensor:
     """Mean negative log-likelihood of the target tokens given their prompts (prompt tokens carry no loss).
 
-    Every target token weighs the same, whatever the length of its example.
+    Every target token weighs the same, whatever the length of its example. ``tokens``: the count the sum is divided
+    by, when these targets are one process's share of a batch of that many target tokens (default: their own).
     """
     prompt_ids, prompt_mask = left_pad(prompts, pad_id)
     width = max(len(t) for t in targets)
@@ -100,28 +105,31 @@ def completion_loss(model, prompts: list[list[int]], targets: list[list[int]], p
         model, prompt_ids.to(device), prompt_mask.to(device), target_ids.to(device), target_mask.to(device)
     )
     mask = target_mask.to(device, logprobs.dtype)
-    return -(logprobs * mask).sum() / mask.sum()
+    return -(logprobs * mask).sum() / (mask.sum() if tokens is None else tokens)
 
 
 def run_sft(
-    recipe: Recipe, model, tokenizer, examples: list[Example], tracker: Tracker, run: RunDir, resume: bool = False
-) -> list[dict]:
+    recipe: Recipe, model, tokenizer, examples: list[Example], tracker: Tracker, run: RunDir, resume: bool = False,
+    ranks: Ranks = SINGLE,
+) -> list[dict]:  # fmt: skip
     """Train ``model`` in place for ``sft.steps`` steps, checkpointing every ``run.save_every`` steps (and on
-    Ctrl-C/SIGTERM); log each step (stage ``sft``); return the records of this process's steps. With ``resume``,
-    continue after the last checkpoint."""
+    Ctrl-C/SIGTERM); log each step (stage ``sft``); return the records of this run's steps. With ``resume``,
+    continue after the last checkpoint. Several processes (DDP) draw the same batch and train on their shares of it;
+    the loss is the whole batch's."""
     cfg = recipe.sft
     data = sft_data(recipe, examples, tokenizer)
     console.print(
         f"sft: {len(data.targets)} examples ({data.too_long} over sft.max_completion_tokens, "
         f"{data.prompts_skipped} prompts over budget, {data.empty} empty targets skipped)"
     )
+    engine = parallel_engine(recipe, model, ranks)  # ddp wraps the decoder stack; one process: nothing
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = make_optimizer(params, cfg.learning_rate, recipe.train)
     scheduler = make_scheduler(optimizer, "constant", cfg.warmup_steps, cfg.steps)
     batches = EpochBatches(len(data.targets), recipe.train.seed)
     guard = NonFiniteGuard(recipe.train.max_nonfinite_steps)
     parts = {"optimizer": optimizer, "scheduler": scheduler, "batches": batches}
-    checkpoints = StageCheckpoints(run, recipe, model, parts, "sft", tracker, cfg.steps)
+    checkpoints = StageCheckpoints(run, recipe, model, parts, "sft", tracker, cfg.steps, ranks)
     start = checkpoints.resume() if resume else 0
     records = []
     model.train()
@@ -131,17 +139,22 @@ def run_sft(
         for step in range(start, cfg.steps):
             batch = batches.next(cfg.batch_size)
             start = time.perf_counter()
-            loss = completion_loss(
-                model, [data.prompts[i] for i in batch], [data.targets[i] for i in batch], tokenizer.pad_token_id
-            )
-            loss.backward()
-            grad_norm = gradient_step(optimizer, scheduler, params, recipe.train.max_grad_norm, loss.item())
+            mine, tokens = ranks.share(batch), sum(len(data.targets[i]) for i in batch)
+            prompts, targets = [data.prompts[i] for i in mine], [data.targets[i] for i in mine]
+            if ranks.world == 1:
+                loss = completion_loss(model, prompts, targets, tokenizer.pad_token_id)
+                loss.backward()
+            else:  # this share's sum over the whole batch's tokens; DDP averages, the scale makes it the sum
+                loss = completion_loss(model, prompts, targets, tokenizer.pad_token_id, tokens)
+                (loss * engine.loss_scale).backward()
+            loss_value = ranks.sum(loss.item())
+            grad_norm = gradient_step(optimizer, scheduler, params, recipe.train.max_grad_norm, loss_value)
             record = {
-                "loss": loss.item(),
+                "loss": loss_value,
                 "grad_norm": grad_norm,
-                "nonfinite_skipped": float(not guard.check(step + 1, loss.item(), grad_norm)),
+                "nonfinite_skipped": float(not guard.check(step + 1, loss_value, grad_norm)),
                 "lr": scheduler.get_last_lr()[0],
-                "target_tokens": sum(len(data.targets[i]) for i in batch),
+                "target_tokens": tokens,
                 "seconds": time.perf_counter() - start,
             }
             tracker.log(step + 1, record, stage="sft")

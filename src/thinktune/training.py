@@ -241,9 +241,10 @@ class StageCheckpoints:
                 checkpoints.after_step(step + 1, stop)
     """
 
-    def __init__(self, run, recipe, model, parts: dict, stage: str, tracker, total: int):
+    def __init__(self, run, recipe, model, parts: dict, stage: str, tracker, total: int, ranks=None):
         self.run, self.recipe, self.model, self.parts = run, recipe, model, parts
         self.stage, self.tracker, self.total = stage, tracker, total
+        self.main, self.any = (True, bool) if ranks is None else (ranks.main, ranks.any)  # several: process 0 saves
         self.policy = CheckpointPolicy(recipe.run, total, at_end=False)
 
     def resume(self) -> int:
@@ -256,8 +257,10 @@ class StageCheckpoints:
         return start
 
     def after_step(self, done: int, stop) -> None:
-        if self.policy.due(done, stopping=stop.requested):
-            self.run.save_checkpoint(done, self.recipe, self.model, self.parts, stage=self.stage)
+        stopping = self.any(stop.requested)  # a stop asked of one process stops them all, at the same step
+        if self.policy.due(done, stopping=stopping):
+            if self.main:
+                self.run.save_checkpoint(done, self.recipe, self.model, self.parts, stage=self.stage)
             self.policy.saved()
-        if stop.requested:
+        if stopping:
             raise Interrupted(done)

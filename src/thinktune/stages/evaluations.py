@@ -11,6 +11,7 @@ import shutil
 from thinktune.before_after import compared
 from thinktune.config import Recipe
 from thinktune.console import console
+from thinktune.distributed import SINGLE
 from thinktune.eval_worker import EvalWorker
 from thinktune.evaluation import evaluate_recipe, evaluation_key, evaluation_record
 from thinktune.jsonl import read_jsonl
@@ -19,11 +20,12 @@ from thinktune.run_dir import RunDir
 from thinktune.watch import EvaluationWatch, Regression
 
 
-def evaluate_and_save(run: RunDir, label: str, backend, recipe: Recipe, held_out, rewards, task) -> dict:
+def evaluate_and_save(run: RunDir, label: str, backend, recipe: Recipe, held_out, rewards, task, ranks=SINGLE):
     """Greedy held-out evaluation, printed and written to ``eval_<label>.json`` with the fingerprint of what it
-    was made with (:func:`evaluation_key`); returns metrics and samples."""
-    result = evaluate_recipe(backend, recipe, held_out, rewards, task, label=f"eval {label}")
-    return keep_evaluation(run, label, evaluation_record(recipe, result))
+    was made with (:func:`evaluation_key`); returns metrics and samples. Several processes generate their parts;
+    process 0 scores and saves, the others get None."""
+    result = evaluate_recipe(backend, recipe, held_out, rewards, task, label=f"eval {label}", ranks=ranks)
+    return result and keep_evaluation(run, label, evaluation_record(recipe, result))
 
 
 def keep_evaluation(run: RunDir, label: str, saved: dict) -> dict:
@@ -55,7 +57,8 @@ def last_evaluation(run: RunDir, step: int, before: dict | None) -> tuple[int, d
 
 
 class TrainingEvaluations:
-    """The GRPO stage's held-out evaluations of ``trainer``'s policy, on process 0 (the others evaluate nothing).
+    """The GRPO stage's held-out evaluations of ``trainer``'s policy. With several processes every process
+    generates its part of each and process 0 records it (the evaluation worker, if any, is process 0's alone).
 
     Each is saved, logged to the tracker's eval stage and checked by the :class:`EvaluationWatch`: a better one
     (with ``eval.every``) is kept in ``best/``, a significant drop while the reward rises raises the alarm. With
@@ -64,18 +67,20 @@ class TrainingEvaluations:
 
     def __init__(self, context, trainer):
         self.recipe, self.run, self.tracker = context.recipe, context.run, context.tracker
-        self.trainer, self.main = trainer, context.ranks.main
-        self.held_out = context.splits.held_out if self.main else []
+        self.trainer, self.ranks, self.main = trainer, context.ranks, context.ranks.main
+        self.held_out = context.splits.held_out
         best = self.run.read_json("best.json") if context.resume else None
         self.watch = EvaluationWatch(self.recipe.eval.best_metric, best)
         self.alarms: list[str] = []
         self.worker: EvalWorker | None = None
 
     def evaluate(self, label: str, step: int) -> tuple[dict, Regression | None]:
-        """One evaluation (before, every N steps, after), made here, and what the watch makes of it."""
+        """One evaluation (before, every N steps, after), made here, and what the watch makes of it (None, None on
+        all but process 0)."""
         t = self.trainer
-        result = evaluate_and_save(self.run, label, t.backend, self.recipe, self.held_out, t.rewards, t.task)
-        return result, self.record(label, step, result)
+        result = evaluate_and_save(self.run, label, t.backend, self.recipe, self.held_out, t.rewards, t.task,
+                                   self.ranks)  # fmt: skip
+        return (result, self.record(label, step, result)) if result else (None, None)
 
     def record(self, label: str, step: int, result: dict, snapshot=None) -> Regression | None:
         """The watch's verdict on an evaluation, logged; a better one becomes ``best/`` (``snapshot``: the worker's
@@ -99,9 +104,9 @@ class TrainingEvaluations:
     def during_training(self, step: int) -> bool:
         """The ``eval.every`` evaluation (made here, or snapshotted for the worker); True stops training (the alarm,
         with ``eval.stop_on_regression``)."""
-        if not self.main:
-            return False
-        if self.worker:
+        if self.recipe.eval.worker:
+            if not self.main:
+                return False
             t = self.trainer
             self.worker.submit(step, t.model, t.tokenizer, t.engine.whole_state_dict())
             return self.arrived()
@@ -137,8 +142,8 @@ class TrainingEvaluations:
         then compares the next one with the newest at or before ``start``. The worker, if any, starts here."""
         before = None
         if self.recipe.eval.before and self.held_out:
-            before = earlier_evaluation(self.run, "before", self.recipe)
-            if before is None:
+            before = earlier_evaluation(self.run, "before", self.recipe) if self.main else None
+            if not self.ranks.gather(before is not None)[0]:  # process 0 decides; every process takes part
                 before, _ = self.evaluate("before", 0)
             elif start == 0:
                 self.tracker.log(0, {"label": "before", **before["metrics"]}, stage="eval")

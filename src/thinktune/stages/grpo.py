@@ -1,5 +1,6 @@
 """The GRPO stage: evaluate before → GRPO → evaluate after → save ``final/``; resumes from the last checkpoint.
-With several processes, process 0 alone evaluates and saves."""
+With several processes every process generates its part of each evaluation, and process 0 records it and
+saves."""
 
 from __future__ import annotations
 
@@ -38,7 +39,7 @@ class GRPOStage(Stage):
             console.print(f"resumed after step {start}")
         if context.resume:
             tracker.rewind(start if start else -1)  # what was logged after the checkpoint runs again: logged once
-        trainer.engine.gather()  # fsdp: process 0 evaluates whole weights
+        trainer.engine.gather()  # fsdp: whole weights to evaluate
         before = evaluations.before(start)
         previous = (run.read_json("summary.json") if context.resume else None) or {}
         began = time.perf_counter()
@@ -49,11 +50,16 @@ class GRPOStage(Stage):
             evaluations.close(finished=False)  # an interrupted run leaves its snapshots for --resume
         seconds = time.perf_counter() - began if records else previous.get("seconds", 0.0)
         summary = grpo_summary(context, records, seconds, previous)
-        trainer.engine.gather()  # fsdp: process 0 saves and evaluates whole weights
+        trainer.engine.gather()  # fsdp: whole weights to save and evaluate
+        if context.ranks.main:
+            save_model(trainer.model, trainer.tokenizer, run.file("final"), trainer.engine.whole_state_dict())
+            console.print(f"saved {run.file('final')}")
+        steps_done = records[-1]["step"] if records else start
+        after = None
+        if recipe.eval.after and evaluations.held_out:  # every process generates its part
+            after, _ = evaluations.evaluate("after", steps_done)
         if not context.ranks.main:
             return {}
-        save_model(trainer.model, trainer.tokenizer, run.file("final"), trainer.engine.whole_state_dict())
-        console.print(f"saved {run.file('final')}")
         stats = trainer.prompts.stats
         summary["before"] = before and before["metrics"]
         summary["training_prompts"] = {
@@ -65,11 +71,9 @@ class GRPOStage(Stage):
             summary["regression_alarms"] = evaluations.alarms
         if evaluations.watch.best:
             summary["best"] = evaluations.watch.best
-        steps_done = records[-1]["step"] if records else start
         if steps_done < recipe.train.steps:
             summary["stopped_on_regression_at"] = steps_done
-        if recipe.eval.after and evaluations.held_out:
-            after, _ = evaluations.evaluate("after", steps_done)
+        if after:
             summary["after"] = after["metrics"]
             if before:
                 summary.update(report_comparison(run, before, after))

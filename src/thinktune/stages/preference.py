@@ -16,7 +16,9 @@ class PairsStage(Stage):
     outputs = STAGE_OUTPUTS["pairs"]
 
     def run(self, context) -> dict:
-        return {"path": str(build_pairs(context.recipe, context.splits.train))}
+        path = build_pairs(context.recipe, context.splits.train, context.ranks)
+        context.ranks.barrier()  # the reward model reads what process 0 wrote
+        return {"path": str(path)}
 
 
 class RewardModelStage(Stage):
@@ -27,4 +29,6 @@ class RewardModelStage(Stage):
         return context.run.read_json("reward_model_summary.json")
 
     def run(self, context) -> dict:
-        return train_reward_model(context.recipe, context.run, context.tracker, context.resume)
+        summary = train_reward_model(context.recipe, context.run, context.tracker, context.resume, context.ranks)
+        context.ranks.barrier()  # the stages after it read the reward model process 0 saved
+        return summary

@@ -34,7 +34,10 @@ class SFTStage(Stage):
         return context.with_recipe(starting_from(context.recipe, context.run.file("sft")))
 
     def run(self, context) -> dict:
-        recipe, run, held_out = context.recipe, context.run, context.splits.held_out
+        """With several processes they all train; process 0 alone evaluates and saves, and the others wait for
+        ``sft/`` (the next stage starts from it)."""
+        recipe, run, ranks = context.recipe, context.run, context.ranks
+        held_out = context.splits.held_out if ranks.main else []
         model, tokenizer = load_policy(recipe.model)
         rewards, task = recipe_scoring(recipe, context.splits.task_dataset, tokenizer)
         base = earlier_evaluation(run, "base", recipe) if context.resume else None
@@ -42,10 +45,14 @@ class SFTStage(Stage):
             backend = make_backend(recipe.rollout, model, tokenizer)
             base = evaluate_and_save(run, "base", backend, recipe, held_out, rewards, task)
         start = time.perf_counter()
-        records = run_sft(recipe, model, tokenizer, context.splits.train, context.tracker, run, context.resume)
+        records = run_sft(recipe, model, tokenizer, context.splits.train, context.tracker, run, context.resume, ranks)
         seconds = time.perf_counter() - start
-        save_sft_model(model, tokenizer, run.file("sft"))
-        console.print(f"saved {run.file('sft')}")
+        if ranks.main:
+            save_sft_model(model, tokenizer, run.file("sft"))
+            console.print(f"saved {run.file('sft')}")
+        ranks.barrier()
+        if not ranks.main:
+            return {}
         model, tokenizer = load_for_inference(str(run.file("sft")), recipe.model.device, recipe.model.dtype)
         summary = {"seconds": seconds}
         if records:  # this process's steps (after a resume, from the checkpoint on)
