@@ -1,10 +1,11 @@
 """What `eval.worker` saves a run with `eval.every`: `python benchmarks/eval_worker.py [--steps 20] [--every 5]`.
 
-Trains the demo recipe (SmolLM2-135M, LoRA) twice in a scratch folder, one run after the other: once with its
-`eval.every` evaluations made inline, once by the evaluation worker on the CPU. It prints each run's wall-clock
-seconds for the GRPO stage (evaluations included), its median step, and whether the two eval curves agree, and
-writes benchmarks/eval_worker.json. On a 2-core machine the worker and the trainer share the same two cores, the
-worst case for it: the evaluation is not free, only overlapped.
+Trains the demo recipe (SmolLM2-135M, LoRA) once per variant in a scratch folder, one run after the other: its
+`eval.every` evaluations made inline; by the evaluation worker on the CPU with torch's default threads in both
+processes; and by the worker with the cores split (one thread each on two cores). It prints a table of each run's
+seconds for the GRPO stage (evaluations included), its median step and whether its eval curve equals the inline
+one, and writes benchmarks/eval_worker.json. On a CPU the worker and the trainer share the same cores, the worst
+case for it: the evaluation is overlapped, not free. On a second device it would be.
 """
 
 from __future__ import annotations

@@ -119,22 +119,27 @@ def test_a_run_under_torchrun_logs_each_step_once_and_resumes(tmp_path, tiny_mod
     assert [r["step"] for r in read_lines(run / "resume_changes.jsonl")] == [4]  # recorded once, by process 0
 
 
-def test_sft_pairs_and_the_reward_model_on_two_processes_equal_one(tmp_path, tiny_model_dir):
+def on_processes(processes: int, tmp_path, recipe_in) -> Path:
+    """``thinktune train`` under torchrun on ``processes`` processes, of the recipe ``recipe_in(folder)`` makes in a
+    folder of its own; the run folder."""
+    folder = tmp_path / str(processes)
+    folder.mkdir()
+    recipe = recipe_in(folder)
+    (folder / "r.yaml").write_text(dump_recipe(recipe))
+    done = torchrun(processes, "-m", "thinktune.cli", "train", str(folder / "r.yaml"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    return recipe.run.path
+
+
+def test_sft_pairs_and_the_reward_model_on_two_processes_equal_one_and_grpo_follows(tmp_path, tiny_model_dir):
     # SFT: 4 examples a step, 2 each; pairs: 3 a batch each, written by process 0 in order; the reward model:
     # 8 pairs a step, 4 each in micro-batches of 2 (the first kept local, the second reduces)
-    settings = ["stages=[sft, pairs, reward_model]", "sft.steps=3", "sft.batch_size=4", "reward_model.steps=2",
+    settings = ["stages=[sft, pairs, reward_model, grpo]", "sft.steps=3", "sft.batch_size=4", "reward_model.steps=2",
                 "reward_model.eval_pairs=2", "reward_model.micro_batch_size=2", "eval.before=false",
-                "eval.after=false", "run.threads=1"]  # fmt: skip
-    runs = {}
-    for processes in (1, 2):
-        folder = tmp_path / str(processes)
-        folder.mkdir()
-        recipe = folder / "r.yaml"
-        recipe.write_text(dump_recipe(pairs_recipe(folder, tiny_model_dir, *settings)))
-        done = torchrun(processes, "-m", "thinktune.cli", "train", str(recipe))
-        assert done.returncode == 0, done.stderr[-3000:]
-        runs[processes] = folder / "pairs"
-    one, two = runs[1], runs[2]
+                "eval.after=false", "run.threads=1", "train.steps=1", "grpo.prompts_per_step=2",
+                "grpo.group_size=4", "grpo.max_new_tokens=4"]  # fmt: skip
+    one, two = (on_processes(n, tmp_path, lambda f: pairs_recipe(f, tiny_model_dir, *settings)) for n in (1, 2))
+    assert [r["step"] for r in read_lines(two / "metrics.jsonl")] == [1]  # GRPO after them, from sft/
 
     def pairs(run):  # the paths in their provenance differ
         return [
@@ -159,17 +164,27 @@ def test_sft_pairs_and_the_reward_model_on_two_processes_equal_one(tmp_path, tin
 def test_an_evaluation_split_over_two_processes_equals_one_process(tmp_path, tiny_model_dir):
     # 4 problems in chunks of 2 (greedy) and of 1 (2 samples each): each process generates every other chunk
     settings = ["train.steps=1", "eval.before=true", "eval.samples=2", "eval.batch_size=2", "run.threads=1"]
-    saved = {}
-    for processes in (1, 2):
-        folder = tmp_path / str(processes)
-        folder.mkdir()
-        recipe = folder / "r.yaml"
-        recipe.write_text(dump_recipe(tiny_recipe(folder, tiny_model_dir, *settings)))
-        done = torchrun(processes, "-m", "thinktune.cli", "train", str(recipe))
-        assert done.returncode == 0, done.stderr[-3000:]
-        saved[processes] = json.loads((folder / "tiny" / "eval_before.json").read_text())
-    assert saved[2]["metrics"] == saved[1]["metrics"] and saved[2]["samples"] == saved[1]["samples"]
-    assert saved[1]["metrics"]["n"] == 4 and "mean@2" in saved[1]["metrics"]
+    one, two = (
+        json.loads((on_processes(n, tmp_path, lambda f: tiny_recipe(f, tiny_model_dir, *settings)) / "eval_before.json")
+                   .read_text())
+        for n in (1, 2)
+    )  # fmt: skip
+    assert two["metrics"] == one["metrics"] and two["samples"] == one["samples"]
+    assert one["metrics"]["n"] == 4 and "mean@2" in one["metrics"]
+
+
+def test_advantages_scaled_by_the_batch_std_on_two_processes_equal_one_process(tmp_path):
+    from tests.distributed_advantages import REWARDS, SCORABLE
+    from thinktune.grpo.advantages import group_advantages
+
+    done = torchrun(2, str(ROOT / "tests" / "distributed_advantages.py"), str(tmp_path / "out"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    whole, flat = group_advantages(REWARDS, 4, "batch", SCORABLE)
+    for rank in (0, 1):
+        rows, mine, mine_flat = torch.load(tmp_path / f"out-{rank}.pt")
+        assert torch.equal(mine, whole[rows]) and torch.equal(mine_flat, flat[2 * rank : 2 * rank + 2])
+    share, _ = group_advantages(REWARDS[:8], 4, "batch", SCORABLE[:8])
+    assert not torch.allclose(share, whole[:8])  # a share's own std would have given other advantages
 
 
 def test_what_several_processes_cannot_run_is_refused_by_name(tmp_path, tiny_model_dir):

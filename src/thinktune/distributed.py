@@ -1,13 +1,15 @@
-"""Several processes, one GRPO run, with PyTorch's own launcher and collectives:
+"""Several processes, one run, with PyTorch's own launcher and collectives:
 
     torchrun --nproc_per_node 2 -m thinktune.cli train RECIPE.yaml [key=value ...]
 
-Every process draws the same ``prompts_per_step`` prompts; each samples, scores and trains on its own contiguous
-share of them (groups never straddle processes, so advantages stay per group). The losses are normalised by the
-totals of the whole step (tokens, rows), and DDP or FSDP (``train.distributed``, :mod:`thinktune.parallel`)
-reduce the gradients, so the update is the one a single process would make on all the prompts. Process 0 alone
-logs, evaluates, checkpoints and saves; the others wait for it. ``gloo`` on CPUs, ``nccl`` on GPUs. Here: the
-processes' places (:class:`Ranks`) and the small reductions of numbers and objects between them.
+In GRPO every process draws the same ``prompts_per_step`` prompts; each samples, scores and trains on its own
+contiguous share of them (groups never straddle processes, so advantages stay per group). The losses are
+normalised by the totals of the whole step (tokens, rows), and DDP or FSDP (``train.distributed``,
+:mod:`thinktune.parallel`) reduce the gradients, so the update is the one a single process would make on all the
+prompts. SFT and the reward model split each batch the same way on DDP; pairs and evaluations split their
+generation, and process 0 gathers it. Process 0 alone logs, scores evaluations, checkpoints and saves; the others
+wait for it. ``gloo`` on CPUs, ``nccl`` on GPUs. Here: the processes' places (:class:`Ranks`) and the small
+reductions of numbers and objects between them.
 """
 
 from __future__ import annotations

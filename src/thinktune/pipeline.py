@@ -98,8 +98,6 @@ def check_distributable(recipe: Recipe, ranks: Ranks) -> None:
             problems.append(f"{stage}.batch_size: {size} does not split over {ranks.world}")
         if recipe.train.distributed == "fsdp":
             problems.append(f"stages: {stage} trains on ddp only (set train.distributed: ddp, or run it apart)")
-    if recipe.grpo.scale_rewards == "batch":
-        problems.append("grpo.scale_rewards: batch (each process would divide by its own share's std)")
     if recipe.grpo.prompts_per_step % ranks.world:
         problems.append(f"grpo.prompts_per_step: {recipe.grpo.prompts_per_step} does not split over {ranks.world}")
     problems += check_engine(recipe)

@@ -75,6 +75,21 @@ def group_advantages(
     return advantages.flatten(), zero_std
 
 
+def shared_advantages(rewards: torch.Tensor, group_size: int, scale: str, scorable: torch.Tensor, ranks):
+    """:func:`group_advantages` of this process's ``rewards`` when ``ranks.world`` processes hold equal shares of
+    a batch. Advantages are per group, except under ``scale: batch``, where the std of every process's rewards
+    divides; then the whole batch is gathered and this process keeps its rows, so the advantages are exactly one
+    process's on the whole batch."""
+    if scale != "batch" or ranks.world == 1:
+        return group_advantages(rewards, group_size, scale, scorable)
+    parts = ranks.gather((rewards, scorable))
+    advantages, flat = group_advantages(torch.cat([r for r, _ in parts]), group_size, scale,
+                                        torch.cat([s for _, s in parts]))  # fmt: skip
+    first = ranks.rank * rewards.numel()
+    rows = slice(first, first + rewards.numel())
+    return advantages[rows], flat[first // group_size : (first + rewards.numel()) // group_size]
+
+
 # grpo.scale_rewards -> the spread the centred rewards ``[groups, G]`` are divided by (None: only centred)
 SCALES = Registry(
     "grpo.scale_rewards",

@@ -23,7 +23,7 @@ from thinktune.config import Recipe
 from thinktune.console import progress
 from thinktune.data import DataError, Example, PromptBuilder
 from thinktune.distributed import SINGLE, Ranks
-from thinktune.grpo.advantages import group_advantages
+from thinktune.grpo.advantages import shared_advantages
 from thinktune.grpo.groups import Groups, pass_rate
 from thinktune.grpo.metrics import PhaseTimes, sample_rows, step_record
 from thinktune.grpo.sampling import PromptSampler
@@ -125,7 +125,7 @@ class GRPOTrainer:
         with self.times.timed("score"):
             rows = [e for e in examples for _ in range(g)]
             scores = self.rewards.score([t for t in texts for _ in range(g)], completions, [e.columns() for e in rows])
-            advantages, flat = group_advantages(scores.total, g, self.cfg.scale_rewards, scores.scorable)
+            advantages, flat = shared_advantages(scores.total, g, self.cfg.scale_rewards, scores.scorable, self.ranks)
             correct = self.task.accuracy(completions, rows)
             groups = Groups(g, indices, examples, texts, rollout, completions, scores, advantages, flat, correct)
             observed = [(index, pass_rate(groups, group)) for group, index in enumerate(indices)]

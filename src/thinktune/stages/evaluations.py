@@ -105,7 +105,7 @@ class TrainingEvaluations:
         """The ``eval.every`` evaluation (made here, or snapshotted for the worker); True stops training (the alarm,
         with ``eval.stop_on_regression``)."""
         if self.recipe.eval.worker:
-            if not self.main:
+            if self.worker is None:  # process 0's alone (and none without held-out problems)
                 return False
             t = self.trainer
             self.worker.submit(step, t.model, t.tokenizer, t.engine.whole_state_dict())
