@@ -1,7 +1,6 @@
 """Several processes (torchrun, gloo on CPU): one update split over two processes equals one process on all the
 groups, and a whole run under torchrun logs every step once, counts every process's prompts and resumes."""
 
-import json
 import os
 import socket
 import subprocess
@@ -161,30 +160,34 @@ def test_sft_pairs_and_the_reward_model_on_two_processes_equal_one_and_grpo_foll
             torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=1e-5)
 
 
-def test_an_evaluation_split_over_two_processes_equals_one_process(tmp_path, tiny_model_dir):
-    # 4 problems in chunks of 2 (greedy) and of 1 (2 samples each): each process generates every other chunk
-    settings = ["train.steps=1", "eval.before=true", "eval.samples=2", "eval.batch_size=2", "run.threads=1"]
-    one, two = (
-        json.loads((on_processes(n, tmp_path, lambda f: tiny_recipe(f, tiny_model_dir, *settings)) / "eval_before.json")
-                   .read_text())
-        for n in (1, 2)
-    )  # fmt: skip
-    assert two["metrics"] == one["metrics"] and two["samples"] == one["samples"]
-    assert one["metrics"]["n"] == 4 and "mean@2" in one["metrics"]
-
-
-def test_advantages_scaled_by_the_batch_std_on_two_processes_equal_one_process(tmp_path):
-    from tests.distributed_advantages import REWARDS, SCORABLE
+def test_an_evaluation_and_batch_scaled_advantages_split_over_two_processes_equal_one_process(
+    tmp_path, tiny_model_dir
+):
+    from tests.distributed_parts import REWARDS, SCORABLE, evaluation
     from thinktune.grpo.advantages import group_advantages
 
-    done = torchrun(2, str(ROOT / "tests" / "distributed_advantages.py"), str(tmp_path / "out"))
+    # 4 problems in chunks of 2 (greedy) and of 1 (2 samples each): each process generates every other chunk
+    settings = ["eval.samples=2", "eval.batch_size=2", "run.threads=1"]
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(dump_recipe(tiny_recipe(tmp_path, tiny_model_dir, *settings)))
+    done = torchrun(2, str(ROOT / "tests" / "distributed_parts.py"), str(recipe), str(tmp_path / "out"))
     assert done.returncode == 0, done.stderr[-3000:]
-    whole, flat = group_advantages(REWARDS, 4, "batch", SCORABLE)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each process ran: the same kernels, to the bit
+    try:
+        whole = evaluation(str(recipe))
+    finally:
+        torch.set_num_threads(threads)
+    split = torch.load(tmp_path / "out-evaluation.pt", weights_only=False)
+    assert split.metrics == whole.metrics and split.samples == whole.samples
+    assert whole.metrics["n"] == 4 and "mean@2" in whole.metrics
+
+    advantages, flat = group_advantages(REWARDS, 4, "batch", SCORABLE)
     for rank in (0, 1):
-        rows, mine, mine_flat = torch.load(tmp_path / f"out-{rank}.pt")
-        assert torch.equal(mine, whole[rows]) and torch.equal(mine_flat, flat[2 * rank : 2 * rank + 2])
+        rows, mine, mine_flat = torch.load(tmp_path / f"out-advantages-{rank}.pt")
+        assert torch.equal(mine, advantages[rows]) and torch.equal(mine_flat, flat[2 * rank : 2 * rank + 2])
     share, _ = group_advantages(REWARDS[:8], 4, "batch", SCORABLE[:8])
-    assert not torch.allclose(share, whole[:8])  # a share's own std would have given other advantages
+    assert not torch.allclose(share, advantages[:8])  # a share's own std would have given other advantages
 
 
 def test_what_several_processes_cannot_run_is_refused_by_name(tmp_path, tiny_model_dir):

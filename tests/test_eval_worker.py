@@ -57,7 +57,7 @@ def test_a_run_killed_while_the_worker_evaluates_has_that_evaluation_made_on_res
         tmp_path, tiny_model_dir, *STEPS, "train.steps=4", "run.save_every=2", reward, "eval.worker=true"
     )
     run = tmp_path / "tiny"
-    # the step-2 checkpoint follows its snapshot; the worker is 10 s into scoring it
+    # the step-2 checkpoint follows its snapshot; the worker is 5 s into scoring it
     assert kill_when(start(recipe), lambda: (run / "checkpoint" / "state.pt").is_file())
     assert (run / "eval_worker" / "step2").is_dir() and not (run / "eval_step2.json").exists()
     resumed = start(recipe, "--resume")

@@ -122,10 +122,10 @@ def dies_once_in_the_eval_worker(prompts, completions, **_):
 
 
 def slow_in_the_eval_worker(prompts, completions, **_):
-    """yes_fraction, taking 10 s a call in the evaluation worker's process."""
+    """yes_fraction, taking 5 s a call in the evaluation worker's process."""
     import os
     import time
 
     if os.environ.get("THINKTUNE_EVAL_WORKER"):
-        time.sleep(10)
+        time.sleep(5)
     return yes_fraction(prompts, completions)
