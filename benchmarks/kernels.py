@@ -3,7 +3,8 @@
 Prints median milliseconds on this machine for: sampling 32 rows from a 49k vocabulary (``torch.multinomial``
 vs inverting the cumulative sum), ``exp``/``logsumexp`` over real-looking logits (denormals vs the clamped
 normaliser), and one decode step of SmolLM2-135M with LoRA at 32 rows (Hugging Face forward with a
-``DynamicCache`` vs thinktune's ``LlamaDecoder``), plus the matmul time inside that step.
+``DynamicCache`` vs thinktune's ``LlamaDecoder``, in float32 and in bfloat16), plus the matmul time inside that
+step.
 """
 
 from __future__ import annotations
@@ -79,31 +80,34 @@ def decode_step() -> None:
             )
 
         print(f"decode step 32 rows, SmolLM2 + LoRA  HF forward + DynamicCache {median_ms(hf_step, 10):8.1f} ms")
-        decoder = LlamaDecoder(model, 100 + 40)
-        decoder.prefill(prompt, mask, positions(mask), 1)
-        columns = [mask]
 
-        def fast_step():
-            columns[0] = torch.cat([columns[0], torch.ones_like(mask[:, :1])], -1)
-            width = columns[0].shape[1]
-            decoder.decode(token, columns[0], torch.full((ROWS, 1), width - 1))
+        def fast_step_ms(decoder) -> float:
+            decoder.prefill(prompt, mask, positions(mask), 1)
+            columns = [mask]
 
-        print(f"                                     thinktune LlamaDecoder    {median_ms(fast_step, 10):8.1f} ms")
-        hidden = torch.randn(ROWS, 1, model.config.hidden_size)
-        inner = torch.randn(ROWS, 1, model.config.intermediate_size)
+            def fast_step():
+                columns[0] = torch.cat([columns[0], torch.ones_like(mask[:, :1])], -1)
+                width = columns[0].shape[1]
+                decoder.decode(token, columns[0], torch.full((ROWS, 1), width - 1))
 
-        def matmuls():
-            for layer in decoder.layers:
-                F.linear(hidden, *layer["qkv"])
-                F.linear(hidden, *layer["o"])
-                F.linear(hidden, *layer["gate_up"])
-                F.linear(inner, *layer["down"])
+            return median_ms(fast_step, 10)
 
-        print(f"                                     of which layer matmuls    {median_ms(matmuls, 10):8.1f} ms")
-        print(
-            f"                                     of which LM head          "
-            f"{median_ms(lambda: F.linear(hidden, decoder.lm_head), 10):8.1f} ms"
-        )
+        for name, dtype in (("thinktune LlamaDecoder", torch.float32), ("  in bfloat16", torch.bfloat16)):
+            decoder = LlamaDecoder(model, 100 + 40, None if dtype == torch.float32 else dtype)
+            print(f"                                     {name:26}{fast_step_ms(decoder):8.1f} ms")
+            hidden = torch.randn(ROWS, 1, model.config.hidden_size, dtype=dtype)
+            inner = torch.randn(ROWS, 1, model.config.intermediate_size, dtype=dtype)
+
+            def matmuls(decoder=decoder, hidden=hidden, inner=inner):
+                for layer in decoder.layers:
+                    F.linear(hidden, *layer["qkv"])
+                    F.linear(hidden, *layer["o"])
+                    F.linear(hidden, *layer["gate_up"])
+                    F.linear(inner, *layer["down"])
+
+            print(f"                                       of which layer matmuls  {median_ms(matmuls, 10):8.1f} ms")
+            head = median_ms(lambda decoder=decoder, hidden=hidden: F.linear(hidden, decoder.lm_head), 10)
+            print(f"                                       of which LM head        {head:8.1f} ms")
 
 
 if __name__ == "__main__":

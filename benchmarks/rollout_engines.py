@@ -21,6 +21,7 @@ HERE = Path(__file__).resolve().parent
 BATCH = re.compile(r"^(\S+): .* (\d+) tokens in ([\d.]+) s = (\d+) tokens/s$")
 PUSH = re.compile(r"^(\S+): weights pushed .* in ([\d.]+) s$")
 START = re.compile(r"^(\S+): engine up in ([\d.]+) s$")
+GAP = re.compile(r"^(\S+): log-prob gap to float32 ([\d.]+) \(mean\)$")
 
 
 def measure(python: str, engine: str) -> dict:
@@ -31,7 +32,8 @@ def measure(python: str, engine: str) -> dict:
     rates = [int(m[4]) for line in lines if (m := BATCH.match(line))]
     pushes = [float(m[2]) for line in lines if (m := PUSH.match(line))]
     start = [float(m[2]) for line in lines if (m := START.match(line))]
-    return {"rates": rates, "pushes": pushes, "start": start[0] if start else None}
+    gaps = [float(m[2]) for line in lines if (m := GAP.match(line))]
+    return {"rates": rates, "pushes": pushes, "start": start[0] if start else None, "gaps": gaps}
 
 
 def cell(values: list[float], unit: str = "", digits: int = 0) -> str:
@@ -43,10 +45,11 @@ def main() -> None:
     parser.add_argument("--vllm-python", default=str(HERE.parent / ".venv-vllm" / "bin" / "python"))
     parser.add_argument("--out", default=str(HERE / "ROLLOUT_ENGINES.md"))
     args = parser.parse_args()
-    runs = {"native": measure(sys.executable, "native")}
+    runs = {engine: measure(sys.executable, engine) for engine in ("native", "native-bf16")}
     for engine in ("vllm", "vllm-lora"):
         runs[engine] = measure(args.vllm_python, engine)
-    names = {"native": "native (default)", "vllm": "vLLM, weights merged", "vllm-lora": "vLLM, LoRA support"}
+    names = {"native": "native (default)", "native-bf16": "native, `rollout.dtype: bfloat16`",
+             "vllm": "vLLM, weights merged", "vllm-lora": "vLLM, LoRA support"}  # fmt: skip
     rows = [
         "# Rollout engines (`python benchmarks/rollout_engines.py`)",
         "",
@@ -54,13 +57,15 @@ def main() -> None:
         "policy, float32; 4 prompts x 8 samples, temperature 0.7, up to 64 tokens; 3 batches after a warm-up, each "
         "after a weight push as in training.",
         "",
-        "| engine | tokens/s | median | weight push | engine start |",
-        "|---|---|---|---|---|",
+        "| engine | tokens/s | median | weight push | engine start | log-prob gap to float32 |",
+        "|---|---|---|---|---|---|",
     ]
     for engine, r in runs.items():
         start = f"{r['start']:.1f} s" if r["start"] else "–"
         rows.append(f"| {names[engine]} | {cell(r['rates'])} | {statistics.median(r['rates']):.0f} | "
-                    f"{cell(r['pushes'], ' s', 2)} | {start} |")  # fmt: skip
+                    f"{cell(r['pushes'], ' s', 2)} | {start} | {cell(r['gaps'], '', 4)} |")  # fmt: skip
+    vllm, bf16 = (statistics.median(runs[e]["rates"]) for e in ("vllm", "native-bf16"))
+    rows += ["", f"native bfloat16 against vLLM (merged), medians: {bf16 / vllm:.2f}x"]
     Path(args.out).write_text("\n".join(rows) + "\n")
     print("\n".join(rows))
 

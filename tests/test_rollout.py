@@ -214,3 +214,33 @@ def test_the_vllm_backend_without_vllm_is_one_clear_error(tiny, monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "vllm" else real(name, *a))
     with pytest.raises(VllmMissing, match=r"rollout.backend: vllm needs vLLM: pip install 'thinktune\[vllm\]'"):
         make_backend("vllm", *tiny)
+
+
+@BOTH_DECODERS
+def test_a_bfloat16_sampler_computes_in_bfloat16_close_to_float32(tiny, fast):
+    model, tokenizer = tiny
+    sample = dict(eos_ids=[tokenizer.eos_token_id], pad_id=tokenizer.pad_token_id, max_new_tokens=10, group_size=4,
+                  temperature=0.7, fast=fast)  # fmt: skip
+    r = generate(model, prompts_of(tokenizer), generator=torch.Generator().manual_seed(0), dtype=torch.bfloat16,
+                 **sample)  # fmt: skip
+    with torch.no_grad():
+        fresh, _ = completion_logprobs(
+            model, r.prompt_ids, r.prompt_mask, r.completion_ids, r.completion_mask, temperature=0.7
+        )
+    mask = r.completion_mask.bool()
+    gap = (fresh[mask] - r.logprobs[mask]).abs()
+    assert 0 < gap.mean() < 0.02 and gap.max() < 0.2  # bfloat16's rounding: close to float32, never equal
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # the model itself is left as it was
+
+
+def test_rollout_dtype_auto_takes_bfloat16_only_where_the_machine_has_it(monkeypatch):
+    import thinktune.rollout.backend as backend
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    monkeypatch.setattr(backend, "cpu_flags", lambda: ["avx512_bf16"])  # bf16 instructions, no AMX units
+    assert backend.sampling_dtype("auto", cpu, torch.float32) is None
+    assert backend.sampling_dtype("auto", cuda, torch.float32) is torch.bfloat16
+    monkeypatch.setattr(backend, "cpu_flags", lambda: ["amx_bf16", "avx512_bf16"])
+    assert backend.sampling_dtype("auto", cpu, torch.float32) is torch.bfloat16
+    assert backend.sampling_dtype("bfloat16", cpu, torch.bfloat16) is None  # a bfloat16 model already is
+    assert backend.sampling_dtype("model", cpu, torch.float32) is None

@@ -198,6 +198,14 @@ def test_completions_no_reward_scores_are_left_out_with_advantage_zero_and_count
     assert torch.equal(drawn.advantages[unscorable], torch.zeros(int(unscorable.sum())))
 
 
+def test_a_bfloat16_sampler_has_its_old_logprobs_recomputed_and_the_run_still_learns(tmp_path, tiny_model_dir):
+    trainer = build(tmp_path, tiny_model_dir, "rollout.dtype=bfloat16", "train.steps=20")
+    assert not trainer.policy_update.exact_logprobs
+    records = [trainer.step(step) for step in range(20)]
+    assert all(0 < r["logprob_mismatch"] < 0.05 for r in records)  # float32 against the bf16 sampler: close
+    assert sum(r["reward"] for r in records[-5:]) > sum(r["reward"] for r in records[:5]) + 0.5
+
+
 @pytest.mark.parametrize("correction", ["tis", "icepop"])
 def test_a_rollout_correction_weighs_tokens_where_sampler_and_trainer_differ(tmp_path, tiny_model_dir, correction):
     trainer = build(tmp_path, tiny_model_dir, "train.autocast=bf16", f"rollout.correction={correction}")

@@ -95,6 +95,15 @@ class RolloutConfig(_Section):
         "pushed into it after every update (optional extra).",
         json_schema_extra=tagged(EVALUATED),
     )
+    dtype: Literal["model", "bfloat16", "auto"] = Field(
+        "model",
+        description="What the native sampler computes in: model = the policy's own dtype (its log-probs are the "
+        "trainer's); bfloat16 = weights, cache and matmuls in bfloat16, with the old log-probs recomputed at the "
+        "policy's dtype and their gap logged (logprob_mismatch); auto = bfloat16 where it pays (a CUDA device, or "
+        "a CPU reporting amx_bf16), else model. Evaluations sample the same way. On CPUs without AMX bfloat16 is "
+        "slower than float32.",
+        json_schema_extra=tagged(EVALUATED),
+    )
     vllm_memory: float = Field(
         0.3,
         gt=0,

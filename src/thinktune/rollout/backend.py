@@ -16,6 +16,7 @@ from typing import Protocol
 import torch
 
 from thinktune.config import RolloutConfig
+from thinktune.environment import cpu_flags
 from thinktune.registry import Registry
 from thinktune.rollout.engine import Rollout, generate
 from thinktune.rollout.vllm_backend import VllmBackend
@@ -60,14 +61,25 @@ class RolloutBackend(Protocol):
         """The policy's weights were updated: sample from the new ones from now on."""
 
 
-class NativeBackend:
-    """The in-process KV-cached decoder (:mod:`thinktune.rollout.engine`), reading the policy's live weights."""
+def sampling_dtype(choice: str, device: torch.device, model_dtype: torch.dtype) -> torch.dtype | None:
+    """The dtype ``rollout.dtype`` samples in on ``device``; None for the model's own. ``auto`` takes bfloat16
+    where it pays, read from the machine at run time: a CUDA device, or a CPU reporting AMX (``amx_bf16``)."""
+    if choice == "auto":
+        amx = device.type == "cpu" and "amx_bf16" in cpu_flags()
+        choice = "bfloat16" if device.type == "cuda" or amx else "model"
+    return torch.bfloat16 if choice == "bfloat16" and model_dtype != torch.bfloat16 else None
 
-    exact_logprobs = True
+
+class NativeBackend:
+    """The in-process KV-cached decoder (:mod:`thinktune.rollout.engine`), reading the policy's live weights, in
+    the policy's dtype or ``rollout.dtype``'s."""
 
     def __init__(self, model, tokenizer, cfg: RolloutConfig | None = None):
         self.model, self.tokenizer = model, tokenizer
         self.eos_ids = eos_token_ids(tokenizer)
+        parameter = next(model.parameters())
+        self.dtype = sampling_dtype(cfg.dtype if cfg else "model", parameter.device, parameter.dtype)
+        self.exact_logprobs = self.dtype is None  # else the update recomputes them at the policy's dtype
 
     @property
     def device(self) -> torch.device:
@@ -88,6 +100,7 @@ class NativeBackend:
             top_k=params.top_k,
             top_p=params.top_p,
             generator=generator,
+            dtype=self.dtype,
         )
 
     def weights_changed(self) -> None:

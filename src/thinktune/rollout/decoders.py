@@ -8,10 +8,16 @@
   127 ms through Hugging Face, 92 ms here (``python benchmarks/kernels.py``).
 
 Both take left-padded ids, the attention mask over every column so far and the position ids; both return
-the logits of the last column. Rows leave the batch with ``keep(rows)``.
+the logits of the last column (float32). Rows leave the batch with ``keep(rows)``.
+
+With a ``dtype`` (``rollout.dtype``) they compute in it: ``LlamaDecoder`` snapshots its weights, norms and cache
+in that dtype; ``HFDecoder`` runs under autocast. bfloat16 pays where the CPU has AMX units or on a GPU.
 """
 
 from __future__ import annotations
+
+import contextlib
+import copy
 
 import torch
 import torch.nn.functional as F
@@ -21,11 +27,21 @@ from thinktune.modeling import FAST_MODEL_TYPES, base_model, cache_argument, eff
 
 
 class HFDecoder:
-    def __init__(self, model):
+    def __init__(self, model, dtype: torch.dtype | None = None):
         self.model = model
         self.cache = DynamicCache()
+        device = next(model.parameters()).device.type
+        self.precision = contextlib.nullcontext if dtype is None else lambda: torch.autocast(device, dtype=dtype)
 
     def prefill(self, ids, mask, position_ids, group_size: int) -> torch.Tensor:
+        with self.precision():
+            return self._prefill(ids, mask, position_ids, group_size)
+
+    def decode(self, token, mask, position_ids) -> torch.Tensor:
+        with self.precision():
+            return self._decode(token, mask, position_ids)
+
+    def _prefill(self, ids, mask, position_ids, group_size: int) -> torch.Tensor:
         out = self.model(
             input_ids=ids,
             attention_mask=mask,
@@ -37,7 +53,7 @@ class HFDecoder:
         self.cache.batch_repeat_interleave(group_size)
         return out.logits[:, -1].float().repeat_interleave(group_size, dim=0)
 
-    def decode(self, token, mask, position_ids) -> torch.Tensor:
+    def _decode(self, token, mask, position_ids) -> torch.Tensor:
         out = self.model(
             input_ids=token[:, None],
             attention_mask=mask,
@@ -86,9 +102,10 @@ def _cat(pairs):
 
 
 class LlamaDecoder:
-    """Decode forward passes for a Llama-family model from a merged, fused snapshot of its weights."""
+    """Decode forward passes for a Llama-family model from a merged, fused snapshot of its weights (in ``dtype``
+    when given, else the model's own)."""
 
-    def __init__(self, model, max_columns: int):
+    def __init__(self, model, max_columns: int, dtype: torch.dtype | None = None):
         base = base_model(model)
         config = base.config
         inner = base.model
@@ -96,25 +113,31 @@ class LlamaDecoder:
         self.kv_heads = config.num_key_value_heads
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
         self.max_columns = max_columns
-        self.embed = inner.embed_tokens.weight.detach()
+
+        def linear(pair):
+            return pair if dtype is None else tuple(None if t is None else t.to(dtype) for t in pair)
+
+        def norm(module):  # RMSNorm computes in float32 and returns its input's dtype times its weight's
+            return module if dtype is None or module is None else copy.deepcopy(module).to(dtype)
+
+        self.embed = linear((inner.embed_tokens.weight.detach(), None))[0]
         self.rotary = inner.rotary_emb
-        self.final_norm = inner.norm
-        self.lm_head, _ = effective_weight(base.lm_head)
+        self.final_norm = norm(inner.norm)
+        self.lm_head = linear(effective_weight(base.lm_head))[0]
         self.layers = []
         for layer in inner.layers:
             attn, mlp = layer.self_attn, layer.mlp
+            qkv = [effective_weight(attn.q_proj), effective_weight(attn.k_proj), effective_weight(attn.v_proj)]
             self.layers.append(
                 {
-                    "norm1": layer.input_layernorm,
-                    "qkv": _cat(
-                        [effective_weight(attn.q_proj), effective_weight(attn.k_proj), effective_weight(attn.v_proj)]
-                    ),
-                    "o": effective_weight(attn.o_proj),
-                    "q_norm": getattr(attn, "q_norm", None),  # Qwen3: RMSNorm over each head's query and key
-                    "k_norm": getattr(attn, "k_norm", None),
-                    "norm2": layer.post_attention_layernorm,
-                    "gate_up": _cat([effective_weight(mlp.gate_proj), effective_weight(mlp.up_proj)]),
-                    "down": effective_weight(mlp.down_proj),
+                    "norm1": norm(layer.input_layernorm),
+                    "qkv": linear(_cat(qkv)),
+                    "o": linear(effective_weight(attn.o_proj)),
+                    "q_norm": norm(getattr(attn, "q_norm", None)),  # Qwen3: RMSNorm over each head's query and key
+                    "k_norm": norm(getattr(attn, "k_norm", None)),
+                    "norm2": norm(layer.post_attention_layernorm),
+                    "gate_up": linear(_cat([effective_weight(mlp.gate_proj), effective_weight(mlp.up_proj)])),
+                    "down": linear(effective_weight(mlp.down_proj)),
                 }
             )
         self.keys: list[torch.Tensor] = []
@@ -188,8 +211,9 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
-def make_decoder(model, max_columns: int, fast: bool = True):
-    """The fast decoder when asked for and the model's architecture allows it, else the generic one."""
+def make_decoder(model, max_columns: int, fast: bool = True, dtype: torch.dtype | None = None):
+    """The fast decoder when asked for and the model's architecture allows it, else the generic one; computing in
+    ``dtype`` when given."""
     if fast and supports_fast_decode(model):
-        return LlamaDecoder(model, max_columns)
-    return HFDecoder(model)
+        return LlamaDecoder(model, max_columns, dtype)
+    return HFDecoder(model, dtype)

@@ -137,21 +137,21 @@ def generate(
     generator: torch.Generator | None = None,
     fast: bool = True,
     on_tokens: Callable[[torch.Tensor, torch.Tensor], None] | None = None,
+    dtype: torch.dtype | None = None,
 ) -> Rollout:
     """Sample ``group_size`` completions for each prompt (token-id lists).
 
     Each prompt is prefilled once and its KV cache copied to the rows of its group; a row that has ended
     leaves the decode batch (and the cache) at once, so later steps only pay for rows still generating.
     ``fast`` uses the merged-weights decoder for Llama-family models (see ``decoders``); off, or for
-    other architectures, the Hugging Face model runs each step itself. ``on_tokens(rows, tokens)`` sees each
-    step's new tokens as they are picked (to stream them).
-    """
+    other architectures, the Hugging Face model runs each step itself (``dtype``: bfloat16 passes on a float32
+    model). ``on_tokens(rows, tokens)`` sees each step's new tokens as they are picked (to stream them)."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     unique_ids, unique_mask = (t.to(device) for t in left_pad(prompts, pad_id))
     eos = torch.tensor(eos_ids, device=device)
-    decoder = make_decoder(model, unique_ids.shape[1] + max_new_tokens, fast)
+    decoder = make_decoder(model, unique_ids.shape[1] + max_new_tokens, fast, dtype)
     logits = decoder.prefill(unique_ids, unique_mask, positions(unique_mask), group_size)
     mask = unique_mask.repeat_interleave(group_size, dim=0)
     next_position = positions(mask)[:, -1:] + 1
