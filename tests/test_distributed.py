@@ -160,9 +160,7 @@ def test_sft_pairs_and_the_reward_model_on_two_processes_equal_one_and_grpo_foll
             torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=1e-5)
 
 
-def test_an_evaluation_and_batch_scaled_advantages_split_over_two_processes_equal_one_process(
-    tmp_path, tiny_model_dir
-):
+def test_an_evaluation_and_batch_scaled_advantages_split_over_two_processes_equal_one_process(tmp_path, tiny_model_dir):
     from tests.distributed_parts import REWARDS, SCORABLE, evaluation
     from thinktune.grpo.advantages import group_advantages
 
