@@ -7,7 +7,7 @@ folder as ``best/`` holds, and goes on training. The worker evaluates the snapsh
 records them as it records an inline evaluation: ``eval_step<N>.json``, ``eval_curve.jsonl``, the regression alarm,
 and ``best/`` (the snapshot itself becomes ``best/``).
 
-    worker = EvalWorker(run, recipe, start)          # starts ``python -m thinktune.eval_worker``
+    worker = EvalWorker(run, recipe, start, recorded)  # starts ``python -m thinktune.eval_worker``
     worker.submit(step, model, tokenizer, weights)   # a snapshot; training goes on
     for step, saved in worker.arrived(): ...         # finished results, oldest first; then worker.done(step)
     worker.close()
@@ -80,18 +80,18 @@ class EvalWorker:
     """The trainer's side: snapshots in, results out, the worker process kept alive. Process 0 alone has one.
 
     On a resume (``start`` > 0) snapshots of steps after the checkpoint are dropped, since those steps train again.
-    Snapshots whose evaluation is already recorded (``eval_step<N>.json``) are dropped as well. The rest are
+    Snapshots whose evaluation is already in ``eval_curve.jsonl`` (``recorded``) are dropped as well. The rest are
     evaluated.
     """
 
-    def __init__(self, run, recipe, start: int = 0):
+    def __init__(self, run, recipe, start: int = 0, recorded: set[int] = frozenset()):
         from thinktune.recipe import dump_recipe
 
         self.run, self.queue = run, EvalQueue(run.file(FOLDER))
         self.queue.folder.mkdir(exist_ok=True)
         self.queue.stop.unlink(missing_ok=True)
         for step in self.queue.steps():
-            if step > start or run.file(f"eval_step{step}.json").is_file():
+            if step > start or step in recorded:
                 self.queue.remove(step)
         self.queue.recipe.write_text(dump_recipe(recipe))
         self.log = run.file("eval_worker.log")

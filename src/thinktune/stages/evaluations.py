@@ -149,5 +149,6 @@ class TrainingEvaluations:
                 self.tracker.log(0, {"label": "before", **before["metrics"]}, stage="eval")
         self.watch.previous = last_evaluation(self.run, start, before)
         if self.recipe.eval.worker and self.main and self.held_out:
-            self.worker = EvalWorker(self.run, self.recipe, start)
+            recorded = {r["step"] for r in read_jsonl(self.run.file("eval_curve.jsonl"))}
+            self.worker = EvalWorker(self.run, self.recipe, start, recorded)
         return before
