@@ -134,11 +134,12 @@ def test_sft_pairs_and_the_reward_model_on_two_processes_equal_one_and_grpo_foll
     # SFT: 4 examples a step, 2 each; pairs: 3 a batch each, written by process 0 in order; the reward model:
     # 8 pairs a step, 4 each in micro-batches of 2 (the first kept local, the second reduces)
     settings = ["stages=[sft, pairs, reward_model, grpo]", "sft.steps=3", "sft.batch_size=4", "reward_model.steps=2",
-                "reward_model.eval_pairs=2", "reward_model.micro_batch_size=2", "eval.before=false",
+                "reward_model.eval_pairs=2", "reward_model.micro_batch_size=2", "eval.before=true",
                 "eval.after=false", "run.threads=1", "train.steps=1", "grpo.prompts_per_step=2",
                 "grpo.group_size=4", "grpo.max_new_tokens=4"]  # fmt: skip
     one, two = (on_processes(n, tmp_path, lambda f: pairs_recipe(f, tiny_model_dir, *settings)) for n in (1, 2))
     assert [r["step"] for r in read_lines(two / "metrics.jsonl")] == [1]  # GRPO after them, from sft/
+    assert (two / "eval_before.json").is_file()  # the SFT stage's evaluation, which GRPO's every process reuses
 
     def pairs(run):  # the paths in their provenance differ
         return [

@@ -51,7 +51,9 @@ def test_a_worker_that_dies_is_started_again_and_no_evaluation_is_lost_or_made_t
     assert [r["step"] for r in curve] == [0, 2, 4, 6]  # each once, in order
 
 
-def test_a_run_killed_while_the_worker_evaluates_has_that_evaluation_made_on_resume(tmp_path, tiny_model_dir):
+@pytest.mark.parametrize("on_resume", ["eval.worker=true", "eval.worker=false"])
+def test_a_run_killed_while_the_worker_evaluates_makes_that_evaluation_on_resume(tmp_path, tiny_model_dir, on_resume):
+    # with the worker switched off on resume, a worker still records what the first left, before training on
     reward = "rewards=[{name: 'tests.user_rewards:slow_in_the_eval_worker'}]"
     recipe = recipe_file(
         tmp_path, tiny_model_dir, *STEPS, "train.steps=4", "run.save_every=2", reward, "eval.worker=true"
@@ -60,7 +62,7 @@ def test_a_run_killed_while_the_worker_evaluates_has_that_evaluation_made_on_res
     # the step-2 checkpoint follows its snapshot; the worker is 5 s into scoring it
     assert kill_when(start(recipe), lambda: (run / "checkpoint" / "state.pt").is_file())
     assert (run / "eval_worker" / "step2").is_dir() and not (run / "eval_step2.json").exists()
-    resumed = start(recipe, "--resume")
+    resumed = start(recipe, on_resume, "--resume")
     assert resumed.wait(timeout=300) == 0, resumed.stderr.read()
     assert [r["label"] for r in read_lines(run / "eval_curve.jsonl")] == ["before", "step2", "after"]
     assert (run / "eval_worker.log").read_text().count("evaluated step 2") == 1  # the first worker died with the run
@@ -74,3 +76,16 @@ def test_the_worker_needs_its_rewards_importable_and_eval_every():
     worker = load_recipe(None, ["eval.worker=true", "eval.every=5"])
     with pytest.raises(ConfigError, match=r"rewards\[0\].name: python:<lambda> lives in this process alone"):
         with_rewards(worker, [reward(lambda p, c, **_: [1.0])])
+
+
+def test_a_resume_keeps_only_the_snapshots_it_has_to_record(tmp_path):
+    from thinktune.eval_worker import EvalQueue
+
+    queue = EvalQueue(tmp_path)
+    for name in ("step2", "step3", "step6", "step2.partial"):  # step2.partial: save_model's folder, cut short
+        (tmp_path / name).mkdir()
+    for name in ("step2.json", "step4.json", "step5.json.partial", "recipe.yaml"):  # step4: no snapshot left
+        (tmp_path / name).write_text("{}")
+    assert queue.pending(start=4, recorded={3}) == [2]  # 3 is recorded; 6 comes after the checkpoint
+    queue.keep_only(queue.pending(start=4, recorded={3}))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["recipe.yaml", "step2", "step2.json"]

@@ -66,22 +66,33 @@ class EvalQueue:
         """Snapshots not evaluated yet, oldest first."""
         return [s for s in self.steps() if not self.result(s).is_file()]
 
+    def pending(self, start: int, recorded) -> list[int]:
+        """Snapshots a run resumed after ``start`` still has to record: not after the checkpoint, not recorded."""
+        return [s for s in self.steps() if s <= start and s not in recorded]
+
     def write_result(self, step: int, saved: dict) -> None:
-        partial = self.result(step).with_suffix(".partial")
+        partial = self.folder / f"step{step}.json.partial"  # not save_model's step<N>.partial folder
         partial.write_text(json.dumps(saved))
         os.replace(partial, self.result(step))  # a result is whole or absent
 
     def remove(self, step: int) -> None:
+        self.result(step).unlink(missing_ok=True)  # first: a result never outlives its snapshot
         shutil.rmtree(self.snapshot(step), ignore_errors=True)
-        self.result(step).unlink(missing_ok=True)
+
+    def keep_only(self, steps: list[int]) -> None:
+        """Remove every snapshot, result and partial file but those of ``steps`` (a resume's clean start)."""
+        kept = {f"step{s}" for s in steps} | {f"step{s}.json" for s in steps}
+        for path in self.folder.iterdir() if self.folder.is_dir() else []:
+            if path.name.startswith("step") and path.name not in kept:
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
 
 
 class EvalWorker:
     """The trainer's side: snapshots in, results out, the worker process kept alive. Process 0 alone has one.
 
     On a resume (``start`` > 0) snapshots of steps after the checkpoint are dropped, since those steps train again.
-    Snapshots whose evaluation is already in ``eval_curve.jsonl`` (``recorded``) are dropped as well. The rest are
-    evaluated.
+    Snapshots whose evaluation is already in ``eval_curve.jsonl`` (``recorded``) are dropped as well, and so is any
+    result or partial file left without its snapshot. The rest are evaluated.
     """
 
     def __init__(self, run, recipe, start: int = 0, recorded: set[int] = frozenset()):
@@ -90,9 +101,7 @@ class EvalWorker:
         self.run, self.queue = run, EvalQueue(run.file(FOLDER))
         self.queue.folder.mkdir(exist_ok=True)
         self.queue.stop.unlink(missing_ok=True)
-        for step in self.queue.steps():
-            if step > start or step in recorded:
-                self.queue.remove(step)
+        self.queue.keep_only(self.queue.pending(start, recorded))
         self.queue.recipe.write_text(dump_recipe(recipe))
         self.log = run.file("eval_worker.log")
         self.process: subprocess.Popen | None = None

@@ -12,7 +12,7 @@ from thinktune.before_after import compared
 from thinktune.config import Recipe
 from thinktune.console import console
 from thinktune.distributed import SINGLE
-from thinktune.eval_worker import EvalWorker
+from thinktune.eval_worker import FOLDER, EvalQueue, EvalWorker
 from thinktune.evaluation import evaluate_recipe, evaluation_key, evaluation_record
 from thinktune.jsonl import read_jsonl
 from thinktune.models import save_model
@@ -143,12 +143,17 @@ class TrainingEvaluations:
         before = None
         if self.recipe.eval.before and self.held_out:
             before = earlier_evaluation(self.run, "before", self.recipe) if self.main else None
-            if not self.ranks.gather(before is not None)[0]:  # process 0 decides; every process takes part
+            before = self.ranks.gather(before)[0]  # process 0 decides; every process takes part
+            if before is None:
                 before, _ = self.evaluate("before", 0)
             elif start == 0:
                 self.tracker.log(0, {"label": "before", **before["metrics"]}, stage="eval")
         self.watch.previous = last_evaluation(self.run, start, before)
-        if self.recipe.eval.worker and self.main and self.held_out:
+        if self.main and self.held_out:
             recorded = {r["step"] for r in read_jsonl(self.run.file("eval_curve.jsonl"))}
-            self.worker = EvalWorker(self.run, self.recipe, start, recorded)
+            left = EvalQueue(self.run.file(FOLDER)).pending(start, recorded)  # by a worker before the resume
+            if self.recipe.eval.worker or left:
+                self.worker = EvalWorker(self.run, self.recipe, start, recorded)
+            if left and not self.recipe.eval.worker:  # eval.worker switched off on resume: those first, then inline
+                self.finish()
         return before
