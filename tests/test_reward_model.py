@@ -155,3 +155,55 @@ def test_reward_model_stopped_mid_training_resumes_from_its_checkpoint(tmp_path,
               for run in ("rm", "whole")]  # fmt: skip
     assert len(losses[0]) == 6 and losses[0] == pytest.approx(losses[1], abs=1e-5)
     assert resumed["pair_accuracy_after"] == whole["pair_accuracy_after"]
+
+
+@pytest.mark.parametrize("finetune", ["full", "lora"])
+def test_shared_prompt_scores_and_gradients_equal_whole_passes(tmp_path, tiny_model_dir, finetune):
+    """The prompt a pair's answers share runs once; scores and gradients are those of every sequence run whole.
+    The pairs cover a rejected answer that is a prefix of the chosen one, a pad token inside an answer, and
+    answers of very different lengths."""
+    from thinktune.preference import Pairs, _pair_scores, bradley_terry_loss, load_reward_model_for_training
+    from thinktune.rewards.reward_model import scoring_ids, token_scores
+
+    recipe = rm_recipe(tmp_path, ("unused", tiny_model_dir), f"model.finetune={finetune}")
+    model, tokenizer = load_reward_model_for_training(recipe)
+    torch.manual_seed(0)
+    for p in model.parameters():  # fresh LoRA B matrices are zero, which would hide the adapters' gradients
+        p.data += 0.02 * torch.randn_like(p) * p.requires_grad
+    pad = tokenizer.pad_token
+    prompts = ["count: one two", "say yes", "a b c d e f"]
+    chosen = [" three four five six seven", " yes yes" + pad + " yes", " g"]
+    rejected = [" three", " no", " h i j k l m n o p q r s t"]
+    pairs = Pairs(prompts, chosen, rejected)
+
+    def whole():
+        ids = scoring_ids(tokenizer, [p + a for p, a in zip(prompts * 2, chosen + rejected, strict=True)], 64)
+        scores = token_scores(model, ids, tokenizer.pad_token_id)
+        return scores[:3], scores[3:]
+
+    results = []
+    for scorer in (whole, lambda: _pair_scores(model, tokenizer, pairs, 64)):
+        model.zero_grad()
+        good, bad = scorer()
+        bradley_terry_loss(good, bad).backward()
+        grads = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+        results.append((good.detach(), bad.detach(), grads))
+    for expected, got in zip(results[0], results[1], strict=True):
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
+    assert results[0][2].abs().sum() > 0
+
+
+def test_pair_scores_share_the_prompt_where_the_model_allows(tmp_path, tiny_model_dir, monkeypatch):
+    """A Llama-family classifier takes the shared path; a pair cut so short that nothing is shared runs whole."""
+    from thinktune import preference
+
+    recipe = rm_recipe(tmp_path, ("unused", tiny_model_dir), "model.finetune=full")
+    model, tokenizer = preference.load_reward_model_for_training(recipe)
+    calls = []
+    original = preference.shared_prefix_scores
+    monkeypatch.setattr(preference, "shared_prefix_scores", lambda *a: calls.append(a[3]) or original(*a))
+    pairs = preference.Pairs(["one two three four"] * 2, [" five", " six six"], [" seven", " eight"])
+    preference._pair_scores(model, tokenizer, pairs, 64)
+    assert len(calls) == 1 and min(calls[0]) > 0
+    preference._pair_scores(model, tokenizer, pairs, 2)  # cut from the left to the answers alone
+    assert len(calls) == 1

@@ -1,6 +1,7 @@
 """SFT: the loss falls on completion tokens, the result is a plain HF folder, and `train` chains SFT then GRPO."""
 
 import json
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -54,6 +55,39 @@ def test_completion_loss_counts_target_tokens_only(tiny_model_dir):
         logp = model(input_ids=ids).logits[0, len(prompt) - 1 : -1].log_softmax(-1)
         by_hand += [logp[i, t] for i, t in enumerate(target)]
     assert loss.item() == pytest.approx(-torch.stack(by_hand).mean().item(), abs=1e-5)
+
+
+def test_passes_by_length_give_the_whole_batch_loss_and_gradient(tiny_model_dir):
+    """Whatever sft.micro_batch_tokens splits a batch into, the loss and gradient are the batch's, computed one
+    unpadded example at a time by hand."""
+    from thinktune.distributed import SINGLE
+    from thinktune.parallel import Parallel
+    from thinktune.sft import SFTData, accumulate_loss
+
+    model, tokenizer = load_policy(ModelConfig(name=tiny_model_dir, finetune="full", device="cpu"))
+    torch.manual_seed(0)
+    data = SFTData(
+        [torch.randint(8, len(tokenizer), (n,)).tolist() for n in (3, 1, 7, 2, 5)],
+        [torch.randint(8, len(tokenizer), (n,)).tolist() for n in (2, 6, 1, 4, 3)],
+    )
+    rows, tokens = [4, 0, 2, 1], sum(len(data.targets[i]) for i in (4, 0, 2, 1))
+    model.zero_grad()
+    nll = []
+    for i in rows:
+        ids = torch.tensor([data.prompts[i] + data.targets[i]])
+        logp = model(input_ids=ids).logits[0, len(data.prompts[i]) - 1 : -1].log_softmax(-1)
+        nll += [-logp[j, t] for j, t in enumerate(data.targets[i])]
+    expected = torch.stack(nll).sum() / tokens
+    expected.backward()
+    expected_grad = torch.cat([p.grad.flatten() for p in model.parameters()])
+    for budget in (10_000, 16, 1):  # one pass; two or three; one example per pass
+        model.zero_grad()
+        loss = accumulate_loss(
+            model, Parallel(model, SINGLE), data, rows, tokens, SimpleNamespace(micro_batch_tokens=budget), tokenizer
+        )
+        assert loss == pytest.approx(expected.item(), abs=1e-5)
+        grad = torch.cat([p.grad.flatten() for p in model.parameters()])
+        torch.testing.assert_close(grad, expected_grad, atol=1e-5, rtol=1e-4)
 
 
 def test_sft_then_grpo_in_one_run(tmp_path, tiny_model_dir):

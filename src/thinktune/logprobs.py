@@ -74,7 +74,9 @@ class SharedPrompts:
     mask: torch.Tensor  # [P, L]
 
     @classmethod
-    def encode(cls, model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor) -> SharedPrompts:
+    def encode(cls, model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, detach: bool = True) -> SharedPrompts:
+        """The prompts' pass. ``detach=False``: the completions' passes differentiate straight into it, for a caller
+        that runs them all before one backward (no :meth:`backward` then)."""
         cache = DynamicCache()
         hidden = decoder_stack(model)(
             input_ids=prompt_ids,
@@ -84,7 +86,7 @@ class SharedPrompts:
             use_cache=True,
         ).last_hidden_state[:, -1]
         outputs = [hidden] + [t for layer in cache.layers for t in (layer.keys, layer.values)]
-        leaves = [t.detach().requires_grad_(t.requires_grad) for t in outputs]
+        leaves = [t.detach().requires_grad_(t.requires_grad) for t in outputs] if detach else outputs
         return cls(outputs, leaves, prompt_mask)
 
     def completion_logprobs(
@@ -97,7 +99,18 @@ class SharedPrompts:
         with_entropy: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """As :func:`completion_logprobs`, for completions of the prompts ``prompt_index`` (one per row)."""
-        last_hidden, *kv = self.leaves
+        hidden = self.completion_hidden(model, prompt_index, completion_ids, completion_mask)
+        # The prompt's last position predicts the first completion token; completion position t the t + 1-th.
+        last_prompt = self.leaves[0].index_select(0, prompt_index)
+        hidden = torch.cat([last_prompt[:, None], hidden[:, :-1]], dim=1)
+        return head_token_logprobs(hidden, plain_head(model).weight, completion_ids, temperature, with_entropy)
+
+    def completion_hidden(
+        self, model, prompt_index: torch.Tensor, completion_ids: torch.Tensor, completion_mask: torch.Tensor
+    ) -> torch.Tensor:
+        """The decoder stack's last hidden state ``[B, C, H]`` at the completion positions, each row attending to
+        its prompt ``prompt_index``'s states."""
+        _, *kv = self.leaves
         keys, values = kv[::2], kv[1::2]
         # index_select, not k[prompt_index]: on CPU the backward of advanced indexing adds rows with parallel
         # atomic adds, so the prompts' gradients changed with thread timing (two runs of one recipe differed in
@@ -109,16 +122,13 @@ class SharedPrompts:
         ]
         cache = prefix_cache(layers)  # read, never grown: a replay under activation checkpointing reads the same
         mask = torch.cat([self.mask[prompt_index], completion_mask], dim=1)
-        hidden = decoder_stack(model)(
+        return decoder_stack(model)(
             input_ids=completion_ids,
             attention_mask=mask,
             position_ids=positions(mask)[:, -completion_ids.shape[1] :],
             **cache_argument(base_model(model).model, cache),
             use_cache=True,
         ).last_hidden_state
-        # The prompt's last position predicts the first completion token; completion position t the t + 1-th.
-        hidden = torch.cat([last_hidden.index_select(0, prompt_index)[:, None], hidden[:, :-1]], dim=1)
-        return head_token_logprobs(hidden, plain_head(model).weight, completion_ids, temperature, with_entropy)
 
     def backward(self) -> None:
         """Take the gradients the micro-batches left on the prompt states through the prompt pass."""

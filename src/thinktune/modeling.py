@@ -94,6 +94,19 @@ def left_pad(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, tor
     return ids, mask
 
 
+def right_pad(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token lists as one right-padded batch and its attention mask, so every row starts in the first column.
+
+    >>> ids, mask = right_pad([[5, 6], [7]], pad_id=0)
+    >>> ids.tolist(), mask.tolist()
+    ([[5, 6], [7, 0]], [[1, 1], [1, 0]])
+    """
+    width = max(len(s) for s in sequences)
+    ids = torch.tensor([s + [pad_id] * (width - len(s)) for s in sequences], dtype=torch.long)
+    mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in sequences], dtype=torch.long)
+    return ids, mask
+
+
 def positions(mask: torch.Tensor) -> torch.Tensor:
     """Position ids counted from each row's first real token (0 under left padding).
 

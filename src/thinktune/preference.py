@@ -20,9 +20,11 @@ from thinktune.console import console, peak_rss_gb, progress
 from thinktune.data import DataError
 from thinktune.data.tables import read_table
 from thinktune.distributed import SINGLE, Ranks
+from thinktune.logprobs import SharedPrompts
+from thinktune.modeling import left_pad, right_pad
 from thinktune.models import save_model
 from thinktune.pairs import pairs_path
-from thinktune.rewards.reward_model import scoring_tokenizer, sequence_scores
+from thinktune.rewards.reward_model import score_head, scored_position, scoring_ids, scoring_tokenizer, token_scores
 from thinktune.run_dir import RunDir
 from thinktune.savers import checkpointed_layers
 from thinktune.tracking import Tracker
@@ -30,6 +32,7 @@ from thinktune.training import (
     EpochBatches,
     NonFiniteGuard,
     StageCheckpoints,
+    autocast,
     gradient_step,
     make_optimizer,
     make_scheduler,
@@ -95,15 +98,67 @@ def pair_accuracy(model, tokenizer, pairs: Pairs, max_length: int, batch_size: i
 
 
 def _pair_scores(model, tokenizer, pairs: Pairs, max_length: int) -> tuple[torch.Tensor, torch.Tensor]:
-    texts = [p + c for p, c in zip(pairs.prompts, pairs.chosen, strict=True)]
-    texts += [p + r for p, r in zip(pairs.prompts, pairs.rejected, strict=True)]
-    scores = sequence_scores(model, tokenizer, texts, max_length)
-    return scores[: len(pairs)], scores[len(pairs) :]
+    """(chosen, rejected) scores, differentiable. A pair's two answers follow the same prompt: on a Llama-family
+    classifier the tokens they share run once (:func:`shared_prefix_scores`); other models, and pairs cut so short
+    that nothing is shared, run every sequence whole."""
+    pad = tokenizer.pad_token_id
+    chosen = scoring_ids(tokenizer, [p + c for p, c in zip(pairs.prompts, pairs.chosen, strict=True)], max_length)
+    rejected = scoring_ids(tokenizer, [p + r for p, r in zip(pairs.prompts, pairs.rejected, strict=True)], max_length)
+    shared = [shared_length(c, r, pad) for c, r in zip(chosen, rejected, strict=True)]
+    if score_head(model) is None or min(shared) == 0:
+        scores = token_scores(model, chosen + rejected, pad)
+        return scores[: len(pairs)], scores[len(pairs) :]
+    return shared_prefix_scores(model, chosen, rejected, shared, pad)
 
 
-def accumulate_gradients(model, tokenizer, pairs: Pairs, cfg, ddp=None, ranks: Ranks = SINGLE) -> tuple[float, float]:
+def shared_length(first: list[int], second: list[int], pad_id: int) -> int:
+    """How many leading tokens two sequences can share in one pass: their common prefix, short of the position
+    either is scored at (:func:`scored_position`), which its own pass must compute.
+
+    >>> shared_length([1, 2, 3, 4], [1, 2, 5], pad_id=0)
+    2
+    >>> shared_length([1, 2], [1, 2, 3], pad_id=0)  # the first is scored at its last token, which stays its own
+    1
+    """
+    common = 0
+    for a, b in zip(first, second, strict=False):
+        if a != b:
+            break
+        common += 1
+    return min(common, scored_position(first, pad_id), scored_position(second, pad_id))
+
+
+def shared_prefix_scores(
+    model, chosen: list[list[int]], rejected: list[list[int]], shared: list[int], pad_id: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The scores :func:`token_scores` gives ``chosen`` and ``rejected``, with pair i's first ``shared[i]`` tokens
+    run once. The prefixes' pass keeps its keys and values; then the chosen rests and the rejected rests each run as
+    a batch of their own, attending to them (so a long chosen answer does not pad out the short rejected ones), and
+    the score head reads each at its scored position. One backward takes the gradient through all three passes.
+
+    In the pairs recipes/cot_reward_model.yaml writes, the two sequences share 113 of the chosen one's 233 tokens
+    on average, and a pass of 2 pairs computes 0.62 of the positions, padding included (printed by
+    benchmarks/stage_steps.py)."""
+    device = next(model.parameters()).device
+    prefix_ids, prefix_mask = left_pad([c[:k] for c, k in zip(chosen, shared, strict=True)], pad_id)
+    prefix = SharedPrompts.encode(model, prefix_ids.to(device), prefix_mask.to(device), detach=False)
+    rows, head = torch.arange(len(chosen), device=device), score_head(model)
+
+    def scores(sequences: list[list[int]]) -> torch.Tensor:
+        ids, mask = right_pad([s[k:] for s, k in zip(sequences, shared, strict=True)], pad_id)
+        hidden = prefix.completion_hidden(model, rows, ids.to(device), mask.to(device))
+        at = torch.tensor([scored_position(s, pad_id) - k for s, k in zip(sequences, shared, strict=True)])
+        return head(hidden[rows, at.to(device)]).float()[:, 0]
+
+    return scores(chosen), scores(rejected)
+
+
+def accumulate_gradients(
+    model, tokenizer, pairs: Pairs, cfg, ddp=None, ranks: Ranks = SINGLE, precision: str = "none"
+) -> tuple[float, float]:
     """Backpropagate the mean Bradley-Terry loss of ``pairs``, ``cfg.micro_batch_size`` pairs at a time (long
-    pairs' activations are what fills memory; the gradient is the full batch's). Returns (loss, mean margin).
+    pairs' activations are what fills memory; the gradient is the full batch's), the forward under
+    ``train.autocast`` (``precision``). Returns (loss, mean margin).
 
     With several processes ``pairs`` is this process's share of a batch ``ranks.world`` times as large and
     ``model`` runs under ``ddp``: every micro-batch but the last keeps its gradient local (``no_sync``), the last
@@ -115,7 +170,8 @@ def accumulate_gradients(model, tokenizer, pairs: Pairs, cfg, ddp=None, ranks: R
         last = first + cfg.micro_batch_size >= len(pairs)
         part = pairs.take(range(first, min(first + cfg.micro_batch_size, len(pairs))))
         with contextlib.nullcontext() if ddp is None or last else ddp.no_sync():
-            chosen, rejected = _pair_scores(trained, tokenizer, part, cfg.max_length)
+            with autocast(next(model.parameters()).device, precision):
+                chosen, rejected = _pair_scores(trained, tokenizer, part, cfg.max_length)
             share = len(part) / whole
             part_loss = bradley_terry_loss(chosen, rejected)
             (part_loss * (share * ranks.world)).backward()
@@ -184,11 +240,14 @@ def train_reward_model(
     with progress("reward model", total=cfg.steps) as bar, stop_requests() as stop, savers:
         bar.advance(first)
         for step in range(first, cfg.steps):
-            rows = ranks.share(batches.next(cfg.batch_size))
-            loss, margin = accumulate_gradients(model, tokenizer, train_pairs.take(rows), cfg, ddp, ranks)
+            rows, began = ranks.share(batches.next(cfg.batch_size)), time.perf_counter()
+            loss, margin = accumulate_gradients(
+                model, tokenizer, train_pairs.take(rows), cfg, ddp, ranks, recipe.train.autocast
+            )
             grad_norm = gradient_step(optimizer, scheduler, params, recipe.train.max_grad_norm, loss)
             skipped = float(not guard.check(step + 1, loss, grad_norm))
-            record = {"loss": loss, "margin": margin, "grad_norm": grad_norm, "nonfinite_skipped": skipped}
+            record = {"loss": loss, "margin": margin, "grad_norm": grad_norm, "nonfinite_skipped": skipped,
+                      "seconds": time.perf_counter() - began}  # fmt: skip
             tracker.log(step + 1, record, stage="reward_model")
             bar.advance()
             bar.show(f"loss {loss:.3f}")

@@ -8,6 +8,7 @@ Hugging Face model that ``train`` starts from (and whose fresh adapters then sta
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
 
@@ -17,8 +18,8 @@ from thinktune.config import ConfigError, Recipe
 from thinktune.console import console, progress
 from thinktune.data import DataError, Example, PromptBuilder
 from thinktune.distributed import SINGLE, Ranks
-from thinktune.logprobs import completion_logprobs
-from thinktune.modeling import left_pad
+from thinktune.logits import head_token_logprobs, token_logprobs
+from thinktune.modeling import decoder_stack, plain_head, right_pad
 from thinktune.models import save_model
 from thinktune.parallel import parallel_engine
 from thinktune.run_dir import RunDir
@@ -28,6 +29,7 @@ from thinktune.training import (
     EpochBatches,
     NonFiniteGuard,
     StageCheckpoints,
+    autocast,
     gradient_step,
     make_optimizer,
     make_scheduler,
@@ -94,18 +96,43 @@ def completion_loss(
     """Mean negative log-likelihood of the target tokens given their prompts (prompt tokens carry no loss).
 
     Every target token weighs the same, whatever the length of its example. ``tokens``: the count the sum is divided
-    by, when these targets are one process's share of a batch of that many target tokens (default: their own).
+    by, when these targets are part of a batch of that many target tokens (default: their own). Each example runs
+    as one sequence, prompt then target, right-padded to the longest (a left-padded prompt before a right-padded
+    target would pad to the longest prompt plus the longest target); only the positions that predict a target token
+    go through the LM head.
     """
-    prompt_ids, prompt_mask = left_pad(prompts, pad_id)
-    width = max(len(t) for t in targets)
-    target_ids = torch.tensor([t + [pad_id] * (width - len(t)) for t in targets])
-    target_mask = torch.tensor([[1] * len(t) + [0] * (width - len(t)) for t in targets])
+    ids, mask = right_pad([p + t for p, t in zip(prompts, targets, strict=True)], pad_id)
+    # Position j predicts token j + 1: an example's targets are predicted from its prompt's last position on.
+    rows = torch.cat([torch.full((len(t),), row) for row, t in enumerate(targets)])
+    cols = torch.cat([torch.arange(len(p) - 1, len(p) + len(t) - 1) for p, t in zip(prompts, targets, strict=True)])
     device = next(model.parameters()).device
-    logprobs, _ = completion_logprobs(
-        model, prompt_ids.to(device), prompt_mask.to(device), target_ids.to(device), target_mask.to(device)
-    )
-    mask = target_mask.to(device, logprobs.dtype)
-    return -(logprobs * mask).sum() / (mask.sum() if tokens is None else tokens)
+    ids, mask, rows, cols = ids.to(device), mask.to(device), rows.to(device), cols.to(device)
+    labels = ids[rows, cols + 1]
+    head = plain_head(model)
+    if head is not None:
+        hidden = decoder_stack(model)(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+        logprobs, _ = head_token_logprobs(hidden[rows, cols], head.weight, labels)
+    else:
+        logprobs = token_logprobs(
+            model(input_ids=ids, attention_mask=mask, use_cache=False).logits[rows, cols].float(), labels
+        )
+    return -logprobs.sum() / (len(labels) if tokens is None else tokens)
+
+
+def length_groups(rows: list[int], lengths: list[int], budget: int) -> list[list[int]]:
+    """``rows`` in passes of similar length: sorted by ``lengths``, each pass as many as fit ``budget`` padded
+    tokens (its row count times its longest; a row longer than the budget runs alone).
+
+    >>> length_groups([0, 1, 2, 3], [5, 40, 6, 30], budget=64)
+    [[0, 2], [3], [1]]
+    """
+    groups: list[list[int]] = []
+    for row in sorted(rows, key=lambda r: lengths[r]):
+        if groups and (len(groups[-1]) + 1) * lengths[row] <= budget:
+            groups[-1].append(row)
+        else:
+            groups.append([row])
+    return groups
 
 
 def run_sft(
@@ -139,15 +166,10 @@ def run_sft(
         for step in range(start, cfg.steps):
             batch = batches.next(cfg.batch_size)
             start = time.perf_counter()
-            mine, tokens = ranks.share(batch), sum(len(data.targets[i]) for i in batch)
-            prompts, targets = [data.prompts[i] for i in mine], [data.targets[i] for i in mine]
-            if ranks.world == 1:
-                loss = completion_loss(model, prompts, targets, tokenizer.pad_token_id)
-                loss.backward()
-            else:  # this share's sum over the whole batch's tokens; DDP averages, the scale makes it the sum
-                loss = completion_loss(model, prompts, targets, tokenizer.pad_token_id, tokens)
-                (loss * engine.loss_scale).backward()
-            loss_value = ranks.sum(loss.item())
+            tokens = sum(len(data.targets[i]) for i in batch)
+            loss_value = ranks.sum(
+                accumulate_loss(model, engine, data, ranks.share(batch), tokens, cfg, tokenizer, recipe.train.autocast)
+            )
             grad_norm = gradient_step(optimizer, scheduler, params, recipe.train.max_grad_norm, loss_value)
             record = {
                 "loss": loss_value,
@@ -164,6 +186,27 @@ def run_sft(
             checkpoints.after_step(step + 1, stop)
     model.eval()
     return records
+
+
+def accumulate_loss(
+    model, engine, data: SFTData, rows: list[int], tokens: int, cfg, tokenizer, precision: str = "none"
+) -> float:
+    """Backpropagate this process's ``rows`` of a batch of ``tokens`` target tokens, in passes of at most
+    ``sft.micro_batch_tokens`` (:func:`length_groups`), under ``train.autocast`` (``precision``); return their part
+    of the batch's loss. Each pass's loss is its sum over the whole batch's tokens, so the passes add up to the
+    batch's gradient; with several processes DDP averages them, which the engine's loss scale makes the sum, and
+    only the last pass reduces."""
+    lengths = [len(data.prompts[i]) + len(data.targets[i]) for i in range(len(data.targets))]
+    groups = length_groups(rows, lengths, cfg.micro_batch_tokens)
+    loss = 0.0
+    for number, group in enumerate(groups):
+        prompts, targets = [data.prompts[i] for i in group], [data.targets[i] for i in group]
+        with engine.accumulating() if number < len(groups) - 1 else contextlib.nullcontext():
+            with autocast(next(model.parameters()).device, precision):
+                part = completion_loss(model, prompts, targets, tokenizer.pad_token_id, tokens)
+            (part * engine.loss_scale).backward()
+        loss += part.item()
+    return loss
 
 
 def save_sft_model(model, tokenizer, folder) -> None:

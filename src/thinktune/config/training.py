@@ -148,8 +148,8 @@ class TrainConfig(_Section):
     seed: int = Field(0, description="Seed of sampling, prompt order and initialisation.")
     autocast: Literal["none", "bf16"] = Field(
         "none",
-        description="bf16 = the update's forward and backward matmuls in bfloat16 (weights and optimizer stay "
-        "float32); the old log-probs are then recomputed the same way and their gap to the sampler's logged "
+        description="bf16 = the training passes' forward and backward matmuls in bfloat16 (GRPO's update, SFT and "
+        "the reward model; weights and optimizer stay float32); the old log-probs are then recomputed the same way and their gap to the sampler's logged "
         "(logprob_mismatch). Pays on GPUs and on CPUs with AMX (amx_bf16 in lscpu); slower than float32 on CPUs "
         "without it. Measure with benchmarks/autocast.py.",
     )
@@ -187,6 +187,13 @@ class SFTConfig(_Section):
     warmup_steps: int = Field(0, ge=0)
     max_completion_tokens: int = Field(
         256, gt=0, description="Longer targets are skipped (counted), never cut: a cut target teaches no ending."
+    )
+    micro_batch_tokens: int = Field(
+        1024,
+        gt=0,
+        description="Padded tokens (examples x the longest prompt + target) per forward/backward pass: a batch's "
+        "examples, sorted by length, fill passes up to it, so little is padding. The gradient is the batch's "
+        "either way; lower it if memory runs short.",
     )
 
 

@@ -43,10 +43,45 @@ def scoring_tokenizer(path: str):
     return tokenizer
 
 
+def scoring_ids(tokenizer, texts: list[str], max_length: int = 1024) -> list[list[int]]:
+    """Each text's tokens as the reward model reads it: at most ``max_length``, cut from the left."""
+    return tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
+
+
 def sequence_scores(model, tokenizer, texts: list[str], max_length: int = 1024) -> torch.Tensor:
     """The single-label head's logit for each text, as one padded batch (differentiable)."""
-    batch = tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
-    return model(**batch.to(next(model.parameters()).device), use_cache=False).logits[:, 0].float()
+    return token_scores(model, scoring_ids(tokenizer, texts, max_length), tokenizer.pad_token_id)
+
+
+def token_scores(model, sequences: list[list[int]], pad_id: int) -> torch.Tensor:
+    """The single-label head's logit for each token sequence, right-padded into one batch (differentiable); the
+    model scores each at its last token that is not ``pad_id``."""
+    from thinktune.modeling import right_pad
+
+    ids, mask = right_pad(sequences, pad_id)
+    device = next(model.parameters()).device
+    return model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False).logits[:, 0].float()
+
+
+def scored_position(sequence: list[int], pad_id: int) -> int:
+    """Where a sequence classifier reads a sequence: its last token that is not the pad token (0 if none), as
+    transformers' classifiers pick it.
+
+    >>> scored_position([5, 6, 2, 7], pad_id=2), scored_position([5, 6, 2], pad_id=2)
+    (3, 1)
+    """
+    return max((i for i, token in enumerate(sequence) if token != pad_id), default=0)
+
+
+def score_head(model):
+    """The score head of a Llama-family sequence classifier (peft-wrapped or not), which thinktune's own passes
+    can run on the decoder stack's hidden states; None for other models (they run their own forward)."""
+    from thinktune.modeling import FAST_MODEL_TYPES, base_model
+
+    base = base_model(model)
+    if getattr(getattr(base, "config", None), "model_type", None) not in FAST_MODEL_TYPES:
+        return None
+    return getattr(base, "score", None)
 
 
 @torch.no_grad()
