@@ -72,7 +72,32 @@ def sft_steps(steps: int, overrides: list[str], folder: Path) -> tuple[list[floa
     run_sft(recipe, model, tokenizer, train, clock, RunDir(recipe))
     data = sft_data(recipe, train, tokenizer)
     tokens = statistics.mean(len(p) + len(t) for p, t in zip(data.prompts, data.targets, strict=True))
+    sft_padding(data, recipe, steps + 1)
     return clock.step_seconds(), tokens * recipe.sft.batch_size
+
+
+def sft_padding(data, recipe, steps: int) -> None:
+    """Print the positions the run's batches compute, padding included: prompts left-padded before right-padded
+    targets in one pass, and sorted into passes of whole sequences (where this thinktune has them)."""
+    try:
+        from thinktune.sft import length_groups
+    except ImportError:
+        return
+    from thinktune.training import EpochBatches
+
+    batches, real, split, grouped = EpochBatches(len(data.targets), recipe.train.seed), 0, 0, 0
+    lengths = [len(p) + len(t) for p, t in zip(data.prompts, data.targets, strict=True)]
+    for _ in range(steps):
+        batch = batches.next(recipe.sft.batch_size)
+        real += sum(lengths[i] for i in batch)
+        split += len(batch) * (max(len(data.prompts[i]) for i in batch) + max(len(data.targets[i]) for i in batch))
+        for group in length_groups(batch, lengths, recipe.sft.micro_batch_tokens):
+            grouped += len(group) * max(lengths[i] for i in group)
+    print(
+        f"sft positions over {steps} steps: {real} real; prompt then target padded apart {split} "
+        f"({split / real:.2f}x); whole sequences in passes of sft.micro_batch_tokens={recipe.sft.micro_batch_tokens}: "
+        f"{grouped} ({grouped / real:.2f}x)"
+    )
 
 
 def reward_model_steps(steps: int, overrides: list[str], folder: Path, pairs: Path) -> tuple[list[float], float]:

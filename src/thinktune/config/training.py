@@ -149,9 +149,10 @@ class TrainConfig(_Section):
     autocast: Literal["none", "bf16"] = Field(
         "none",
         description="bf16 = the training passes' forward and backward matmuls in bfloat16 (GRPO's update, SFT and "
-        "the reward model; weights and optimizer stay float32); the old log-probs are then recomputed the same way and their gap to the sampler's logged "
-        "(logprob_mismatch). Pays on GPUs and on CPUs with AMX (amx_bf16 in lscpu); slower than float32 on CPUs "
-        "without it. Measure with benchmarks/autocast.py.",
+        "the reward model; weights and optimizer stay float32); the old log-probs are then recomputed the same "
+        "way and their gap to the sampler's logged (logprob_mismatch). For GPUs: on CPUs, even with AMX (amx_bf16 "
+        "in lscpu), the bf16 attention backward and the casts have cost more than the matmuls saved. Measure with "
+        "benchmarks/autocast.py and benchmarks/stage_steps.py.",
     )
     optimizer: Literal["adamw", "adamw_8bit"] = Field(
         "adamw",
