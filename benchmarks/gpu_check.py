@@ -1,4 +1,5 @@
-"""The GPU check, one command on one CUDA device (`make gpu-check`, under 8 minutes on one H200-class GPU):
+"""The GPU check, one command on one CUDA device (`make gpu-check`; its first run, on an H200 on 2026-12-04, took
+7 minutes with every thinktune row failing early: see the README's "On a GPU"):
 
 1. the GPU tests (`pytest -m gpu`, as `make test-gpu`);
 2. bfloat16 GRPO steps on a random-weight Llama-3.2-1B (recipes/models/llama-3.2-1b.json, the packaged tokenizer's
@@ -12,7 +13,7 @@
 benchmarks/MEMORY_SAVERS.md. This program writes benchmarks/GPU_CHECK.json: the device, the versions, each part's
 outcome and seconds, and the rows. Without a CUDA device it says so and exits 2.
 
-    python benchmarks/gpu_check.py [--steps 2] [--max-new-tokens 256] [--skip-tests]
+    python benchmarks/gpu_check.py [--steps 2] [--max-new-tokens 256] [--skip-tests] [--rows FILE]
 """
 
 from __future__ import annotations
@@ -27,13 +28,15 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = "plain,checkpointing,adamw_8bit,nf4,full + both,trl + checkpointing"
+GPU_TESTS = "tests/test_gpu.py"
 
 
 def timed(command: list[str]) -> dict:
     """Run ``command`` in the repository, its output passed through; its exit status and seconds."""
     began = time.perf_counter()
     done = subprocess.run(command, cwd=ROOT)
-    return {"command": " ".join(command), "returncode": done.returncode, "seconds": time.perf_counter() - began}
+    shown = " ".join(["python", *command[1:]])  # the interpreter's path is this machine's, not the result's
+    return {"command": shown, "returncode": done.returncode, "seconds": time.perf_counter() - began}
 
 
 def main() -> int:
@@ -42,6 +45,7 @@ def main() -> int:
     parser.add_argument("--max-new-tokens", type=int, default=256)
     parser.add_argument("--configs", default=CONFIGS)
     parser.add_argument("--skip-tests", action="store_true")
+    parser.add_argument("--rows", help="keep the rows, as they finish, in this JSON Lines file (default: temporary)")
     args = parser.parse_args()
     import torch
     import transformers
@@ -57,9 +61,10 @@ def main() -> int:
         "parts": {},
     }
     if not args.skip_tests:
-        result["parts"]["gpu tests"] = timed([sys.executable, "-m", "pytest", "-q", "-rs", "-m", "gpu"])
+        # only the file that holds them: collecting the whole suite would import every optional library
+        result["parts"]["gpu tests"] = timed([sys.executable, "-m", "pytest", "-q", "-rs", "-m", "gpu", GPU_TESTS])
     with tempfile.TemporaryDirectory() as scratch:
-        rows = Path(scratch) / "rows.jsonl"
+        rows = Path(args.rows) if args.rows else Path(scratch) / "rows.jsonl"
         result["parts"]["memory savers and TRL"] = timed(
             [
                 sys.executable,

@@ -219,10 +219,16 @@ def main() -> None:
             command = [sys.executable, __file__, "--worker", name, "--model", args.model, "--steps", str(args.steps),
                        "--max-new-tokens", str(args.max_new_tokens), "--scratch", models, "--device", args.device,
                        "--dtype", args.dtype]  # fmt: skip
-            out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
-            rows.append(json.loads(out.strip().splitlines()[-1]))
+            done_run = subprocess.run(command, capture_output=True, text=True)
+            if done_run.returncode != 0:  # one configuration failing must not lose the others' rows
+                print(f"{name}: failed (exit {done_run.returncode})\n{done_run.stderr[-3000:]}", flush=True)
+                continue
+            rows.append(json.loads(done_run.stdout.strip().splitlines()[-1]))
             if args.plan and CONFIGS[name] is not None:
-                rows[-1].update(planned(name, args.model, args.max_new_tokens, Path(models)))
+                try:
+                    rows[-1].update(planned(name, args.model, args.max_new_tokens, Path(models)))
+                except Exception as failed:  # the run's own row still stands
+                    print(f"{name}: the plan failed: {failed!r}", flush=True)
             print(rows[-1], flush=True)
             if args.rows:
                 with open(args.rows, "a") as f:

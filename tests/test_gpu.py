@@ -1,14 +1,17 @@
 """What only a GPU can show (`make test-gpu`; skipped, saying why, where there is no CUDA device): sampling with a
 generator on the device, rollouts equal to Hugging Face `generate` there, and training in bfloat16 with resume."""
 
+import dataclasses
+
 import pytest
 import torch
 
 from tests.helpers import read_lines, tiny_recipe
+from tests.test_trainer import build
 from thinktune.modeling import left_pad
 from thinktune.models import load_for_inference
 from thinktune.pipeline import train
-from thinktune.rollout import generate
+from thinktune.rollout import Rollout, generate
 
 pytestmark = [
     pytest.mark.gpu,
@@ -53,3 +56,28 @@ def test_a_bfloat16_run_on_the_gpu_trains_and_resumes_exactly(tmp_path, tiny_mod
     whole, resumed = (read_lines(tmp_path / name / "metrics.jsonl") for name in ("whole", "resumed"))
     assert [r["step"] for r in resumed] == [1, 2, 3, 4]
     assert [r["reward"] for r in resumed] == [r["reward"] for r in whole]  # the CUDA generator state came back
+
+
+@pytest.mark.parametrize("overrides", [["model.finetune=full"], ["model.finetune=lora", "grpo.beta=0.04"]])
+def test_an_update_on_the_gpu_equals_the_same_update_on_the_cpu(tmp_path, tiny_model_dir, overrides):
+    """Every row trains (advantages ±1), so the micro-batch plan's indices (kept on the CPU), the shared-prompt
+    pass, the reference log-probs and the loss all meet tensors on the model's device. One rollout, sampled on the
+    CPU, is learned from on both devices in float32; their gradients agree."""
+    grads, rollout, weights = {}, None, None
+    for device in ("cpu", "cuda"):
+        (tmp_path / device).mkdir()
+        trainer = build(tmp_path / device, tiny_model_dir, f"model.device={device}", *overrides)
+        weights = weights or [p.detach().clone() for p in trainer.params]  # the same adapter initialisation
+        with torch.no_grad():
+            for param, weight in zip(trainer.params, weights, strict=True):
+                param.copy_(weight)
+        rollout = rollout or trainer.rollout_round(2).rollout
+        on_device = Rollout(*(getattr(rollout, f.name).to(device) for f in dataclasses.fields(Rollout)
+                              if f.name != "temperature"), temperature=rollout.temperature)  # fmt: skip
+        params = trainer.params
+        trainer.optimizer.step = lambda device=device, params=params: grads.__setitem__(
+            device, torch.cat([p.grad.flatten().cpu() for p in params])
+        )
+        stats = trainer.learn(on_device, torch.tensor([1.0, -1.0] * 8))
+        assert stats.trained_rows == 1.0
+    torch.testing.assert_close(grads["cuda"], grads["cpu"], atol=1e-5, rtol=1e-3)

@@ -99,6 +99,9 @@ class SharedPrompts:
         with_entropy: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """As :func:`completion_logprobs`, for completions of the prompts ``prompt_index`` (one per row)."""
+        prompt_index = prompt_index.to(
+            self.mask.device
+        )  # plans index on the CPU; the states live on the model's device
         hidden = self.completion_hidden(model, prompt_index, completion_ids, completion_mask)
         # The prompt's last position predicts the first completion token; completion position t the t + 1-th.
         last_prompt = self.leaves[0].index_select(0, prompt_index)
@@ -112,6 +115,7 @@ class SharedPrompts:
         its prompt ``prompt_index``'s states."""
         _, *kv = self.leaves
         keys, values = kv[::2], kv[1::2]
+        prompt_index = prompt_index.to(self.mask.device)
         # index_select, not k[prompt_index]: on CPU the backward of advanced indexing adds rows with parallel
         # atomic adds, so the prompts' gradients changed with thread timing (two runs of one recipe differed in
         # the 5th digit). index_select's backward adds them in order, and faster: benchmarks/profile_step.py

@@ -65,8 +65,8 @@ class MicroBatchPlan:
         a KL term."""
         mask = loss_mask(rollout, cfg.mask_truncated)
         n = mask.shape[0]
-        lengths = rollout.completion_mask.sum(-1)
-        batches = micro_batches(lengths, advantages, cfg.micro_batch_size, skip_zero_advantage=cfg.beta == 0)
+        lengths = rollout.completion_mask.sum(-1).cpu()  # the plan's row indices live on the CPU, whatever the device
+        batches = micro_batches(lengths, advantages.cpu(), cfg.micro_batch_size, skip_zero_advantage=cfg.beta == 0)
         trained = torch.cat(batches) if batches else torch.zeros(0, dtype=torch.long)
         prompt_of_row = torch.arange(n) // cfg.group_size
         needed = prompt_of_row[trained].unique()

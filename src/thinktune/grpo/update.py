@@ -79,6 +79,7 @@ class PolicyUpdate:
     def learn(self, rollout: Rollout, advantages: torch.Tensor) -> UpdateStats:
         """Plan the micro-batches, take the old and reference log-probs, and step the policy μ times."""
         plan = MicroBatchPlan.build(rollout, advantages, self.cfg).across(self.ranks)
+        advantages = advantages.to(rollout.completion_mask.device)  # rewards are scored on the CPU
         old_logprobs, ref_logprobs = self.old_and_reference(rollout)
         correction = None
         if not self.exact_logprobs and self.rollout_cfg.correction != "recompute":
