@@ -1,8 +1,6 @@
 """What only a GPU can show (`make test-gpu`; skipped, saying why, where there is no CUDA device): sampling with a
 generator on the device, rollouts equal to Hugging Face `generate` there, and training in bfloat16 with resume."""
 
-import dataclasses
-
 import pytest
 import torch
 
@@ -11,7 +9,7 @@ from tests.test_trainer import build
 from thinktune.modeling import left_pad
 from thinktune.models import load_for_inference
 from thinktune.pipeline import train
-from thinktune.rollout import Rollout, generate
+from thinktune.rollout import generate
 
 pytestmark = [
     pytest.mark.gpu,
@@ -72,8 +70,7 @@ def test_an_update_on_the_gpu_equals_the_same_update_on_the_cpu(tmp_path, tiny_m
             for param, weight in zip(trainer.params, weights, strict=True):
                 param.copy_(weight)
         rollout = rollout or trainer.rollout_round(2).rollout
-        on_device = Rollout(*(getattr(rollout, f.name).to(device) for f in dataclasses.fields(Rollout)
-                              if f.name != "temperature"), temperature=rollout.temperature)  # fmt: skip
+        on_device = rollout.to(device)
         params = trainer.params
         trainer.optimizer.step = lambda device=device, params=params: grads.__setitem__(
             device, torch.cat([p.grad.flatten().cpu() for p in params])

@@ -89,5 +89,7 @@ def from_environment(device: torch.device) -> Ranks:
     if world == 1:
         return SINGLE
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        if device.type == "cuda":  # "cuda" is then this process's own GPU; Ranks reduces CPU numbers through gloo
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group("cpu:gloo,cuda:nccl" if device.type == "cuda" else "gloo")
     return Ranks(dist.get_rank(), dist.get_world_size())

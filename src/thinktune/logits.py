@@ -2,7 +2,7 @@
 
 ``exp`` of a float32 below about -87 gives a denormal number, and x86 CPUs compute those on a slow path: on this
 project's 2-core CPU ``logsumexp`` over 32 x 49k logits took 20 ms against 5 ms for :func:`log_normalizer`
-(``python benchmarks/kernels.py``). Real logits span well over 87 nats, so every sampling step and every training
+(``python benchmarks/op_timings.py``). Real logits span well over 87 nats, so every sampling step and every training
 forward hit that path. Here each logit is clamped to at most ``FLOOR`` nats below its row's maximum before
 ``exp``: a token that unlikely (e^-80 ≈ 1.8e-35 of the top token) keeps that weight instead of less, which changes
 the normaliser by under 1e-30 relative to its value. The gradients stay those of log-softmax for every token that

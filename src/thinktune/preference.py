@@ -181,14 +181,17 @@ def accumulate_gradients(
 
 
 def load_reward_model_for_training(recipe: Recipe):
-    """A one-label sequence classifier on the recipe's model, LoRA-wrapped (score head trained in full) or full."""
+    """A one-label sequence classifier on the recipe's model, on its ``model.device`` in its ``model.dtype``,
+    LoRA-wrapped (score head trained in full) or full."""
     from transformers import AutoModelForSequenceClassification
 
-    from thinktune.models import add_lora, resolve_model
+    from thinktune.models import add_lora, pick_device, resolve_model
 
     path = resolve_model(recipe.model.name)
     tokenizer = scoring_tokenizer(path)
-    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1)
+    dtype = getattr(torch, recipe.model.dtype)
+    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=dtype)
+    model.to(pick_device(recipe.model.device))
     model.config.pad_token_id = tokenizer.pad_token_id
     if recipe.model.finetune == "lora":
         model = add_lora(model, recipe.model, task_type="SEQ_CLS")

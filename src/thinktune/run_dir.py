@@ -185,7 +185,9 @@ class RunDir:
         problems = []
         for path in self.checkpoint_files(stage):
             try:
-                state = torch.load(path, weights_only=True)  # tensors and plain data only: loading runs no code
+                # tensors and plain data only: loading runs no code; on the CPU first, so a GPU run's checkpoint
+                # opens on any machine (the optimizer moves its state to its parameters' device)
+                state = torch.load(path, weights_only=True, map_location="cpu")
             except Exception as err:  # noqa: BLE001 - any unreadable file: say so and fall back
                 problems.append(f"{path} is unreadable ({type(err).__name__}: {str(err)[:120]})")
                 console.print(f"[yellow]{problems[-1]}; trying the checkpoint before it[/]")
@@ -219,7 +221,7 @@ class RunDir:
         random.setstate(state["rng"]["python"])
         torch.set_rng_state(state["rng"]["torch"])
         if "cuda" in state["rng"] and torch.cuda.is_available():  # dropout and any sampling on the GPU
-            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"][: torch.cuda.device_count()])
         return state["step"]
 
 

@@ -69,7 +69,8 @@ class Phases:
         """From now on, stop at the budget."""
         if self.meter.cuda:  # the allocator refuses past the budget: an out-of-memory error inside a phase
             total = torch.cuda.get_device_properties(device).total_memory / GB
-            torch.cuda.set_per_process_memory_fraction(min(1.0, self.budget / total), device)
+            index = device.index if device.index is not None else torch.cuda.current_device()  # "cuda" has none
+            torch.cuda.set_per_process_memory_fraction(min(1.0, self.budget / total), index)
         else:
             threading.Thread(target=self._watch, daemon=True).start()
 

@@ -80,16 +80,21 @@ class GRPOTrainer:
         t = recipe.train
         self.optimizer = make_optimizer(self.params, t.learning_rate, t)
         self.scheduler = make_scheduler(self.optimizer, t.lr_schedule, t.warmup_steps, t.steps * self.cfg.iterations)
-        # The trainer's log-probs are the sampler's only when both run the same weights at the same precision (a 4-bit
-        # base's kernels differ between a KV-cached decode step and a whole forward).
-        exact_logprobs = backend.exact_logprobs and t.autocast == "none" and recipe.model.quantize == "none"
+        # The trainer's log-probs are the sampler's only when both run the same weights at the same precision: a 4-bit
+        # base's kernels differ between a KV-cached decode step and a whole forward, and in bfloat16 the sampler's
+        # merged LoRA weights round differently from the adapters' separate path.
+        exact_logprobs = (
+            backend.exact_logprobs
+            and t.autocast == "none"
+            and recipe.model.quantize == "none"
+            and recipe.model.dtype == "float32"
+        )
         self.policy_update = PolicyUpdate(recipe, model, self.params, self.optimizer, self.scheduler,
                                           exact_logprobs, self.engine)  # fmt: skip
         self.sampling = SamplingParams.of_recipe(self.cfg)
-        # On the model's device: sampling draws its random numbers where the logits are (a CPU generator
-        # cannot feed a CUDA draw).
-        device = next(model.parameters()).device
-        self.generator = torch.Generator(device=device).manual_seed(t.seed + ranks.rank)
+        # On the backend's device: sampling draws its random numbers where the logits are (a CPU generator
+        # cannot feed a CUDA draw; vLLM's seed is drawn on the CPU).
+        self.generator = torch.Generator(device=backend.device).manual_seed(t.seed + ranks.rank)
         self.sampler = PromptSampler(len(self.pool), t.seed, self.cfg.curriculum, self.cfg.curriculum_floor)
         self.last_drawn: Groups | None = None  # the last step's groups, for callers that inspect a step
         self.times = PhaseTimes()  # the current step's

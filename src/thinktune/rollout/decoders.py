@@ -5,7 +5,7 @@
   deltas merged in (so no adapter matmuls per token), q/k/v and gate/up fused into one matmul each, and a
   key/value cache allocated once and written in place. Hugging Face's ``DynamicCache`` grows by
   concatenation, which copies the whole cache on every token. One decode step of SmolLM2 + LoRA at 32 rows:
-  127 ms through Hugging Face, 92 ms here (``python benchmarks/kernels.py``).
+  127 ms through Hugging Face, 92 ms here (``python benchmarks/op_timings.py``).
 
 Both take left-padded ids, the attention mask over every column so far and the position ids; both return
 the logits of the last column (float32). Rows leave the batch with ``keep(rows)``.

@@ -37,6 +37,11 @@ class Rollout:
     def completion_lengths(self) -> torch.Tensor:
         return self.completion_mask.sum(-1)
 
+    def to(self, device: torch.device | str) -> Rollout:
+        """Every tensor on ``device``."""
+        tensors = (getattr(self, f.name).to(device) for f in fields(self) if f.name != "temperature")
+        return Rollout(*tensors, temperature=self.temperature)
+
     def take(self, rows: torch.Tensor) -> Rollout:
         """Only the given rows."""
         tensors = (getattr(self, f.name)[rows] for f in fields(self) if f.name != "temperature")
@@ -95,7 +100,7 @@ def sample_categorical(probs: torch.Tensor, generator=None) -> torch.Tensor:
 
     Same distribution as ``torch.multinomial(probs, 1)``, which draws an exponential per vocabulary entry
     and took 40 ms per decode step for 32 rows x 49k tokens here; this takes one uniform per row (0.6 ms;
-    ``python benchmarks/kernels.py``).
+    ``python benchmarks/op_timings.py``).
     A zero-probability entry is never picked (the search is right-sided).
 
     >>> sample_categorical(torch.tensor([[0.0, 1.0, 0.0], [0.0, 0.0, 2.0]])).tolist()

@@ -158,9 +158,10 @@ class VllmBackend:
             logprobs[row, :n] = torch.tensor([step[token].logprob for step, token in steps])
         prompt_ids, prompt_mask = left_pad([p for p in prompts for _ in range(params.group_size)], pad)
         ended = torch.tensor([bool(c.token_ids) and c.token_ids[-1] in self.eos_ids for c in completions])
-        return Rollout(
+        rollout = Rollout(
             prompt_ids, prompt_mask, ids, mask, logprobs, ~ended, 1.0 if params.greedy else params.temperature
         )
+        return rollout.to(next(self.model.parameters()).device)  # where the trainer's passes read it
 
     def weights_changed(self) -> None:
         if self.lora_mode:  # the adapter alone, saved and handed to vLLM's LoRA support under a new id

@@ -1,4 +1,4 @@
-"""The per-operation measurements behind the rollout and log-prob choices: `python benchmarks/kernels.py`.
+"""The per-operation measurements behind the rollout and log-prob choices: `python benchmarks/op_timings.py`.
 
 Prints median milliseconds on this machine for: sampling 32 rows from a 49k vocabulary (``torch.multinomial``
 vs inverting the cumulative sum), ``exp``/``logsumexp`` over real-looking logits (denormals vs the clamped
