@@ -233,14 +233,16 @@ def test_a_bfloat16_sampler_computes_in_bfloat16_close_to_float32(tiny, fast):
     assert all(p.dtype == torch.float32 for p in model.parameters())  # the model itself is left as it was
 
 
-def test_rollout_dtype_auto_takes_bfloat16_only_where_the_machine_has_it(monkeypatch):
+def test_rollout_dtype_auto_takes_bfloat16_only_where_the_machine_runs_it_faster(monkeypatch):
     import thinktune.rollout.backend as backend
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    monkeypatch.setattr(backend, "cpu_flags", lambda: ["avx512_bf16"])  # bf16 instructions, no AMX units
+    monkeypatch.setattr(backend, "bf16_matmul_speedup", lambda: 0.6)  # bf16 instructions slower than float32
     assert backend.sampling_dtype("auto", cpu, torch.float32) is None
     assert backend.sampling_dtype("auto", cuda, torch.float32) is torch.bfloat16
-    monkeypatch.setattr(backend, "cpu_flags", lambda: ["amx_bf16", "avx512_bf16"])
+    monkeypatch.setattr(backend, "bf16_matmul_speedup", lambda: 1.2)  # within the margin: not worth the gap
+    assert backend.sampling_dtype("auto", cpu, torch.float32) is None
+    monkeypatch.setattr(backend, "bf16_matmul_speedup", lambda: 2.0)
     assert backend.sampling_dtype("auto", cpu, torch.float32) is torch.bfloat16
     assert backend.sampling_dtype("bfloat16", cpu, torch.bfloat16) is None  # a bfloat16 model already is
     assert backend.sampling_dtype("model", cpu, torch.float32) is None

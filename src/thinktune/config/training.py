@@ -100,8 +100,8 @@ class RolloutConfig(_Section):
         description="What the native sampler computes in: model = the policy's own dtype (its log-probs are the "
         "trainer's); bfloat16 = weights, cache and matmuls in bfloat16, with the old log-probs recomputed at the "
         "policy's dtype and their gap logged (logprob_mismatch); auto = bfloat16 where it pays (a CUDA device, or "
-        "a CPU reporting amx_bf16), else model. Evaluations sample the same way. On CPUs without AMX bfloat16 is "
-        "slower than float32.",
+        "a CPU whose bfloat16 matmuls time at least 1.4x float32's when the run starts), else model. Evaluations "
+        "sample the same way. Some CPUs with avx512_bf16 but no AMX run bfloat16 slower than float32.",
         json_schema_extra=tagged(EVALUATED),
     )
     vllm_memory: float = Field(
