@@ -45,10 +45,10 @@ def main() -> None:
         for step in range(args.steps + 1):
             _, kept, _ = trainer.collect()
             rollout, advantages = kept.rollout, kept.advantages
-            began = time.perf_counter()
-            old, _ = trainer.policy_update.old_and_reference(rollout)
-            seconds = time.perf_counter() - began
             plan = MicroBatchPlan.build(rollout, advantages, trainer.cfg)
+            began = time.perf_counter()
+            old, _ = trainer.policy_update.old_and_reference(rollout, plan)
+            seconds = time.perf_counter() - began
             valid = plan.mask.bool()
             for mode in MODES:
                 began = time.perf_counter()

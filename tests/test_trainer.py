@@ -85,11 +85,12 @@ def build(tmp_path, tiny_model_dir, *overrides):
 def test_several_iterations_take_one_optimizer_step_each_from_recomputed_old_logprobs(tmp_path, tiny_model_dir):
     trainer = build(tmp_path, tiny_model_dir, "grpo.iterations=3", "train.lr_schedule=linear", "train.steps=4")
     groups = trainer.rollout_round(2)
-    old, ref = trainer.policy_update.old_and_reference(groups.rollout)
+    advantages = torch.tensor([1.0, -1.0] * 8)
+    plan = MicroBatchPlan.build(groups.rollout, advantages, trainer.cfg)
+    old, ref = trainer.policy_update.old_and_reference(groups.rollout, plan)
     # μ > 1: the old log-probs are recomputed by the trainer's forward pass; they match the sampler's
     torch.testing.assert_close(old, groups.rollout.logprobs, atol=2e-5, rtol=1e-4)
     assert ref is None
-    advantages = torch.tensor([1.0, -1.0] * 8)
     before = [p.detach().clone() for p in trainer.params]
     stats = trainer.learn(groups.rollout, advantages)
     state = trainer.optimizer.state[trainer.params[0]]
@@ -105,7 +106,8 @@ def test_bf16_autocast_recomputes_old_logprobs_logs_their_gap_and_keeps_the_floa
         (tmp_path / mode).mkdir()
         trainer = build(tmp_path / mode, tiny_model_dir, f"train.autocast={mode}")
         groups = trainer.rollout_round(2)  # same seed: the same rollout both times
-        old, _ = trainer.policy_update.old_and_reference(groups.rollout)
+        plan = MicroBatchPlan.build(groups.rollout, torch.tensor([1.0, -1.0] * 8), trainer.cfg)
+        old, _ = trainer.policy_update.old_and_reference(groups.rollout, plan)
         if mode == "none":  # the sampler's own numbers, taken as they are
             assert old is groups.rollout.logprobs
         else:  # recomputed in bf16: close to the sampler's float32 numbers, not equal
@@ -217,3 +219,19 @@ def test_a_rollout_correction_weighs_tokens_where_sampler_and_trainer_differ(tmp
         assert 0.9 < stats.correction_weight < 1.1
     else:
         assert stats.correction_weight == 1 - stats.correction_masked and stats.correction_masked < 0.05
+
+
+def test_recomputed_old_logprobs_cover_the_trained_rows_each_prompt_once_equal_to_whole_sequences(
+    tmp_path, tiny_model_dir
+):
+    from thinktune.logprobs import rollout_logprobs
+
+    trainer = build(tmp_path, tiny_model_dir, "rollout.dtype=bfloat16")
+    rollout = trainer.rollout_round(2).rollout
+    advantages = torch.tensor([1.0, -1.0] * 4 + [0.0] * 8)  # the second prompt's group is flat: it does not train
+    plan = MicroBatchPlan.build(rollout, advantages, trainer.cfg)
+    old, _ = trainer.policy_update.old_and_reference(rollout, plan)
+    whole = rollout_logprobs(trainer.model, rollout, 16)  # every row, prompt and completion in one sequence
+    torch.testing.assert_close(old[:8], whole[:8], atol=2e-5, rtol=1e-4)
+    assert torch.equal(old[8:], rollout.logprobs[8:])  # untrained rows keep the sampler's numbers
+    assert not torch.equal(old[:8], rollout.logprobs[:8])  # bfloat16 sampler: recomputed, not the same

@@ -1,8 +1,8 @@
 """The update half of a GRPO step: μ optimizer steps of the policy on one generation's groups.
 
 plan     = MicroBatchPlan.build(rollout, advantages)   # rows with a gradient, in micro-batches of similar length
-old, ref = old_and_reference(rollout)                  # μ > 1 or another engine: old log-probs again; β > 0: the
-                                                       #   reference's
+old, ref = old_and_reference(rollout, plan)            # μ > 1 or another engine: old log-probs again; β > 0: the
+                                                       #   reference's (of the plan's rows, each prompt run once)
 for each of μ iterations:                              # gradients accumulate over the micro-batches
     loss(new log-probs, old, ref, advantages).backward(); clip; optimizer step
 """
@@ -17,7 +17,7 @@ import torch
 from thinktune.distributed import Ranks
 from thinktune.grpo.batching import MicroBatchPlan
 from thinktune.grpo.losses import LOSSES, LossInputs, correction_weights, high_entropy_mask
-from thinktune.logprobs import SharedPrompts, completion_logprobs, rollout_logprobs, supports_shared_prompts
+from thinktune.logprobs import SharedPrompts, completion_logprobs, supports_shared_prompts
 from thinktune.models import reference_policy
 from thinktune.parallel import Parallel
 from thinktune.rollout import Rollout
@@ -80,13 +80,15 @@ class PolicyUpdate:
         """Plan the micro-batches, take the old and reference log-probs, and step the policy μ times."""
         plan = MicroBatchPlan.build(rollout, advantages, self.cfg).across(self.ranks)
         advantages = advantages.to(rollout.completion_mask.device)  # rewards are scored on the CPU
-        old_logprobs, ref_logprobs = self.old_and_reference(rollout)
+        old_logprobs, ref_logprobs = self.old_and_reference(rollout, plan)
         correction = None
         if not self.exact_logprobs and self.rollout_cfg.correction != "recompute":
             correction = correction_weights(old_logprobs, rollout.logprobs, self.rollout_cfg)
         stats = self.update(rollout, advantages, plan, old_logprobs, ref_logprobs, correction)
-        if not self.exact_logprobs:  # how far the sampler's numbers are from the trainer's
-            valid = rollout.completion_mask.bool()
+        if not self.exact_logprobs:  # how far the sampler's numbers are from the trainer's, on the rows recomputed
+            trained = torch.zeros(plan.rows, dtype=torch.bool)
+            trained[torch.cat(plan.batches) if plan.batches else []] = True
+            valid = rollout.completion_mask.bool() & trained.to(rollout.completion_mask.device)[:, None]
             gap = (old_logprobs - rollout.logprobs)[valid].abs()
             stats.logprob_mismatch = gap.mean().item() if gap.numel() else 0.0
             if correction is not None:
@@ -94,21 +96,41 @@ class PolicyUpdate:
                 stats.correction_masked = (correction[valid] == 0).float().mean().item() if valid.any() else 0.0
         return stats
 
-    def old_and_reference(self, rollout: Rollout) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def old_and_reference(self, rollout: Rollout, plan: MicroBatchPlan) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Old log-probs (the sampler's, or with μ > 1 or another engine recomputed once before the updates) and,
-        with a KL term, the reference policy's."""
-        rows = self.cfg.micro_batch_size
+        with a KL term, the reference policy's. Only the rows the plan trains are computed: no other row enters
+        the loss (the others keep the sampler's numbers, or 0 for the reference)."""
         old = rollout.logprobs
         if old.shape[0] == 0:  # several processes: this one kept no group this step (dynamic sampling)
             return old, None
         with self.autocast():
             if self.cfg.iterations > 1 or not self.exact_logprobs:
-                old = rollout_logprobs(self.model, rollout, rows)
+                old = self.planned_logprobs(rollout, plan, rollout.logprobs)
         ref = None
         if self.cfg.beta > 0:
             with reference_policy(self.model), self.autocast():
-                ref = rollout_logprobs(self.model, rollout, rows)
+                ref = self.planned_logprobs(rollout, plan, torch.zeros_like(rollout.logprobs))
         return old, ref
+
+    @torch.no_grad()
+    def planned_logprobs(self, rollout: Rollout, plan: MicroBatchPlan, others: torch.Tensor) -> torch.Tensor:
+        """The log-probs of the plan's rows under the model as it is now, in its micro-batches, each distinct prompt
+        run once as in the update (a demo step's recompute took 7 s over every row with its prompt, about a third of
+        that this way); ``others``' values in the rows it does not train; 0 past each completion's end."""
+        out = others.clone()
+        shared = supports_shared_prompts(self.model) and len(plan.batches) > 0
+        prompts = SharedPrompts.encode(self.model, plan.prompt_ids, plan.prompt_mask) if shared else None
+        for rows in plan.batches:
+            width = max(1, int(rollout.completion_mask[rows].sum(-1).max()))
+            completion = rollout.completion_ids[rows, :width], rollout.completion_mask[rows, :width]
+            if prompts is not None:
+                logprobs, _ = prompts.completion_logprobs(self.model, plan.slot[rows], *completion, rollout.temperature)
+            else:
+                ids, mask = rollout.prompt_ids[rows], rollout.prompt_mask[rows]
+                logprobs, _ = completion_logprobs(self.model, ids, mask, *completion, rollout.temperature)
+            out[rows] = 0.0
+            out[rows, :width] = logprobs * completion[1]
+        return out
 
     def update(self, rollout, advantages, plan: MicroBatchPlan, old_logprobs, ref_logprobs, correction) -> UpdateStats:
         """μ optimizer steps on this generation; gradients accumulate over the plan's micro-batches. ``correction``:
