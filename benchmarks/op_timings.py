@@ -4,7 +4,7 @@ Prints median milliseconds on this machine for: sampling 32 rows from a 49k voca
 vs inverting the cumulative sum), ``exp``/``logsumexp`` over real-looking logits (denormals vs the clamped
 normaliser), and one decode step of SmolLM2-135M with LoRA at 32 rows (Hugging Face forward with a
 ``DynamicCache`` vs thinktune's ``LlamaDecoder``, in float32 and in bfloat16), plus the matmul time inside that
-step.
+step, and one layer's decode attention (torch's fused kernel vs ``one_query_attention``).
 """
 
 from __future__ import annotations
@@ -110,7 +110,24 @@ def decode_step() -> None:
             print(f"                                       of which LM head        {head:8.1f} ms")
 
 
+def decode_attention() -> None:
+    """One layer's attention in a decode step of SmolLM2's shape (32 rows, 9 query heads over 3 key/value heads,
+    160 columns): torch's fused kernel against thinktune's two small matmuls, in float32 and bfloat16."""
+    from thinktune.rollout.decoders import one_query_attention, sdpa
+
+    generator = torch.Generator().manual_seed(0)
+    q = torch.randn(ROWS, 9, 1, 64, generator=generator)
+    k, v = (torch.randn(ROWS, 3, 160, 64, generator=generator) for _ in range(2))
+    visible = torch.ones(ROWS, 1, 1, 160, dtype=torch.bool)
+    visible[:5, ..., :20] = False  # left padding on a few rows
+    for dtype in (torch.float32, torch.bfloat16):
+        args = (q.to(dtype), k.to(dtype), v.to(dtype), visible, 64**-0.5)
+        fused, ours = median_ms(lambda a=args: sdpa(*a), 50), median_ms(lambda a=args: one_query_attention(*a), 50)
+        print(f"decode attention {str(dtype)[6:]:9} torch fused {fused:6.3f} ms  one_query_attention {ours:6.3f} ms")
+
+
 if __name__ == "__main__":
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     sampling_and_softmax()
+    decode_attention()
     decode_step()

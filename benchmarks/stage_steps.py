@@ -1,4 +1,4 @@
-"""SFT and reward-model step time on their recipes: `python benchmarks/stage_steps.py [--steps N] [--set KEY=VALUE]`.
+"""SFT and reward-model step time: `python benchmarks/stage_steps.py [--steps N] [--set KEY=VALUE] [--profile]`.
 
 Runs ``sft`` of recipes/math_sft_grpo.yaml and ``reward_model`` of recipes/cot_reward_model.yaml for ``--steps``
 optimizer steps after one warm-up step, with glibc keeping freed memory as the CLI has it, and prints the median
@@ -14,6 +14,7 @@ benchmarks/stage_steps.py`` measures the other revision alone (the output names 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import subprocess
@@ -151,6 +152,23 @@ def positions(chosen: list[list[int]], rejected: list[list[int]], pad_id: int, m
     )
 
 
+@contextlib.contextmanager
+def profiled(enabled: bool, steps: int):
+    """With ``enabled``, torch's profiler over the block (loading included), then the operators taking the most
+    time, in seconds a step over its ``steps`` (the warm-up counted)."""
+    if not enabled:
+        yield
+        return
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as profiler:
+        yield
+    totals = sorted(profiler.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)[:10]
+    print("where the time goes (self CPU seconds a step):")
+    for event in totals:
+        print(f"  {event.key[:60]:60} {event.self_cpu_time_total / 1e6 / steps:7.2f} s  ({event.count} calls)")
+
+
 def revision() -> str:
     source = Path(thinktune.__file__).resolve().parent
     try:
@@ -192,6 +210,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--against", type=Path, help="another checkout's src/: run it and this one alternately")
     parser.add_argument("--rounds", type=int, default=2, help="with --against: runs of each, alternating")
+    parser.add_argument("--profile", action="store_true", help="also print where the stage's time goes, by operator")
     args = parser.parse_args()
     if args.against:
         return compare(args)
@@ -202,7 +221,7 @@ def main() -> None:
     print(f"thinktune: {revision()}; overrides: {args.overrides or 'none'}")
     results = {}
     for stage in args.stages:
-        with tempfile.TemporaryDirectory() as tmp:
+        with tempfile.TemporaryDirectory() as tmp, profiled(args.profile, args.steps + 1):
             if stage == "sft":
                 seconds, tokens = sft_steps(args.steps, args.overrides, Path(tmp))
             else:

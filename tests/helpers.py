@@ -83,3 +83,16 @@ def save_tiny_adapter(tiny_model_dir, folder: Path) -> Path:
     config = LoraConfig(r=4, target_modules=["q_proj", "v_proj", "up_proj"], init_lora_weights=False)
     save_model(get_peft_model(base, config), load_tokenizer(tiny_model_dir), folder)
     return Path(folder)
+
+
+def build_trainer(tmp_path, tiny_model_dir, *overrides):
+    """A GRPO trainer on :func:`tiny_recipe`, with its run folder and no tracker."""
+    from thinktune.data import load_examples
+    from thinktune.grpo.trainer import GRPOTrainer
+    from thinktune.run_dir import RunDir
+    from thinktune.tracking import make_tracker
+
+    recipe = tiny_recipe(tmp_path, tiny_model_dir, *overrides)
+    train_set, _, scorer = load_examples(recipe.data)
+    run = RunDir(recipe)
+    return GRPOTrainer.from_recipe(recipe, train_set, scorer, run, make_tracker([], run))

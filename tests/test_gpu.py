@@ -4,8 +4,7 @@ generator on the device, rollouts equal to Hugging Face `generate` there, and tr
 import pytest
 import torch
 
-from tests.helpers import read_lines, tiny_recipe
-from tests.test_trainer import build
+from tests.helpers import build_trainer, read_lines, tiny_recipe
 from thinktune.modeling import left_pad
 from thinktune.models import load_for_inference
 from thinktune.pipeline import train
@@ -64,7 +63,7 @@ def test_an_update_on_the_gpu_equals_the_same_update_on_the_cpu(tmp_path, tiny_m
     grads, rollout, weights = {}, None, None
     for device in ("cpu", "cuda"):
         (tmp_path / device).mkdir()
-        trainer = build(tmp_path / device, tiny_model_dir, f"model.device={device}", *overrides)
+        trainer = build_trainer(tmp_path / device, tiny_model_dir, f"model.device={device}", *overrides)
         weights = weights or [p.detach().clone() for p in trainer.params]  # the same adapter initialisation
         with torch.no_grad():
             for param, weight in zip(trainer.params, weights, strict=True):

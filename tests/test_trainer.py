@@ -6,13 +6,9 @@ import dataclasses
 import pytest
 import torch
 
-from tests.helpers import tiny_recipe
-from thinktune.data import load_examples
+from tests.helpers import build_trainer as build
 from thinktune.grpo.batching import MicroBatchPlan, loss_mask
-from thinktune.grpo.trainer import GRPOTrainer
 from thinktune.rollout import Rollout
-from thinktune.run_dir import RunDir
-from thinktune.tracking import make_tracker
 from thinktune.training import EpochBatches, lr_factor, make_scheduler
 
 
@@ -73,13 +69,6 @@ def test_epoch_batches_visit_every_row_once_per_epoch_and_are_seeded():
     flat = [i for batch in drawn for i in batch]
     assert sorted(flat[:5]) == sorted(flat[5:]) == [0, 1, 2, 3, 4]
     assert EpochBatches(5, seed=3).next(10) == flat
-
-
-def build(tmp_path, tiny_model_dir, *overrides):
-    recipe = tiny_recipe(tmp_path, tiny_model_dir, *overrides)
-    train_set, _, scorer = load_examples(recipe.data)
-    run = RunDir(recipe)
-    return GRPOTrainer.from_recipe(recipe, train_set, scorer, run, make_tracker([], run))
 
 
 def test_several_iterations_take_one_optimizer_step_each_from_recomputed_old_logprobs(tmp_path, tiny_model_dir):

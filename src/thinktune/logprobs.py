@@ -99,9 +99,8 @@ class SharedPrompts:
         with_entropy: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """As :func:`completion_logprobs`, for completions of the prompts ``prompt_index`` (one per row)."""
-        prompt_index = prompt_index.to(
-            self.mask.device
-        )  # plans index on the CPU; the states live on the model's device
+        # plans index on the CPU; the states live on the model's device
+        prompt_index = prompt_index.to(self.mask.device)
         hidden = self.completion_hidden(model, prompt_index, completion_ids, completion_mask)
         # The prompt's last position predicts the first completion token; completion position t the t + 1-th.
         last_prompt = self.leaves[0].index_select(0, prompt_index)

@@ -115,22 +115,33 @@ class PolicyUpdate:
     @torch.no_grad()
     def planned_logprobs(self, rollout: Rollout, plan: MicroBatchPlan, others: torch.Tensor) -> torch.Tensor:
         """The log-probs of the plan's rows under the model as it is now, in its micro-batches, each distinct prompt
-        run once as in the update (a demo step's recompute took 7 s over every row with its prompt, about a third of
-        that this way); ``others``' values in the rows it does not train; 0 past each completion's end."""
+        run once as in the update (a demo step's recompute took about 7 s over every row with its prompt, about 1 s
+        this way: README, "The recompute it costs"); ``others``' values in the rows it does not train; 0 past each
+        completion's end."""
         out = others.clone()
         shared = supports_shared_prompts(self.model) and len(plan.batches) > 0
         prompts = SharedPrompts.encode(self.model, plan.prompt_ids, plan.prompt_mask) if shared else None
         for rows in plan.batches:
-            width = max(1, int(rollout.completion_mask[rows].sum(-1).max()))
-            completion = rollout.completion_ids[rows, :width], rollout.completion_mask[rows, :width]
-            if prompts is not None:
-                logprobs, _ = prompts.completion_logprobs(self.model, plan.slot[rows], *completion, rollout.temperature)
-            else:
-                ids, mask = rollout.prompt_ids[rows], rollout.prompt_mask[rows]
-                logprobs, _ = completion_logprobs(self.model, ids, mask, *completion, rollout.temperature)
+            logprobs, _, mask = self.rows_logprobs(rollout, plan, rows, prompts, with_entropy=False)
             out[rows] = 0.0
-            out[rows, :width] = logprobs * completion[1]
+            out[rows, : mask.shape[1]] = logprobs * mask
         return out
+
+    def rows_logprobs(self, rollout: Rollout, plan: MicroBatchPlan, rows, prompts: SharedPrompts | None, with_entropy):
+        """Log-probs (and entropies if asked) of ``rows``' completions under the model, trimmed to their longest
+        completion, through the shared prompt states when there are some; and the completion mask, trimmed."""
+        width = max(1, int(rollout.completion_mask[rows].sum(-1).max()))  # trim padding columns
+        completion = rollout.completion_ids[rows, :width], rollout.completion_mask[rows, :width]
+        if prompts is not None:
+            logprobs, entropy = prompts.completion_logprobs(
+                self.model, plan.slot[rows], *completion, rollout.temperature, with_entropy=with_entropy
+            )
+        else:
+            ids, mask = rollout.prompt_ids[rows], rollout.prompt_mask[rows]
+            logprobs, entropy = completion_logprobs(
+                self.model, ids, mask, *completion, rollout.temperature, with_entropy=with_entropy
+            )
+        return logprobs, entropy, completion[1]
 
     def update(self, rollout, advantages, plan: MicroBatchPlan, old_logprobs, ref_logprobs, correction) -> UpdateStats:
         """μ optimizer steps on this generation; gradients accumulate over the plan's micro-batches. ``correction``:
@@ -195,19 +206,10 @@ class PolicyUpdate:
         """Forward and backward of one micro-batch (its loss times ``scale``, :attr:`Parallel.loss_scale`); its shares
         of the step's loss, clip fraction, KL and entropy."""
         cfg = self.cfg
-        width = max(1, int(rollout.completion_mask[rows].sum(-1).max()))  # trim padding columns
-        completion = rollout.completion_ids[rows, :width], rollout.completion_mask[rows, :width]
         with_entropy = with_entropy or cfg.top_entropy_quantile < 1
         with self.autocast():
-            if prompts is not None:
-                logprobs, entropy = prompts.completion_logprobs(
-                    self.model, plan.slot[rows], *completion, rollout.temperature, with_entropy=with_entropy
-                )
-            else:
-                ids, mask = rollout.prompt_ids[rows], rollout.prompt_mask[rows]
-                logprobs, entropy = completion_logprobs(
-                    self.model, ids, mask, *completion, rollout.temperature, with_entropy=with_entropy
-                )
+            logprobs, entropy, completion_mask = self.rows_logprobs(rollout, plan, rows, prompts, with_entropy)
+        width = completion_mask.shape[1]
         m = plan.mask[rows, :width]
         weights = None if correction is None else correction[rows, :width]
         if cfg.top_entropy_quantile < 1:  # only the most uncertain tokens of the micro-batch train

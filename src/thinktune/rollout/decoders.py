@@ -210,8 +210,8 @@ def one_query_attention(q, k, v, visible: torch.Tensor, scale: float) -> torch.T
     """Attention of one new token per row (a decode step) as two small batched matmuls, the softmax in float32.
 
     ``q`` is [B, H, 1, D]; ``k``/``v`` [B, KV, L, D], query head h reading key/value head h // (H / KV);
-    ``visible`` [B, 1, 1, L]. On CPUs torch's fused kernel spends ~2 ms a call in bfloat16 on this shape (32 rows,
-    160 columns) against 0.26 ms here, which made a bfloat16 decode step slower than the matmuls alone explain.
+    ``visible`` [B, 1, 1, L]. On an AMD CPU torch's fused kernel took 4.9 ms a call in bfloat16 at this shape (32 rows,
+    160 columns) against 0.38 ms here (``python benchmarks/op_timings.py``), 30 calls a SmolLM2 decode step.
 
     >>> q, k = torch.randn(2, 4, 1, 8), torch.randn(2, 2, 5, 8)
     >>> visible = torch.tensor([True] * 5 + [False, True, True, True, True]).view(2, 1, 1, 5)
