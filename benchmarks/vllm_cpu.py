@@ -91,7 +91,10 @@ if __name__ == "__main__":
     args = parser.parse_args()
     import torch
 
+    from thinktune.allocator import keep_freed_memory
     from thinktune.models import resolve_model
+
+    keep_freed_memory()  # as the CLI runs every engine: glibc keeps freed blocks instead of unmapping them
 
     path = resolve_model("smollm2-135m-instruct")
     if args.engine.startswith("native"):

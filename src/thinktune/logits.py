@@ -51,16 +51,26 @@ def _entropy(logits, weights, log_norm):
     return log_norm[..., 0] - (weights * logits).sum(-1) / weights.sum(-1)
 
 
-def sampling_weights(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Unnormalised probabilities of ``softmax(logits)`` and the log normaliser, from one ``exp``.
+def sampling_weights(logits: torch.Tensor, temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Unnormalised probabilities of ``softmax(logits / temperature)`` and the log normaliser, from one ``exp``.
+
+    Without gradients (the sampler) the shift, the temperature, the floor and ``exp`` write one new tensor, in three
+    passes over it: a decode step's logits do not stay in the CPU's caches between passes.
 
     >>> weights, log_norm = sampling_weights(torch.tensor([[0.0, 0.0]]))
     >>> weights.tolist(), round(log_norm.item(), 4)
     ([[1.0, 1.0]], 0.6931)
+    >>> weights, log_norm = sampling_weights(torch.tensor([[1.0, 0.0]]), temperature=0.5)  # logits 2 and 0
+    >>> weights.tolist(), round(log_norm.item(), 4)
+    ([[1.0, 0.1353352814912796]], 2.1269)
     """
     top = logits.detach().amax(-1, keepdim=True)  # any shift gives the same normaliser; the max avoids overflow
-    weights = (logits - top).clamp(min=FLOOR).exp()
-    return weights, top + weights.sum(-1, keepdim=True).log()
+    if torch.is_grad_enabled() and logits.requires_grad:
+        shifted = logits - top if temperature == 1.0 else (logits - top) / temperature
+        weights = shifted.clamp(min=FLOOR).exp()
+    else:  # (logits - top) / temperature in one pass, then the floor and exp in place
+        weights = torch.add(-top / temperature, logits, alpha=1 / temperature).clamp_(min=FLOOR).exp_()
+    return weights, top / temperature + weights.sum(-1, keepdim=True).log()
 
 
 CHUNK_ELEMENTS = 1 << 24  # logits per chunk: 16M floats = 64 MB
