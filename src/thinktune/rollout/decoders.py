@@ -18,7 +18,6 @@ step in bfloat16 attends through :func:`one_query_attention` (torch's fused kern
 from __future__ import annotations
 
 import contextlib
-import copy
 
 import torch
 import torch.nn.functional as F
@@ -121,8 +120,8 @@ class LlamaDecoder:
         def linear(pair):
             return Linear(cast(pair[0]), cast(pair[1]), rows=max_rows)
 
-        def norm(module):  # RMSNorm computes in float32 and returns its input's dtype times its weight's
-            return module if dtype is None or module is None else copy.deepcopy(module).to(dtype)
+        def norm(module):
+            return None if module is None else RMSNorm(module, dtype)
 
         embed = inner.embed_tokens.weight.detach()
         head, head_bias = effective_weight(base.lm_head)
@@ -156,7 +155,7 @@ class LlamaDecoder:
         start, end = self.filled, self.filled + width
         x = F.embedding(ids, self.embed)
         cos, sin = self.rotary(x, position_ids)
-        cos, sin = cos[:, None], sin[:, None]
+        cos, sin = cos[:, :, None], _signed_sin(sin)[:, :, None]  # [B, W, 1, D]: every head of a position alike
         # Key j is visible to query i when it is real and not in i's future; a padding query sees itself only,
         # so its (unused) output stays finite.
         columns = torch.arange(end, device=ids.device)
@@ -164,22 +163,20 @@ class LlamaDecoder:
         causal = columns[None, :] <= query_columns[:, None]
         visible = (causal[None] & mask[:, None, :end].bool()) | (columns[None, None] == query_columns[None, :, None])
         visible = visible[:, None]
-        q_size, kv_size = self.heads * self.head_dim, self.kv_heads * self.head_dim
+        one_query = width == 1 and x.dtype == torch.bfloat16 and x.is_cpu  # torch's fused kernel is slow there
+        attend, visible = (one_query_attention, additive_mask(visible)) if one_query else (sdpa, visible)
+        heads, q_size, kv_size = self.heads, self.heads * self.head_dim, self.kv_heads * self.head_dim
         for i, layer in enumerate(self.layers):
             h = layer["norm1"](x)
             qkv = layer["qkv"](h)
-            q, k, v = qkv.split([q_size, kv_size, kv_size], dim=-1)
-            q = q.view(batch, width, self.heads, self.head_dim)
-            k = k.view(batch, width, self.kv_heads, self.head_dim)
+            qk = qkv[..., : q_size + kv_size].view(batch, width, heads + self.kv_heads, self.head_dim)
             if layer["q_norm"] is not None:
-                q, k = layer["q_norm"](q), layer["k_norm"](k)
-            q, k = q.transpose(1, 2), k.transpose(1, 2)
-            v = v.view(batch, width, self.kv_heads, self.head_dim).transpose(1, 2)
-            q = q * cos + _rotate_half(q) * sin
-            k = k * cos + _rotate_half(k) * sin
+                qk = torch.cat([layer["q_norm"](qk[:, :, :heads]), layer["k_norm"](qk[:, :, heads:])], dim=2)
+            qk = qk * cos + qk.roll(self.head_dim // 2, -1) * sin  # rotary for queries and keys at once
+            q, k = qk[:, :, :heads].transpose(1, 2), qk[:, :, heads:].transpose(1, 2)
+            v = qkv[..., q_size + kv_size :].view(batch, width, self.kv_heads, self.head_dim).transpose(1, 2)
             self.keys[i][:, :, start:end] = k
             self.values[i][:, :, start:end] = v
-            attend = one_query_attention if width == 1 and q.dtype == torch.bfloat16 and q.is_cpu else sdpa
             attended = attend(q, self.keys[i][:, :, :end], self.values[i][:, :, :end], visible, self.head_dim**-0.5)
             attended = attended.transpose(1, 2).reshape(batch, width, q_size)
             x = x + layer["o"](attended)
@@ -249,30 +246,68 @@ def sdpa(q, k, v, visible: torch.Tensor, scale: float) -> torch.Tensor:
     return F.scaled_dot_product_attention(q, k, v, attn_mask=visible, scale=scale, enable_gqa=k.shape[1] != q.shape[1])
 
 
-def one_query_attention(q, k, v, visible: torch.Tensor, scale: float) -> torch.Tensor:
+def additive_mask(visible: torch.Tensor) -> torch.Tensor:
+    """A boolean attention mask as float32 to add to the scores: 0 where visible, -inf elsewhere.
+
+    >>> additive_mask(torch.tensor([True, False])).tolist()
+    [0.0, -inf]
+    """
+    return torch.zeros(visible.shape, device=visible.device).masked_fill_(~visible, float("-inf"))
+
+
+def one_query_attention(q, k, v, mask: torch.Tensor, scale: float) -> torch.Tensor:
     """Attention of one new token per row (a decode step) as two small batched matmuls, the softmax in float32.
 
     ``q`` is [B, H, 1, D]; ``k``/``v`` [B, KV, L, D], query head h reading key/value head h // (H / KV);
-    ``visible`` [B, 1, 1, L]. On an AMD CPU torch's fused kernel took 4.9 ms a call in bfloat16 at this shape (32 rows,
-    160 columns) against 0.38 ms here (``python benchmarks/op_timings.py``), 30 calls a SmolLM2 decode step.
+    ``mask`` [B, 1, 1, L] is :func:`additive_mask`'s, made once for every layer of a step. On an AMD CPU torch's fused
+    kernel took 4.9 ms a call in bfloat16 at this shape (32 rows, 160 columns) against 0.38 ms here
+    (``python benchmarks/op_timings.py``), 30 calls a SmolLM2 decode step.
 
     >>> q, k = torch.randn(2, 4, 1, 8), torch.randn(2, 2, 5, 8)
     >>> visible = torch.tensor([True] * 5 + [False, True, True, True, True]).view(2, 1, 1, 5)
-    >>> torch.allclose(one_query_attention(q, k, k, visible, 0.3), sdpa(q, k, k, visible, 0.3), atol=1e-6)
+    >>> ours = one_query_attention(q, k, k, additive_mask(visible), 0.3)
+    >>> torch.allclose(ours, sdpa(q, k, k, visible, 0.3), atol=1e-6)
     True
     """
     batch, heads, _, dim = q.shape
     kv_heads = k.shape[1]
     grouped = q.view(batch, kv_heads, heads // kv_heads, dim)  # each key/value head's queries side by side
-    scores = torch.matmul(grouped, k.transpose(-1, -2)).float() * scale
-    scores = scores.masked_fill(~visible.view(batch, 1, 1, -1), float("-inf"))
+    scores = torch.add(mask, torch.matmul(grouped, k.transpose(-1, -2)).float(), alpha=scale)  # scaled and masked
     weights = scores.softmax(-1).to(v.dtype)
     return torch.matmul(weights, v).view(batch, heads, 1, dim)
 
 
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+def _signed_sin(sin: torch.Tensor) -> torch.Tensor:
+    """The rotary sine with its first half negated: ``x.roll(D/2) * _signed_sin(sin)`` is Hugging Face's
+    ``rotate_half(x) * sin`` to the bit, one op fewer.
+
+    >>> x, sin = torch.randn(3, 8), torch.randn(3, 8)
+    >>> halves = torch.cat((-x[:, 4:], x[:, :4]), dim=-1)  # rotate_half
+    >>> torch.equal(x.roll(4, -1) * _signed_sin(sin), halves * sin)
+    True
+    """
+    half = sin.shape[-1] // 2
+    return torch.cat((-sin[..., :half], sin[..., half:]), dim=-1)
+
+
+class RMSNorm:
+    """A snapshot of a Llama-family RMSNorm (``weight * x / rms(x)``, computed in float32) as one ``F.rms_norm`` call,
+    where Hugging Face's module runs eight ops. Equal to the module to the bit in float32; in bfloat16 it rounds once,
+    where the module rounds before multiplying by its weight.
+
+    >>> from transformers.models.llama.modeling_llama import LlamaRMSNorm
+    >>> module, x = LlamaRMSNorm(8, eps=1e-5), torch.randn(2, 3, 8)
+    >>> torch.equal(RMSNorm(module)(x), module(x))
+    True
+    """
+
+    def __init__(self, module, dtype: torch.dtype | None = None):
+        weight = module.weight.detach()
+        self.weight = weight if dtype is None else weight.to(dtype)
+        self.eps = module.variance_epsilon
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
 
 
 def make_decoder(model, max_columns: int, fast: bool = True, dtype: torch.dtype | None = None, rows: int | None = None):
