@@ -116,14 +116,17 @@ def worker(name: str, model: str, steps: int, new_tokens: int, scratch: Path) ->
     }
 
 
-def trl_worker(name: str, path: str, steps: int, new_tokens: int, scratch: Path) -> dict:
-    """TRL's GRPOTrainer at the same settings: LoRA r 16 on every linear layer, 4 prompts x 8 completions per
-    optimizer step, the demo's prompts (as chat text), the letter-share reward, its gradient checkpointing on."""
+def trl_worker(
+    name: str, path: str, steps: int, new_tokens: int, scratch: Path, group=8, prompts=4, checkpointing=True
+) -> dict:
+    """TRL's GRPOTrainer at the same settings: LoRA r 16 on every linear layer, ``prompts`` x ``group`` completions
+    per optimizer step, the demo's prompts (as chat text), the letter-share reward, its gradient checkpointing on
+    unless told otherwise."""
     from datasets import Dataset
     from peft import LoraConfig
     from transformers import TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
-    from workload import GROUP, LEARNING_RATE, PROMPTS_PER_STEP, letter_share
+    from workload import LEARNING_RATE, letter_share
 
     from thinktune.data import PromptBuilder, load_examples
     from thinktune.models import load_tokenizer
@@ -132,7 +135,7 @@ def trl_worker(name: str, path: str, steps: int, new_tokens: int, scratch: Path)
     r = load_recipe(ROOT / "recipes" / "demo.yaml", [f"model.name={path}", "data.train_size=200"])
     tokenizer = load_tokenizer(path)
     prompts = PromptBuilder.from_config(tokenizer, r.data)
-    rows = [{"prompt": prompts.text(e.question)} for e in load_examples(r.data)[0][: PROMPTS_PER_STEP * steps]]
+    rows = [{"prompt": prompts.text(e.question)} for e in load_examples(r.data)[0][: prompts * steps]]
     seconds = []
 
     class Timer(TrainerCallback):
@@ -143,11 +146,12 @@ def trl_worker(name: str, path: str, steps: int, new_tokens: int, scratch: Path)
             seconds[-1] = time.perf_counter() - seconds[-1]
 
     config = GRPOConfig(
-        output_dir=str(scratch / "trl"), per_device_train_batch_size=GROUP, num_generations=GROUP,
-        gradient_accumulation_steps=PROMPTS_PER_STEP, max_completion_length=new_tokens, temperature=1.0,
+        output_dir=str(scratch / "trl"), per_device_train_batch_size=group, num_generations=group,
+        gradient_accumulation_steps=prompts, max_completion_length=new_tokens, temperature=1.0,
         learning_rate=LEARNING_RATE, beta=0.0, max_steps=steps, logging_steps=1, save_strategy="no", report_to=[],
         use_cpu=DEVICE["device"] == "cpu", shuffle_dataset=False, seed=0, disable_tqdm=True,
-        gradient_checkpointing=True, model_init_kwargs={"dtype": DEVICE["dtype"]}, bf16=DEVICE["dtype"] == "bfloat16",
+        gradient_checkpointing=checkpointing, model_init_kwargs={"dtype": DEVICE["dtype"]},
+        bf16=DEVICE["dtype"] == "bfloat16",
     )  # fmt: skip
     lora = LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", task_type="CAUSAL_LM")
     trainer = GRPOTrainer(model=path, reward_funcs=letter_share, args=config, train_dataset=Dataset.from_list(rows),

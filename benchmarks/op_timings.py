@@ -1,19 +1,21 @@
 """The per-operation measurements behind the rollout and log-prob choices: `python benchmarks/op_timings.py`.
 
 Prints median milliseconds on this machine for: sampling 32 rows from a 49k vocabulary (``torch.multinomial``
-vs inverting the cumulative sum), ``exp``/``logsumexp`` over real-looking logits (denormals vs the clamped
-normaliser), and one decode step of SmolLM2-135M with LoRA at 32 rows (Hugging Face forward with a
-``DynamicCache`` vs thinktune's ``LlamaDecoder``, in float32 and in bfloat16), plus the matmul time inside that
-step, and one layer's decode attention (torch's fused kernel vs ``one_query_attention``).
+vs inverting the cumulative sum in two levels, and what one level's cumulative sum alone takes), ``exp``/``logsumexp``
+over real-looking logits (denormals vs the clamped normaliser), and one decode step of SmolLM2-135M with LoRA at 32
+rows (Hugging Face forward with a ``DynamicCache`` vs thinktune's ``LlamaDecoder``, in float32, in bfloat16 and in
+bfloat16 with its weights not packed for oneDNN), plus the matmul time inside that step, and one layer's decode
+attention (torch's fused kernel vs ``one_query_attention``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 import time
+from unittest import mock
 
 import torch
-import torch.nn.functional as F
 
 ROWS, VOCAB = 32, 49152
 
@@ -40,8 +42,9 @@ def sampling_and_softmax() -> None:
     multinomial = median_ms(lambda: torch.multinomial(probs, 1, generator=generator))
     print(f"sample 32 x 49k   torch.multinomial        {multinomial:8.2f} ms")
     print(
-        f"                  inverse CDF              {median_ms(lambda: sample_categorical(probs, generator)):8.2f} ms"
+        f"                  inverse CDF, two levels  {median_ms(lambda: sample_categorical(probs, generator)):8.2f} ms"
     )
+    print(f"                  of which one level's cumulative sum {median_ms(lambda: probs.cumsum(-1)):8.2f} ms")
     shifted = logits - logits.amax(-1, keepdim=True)
     print(f"exp 32 x 49k      with denormal results    {median_ms(lambda: shifted.exp()):8.2f} ms")
     print(f"                  clamped at -80           {median_ms(lambda: shifted.clamp(min=-80).exp()):8.2f} ms")
@@ -55,6 +58,7 @@ def decode_step() -> None:
     from thinktune.config import ModelConfig
     from thinktune.modeling import positions
     from thinktune.models import load_policy
+    from thinktune.rollout import decoders
     from thinktune.rollout.decoders import LlamaDecoder
 
     model, _ = load_policy(ModelConfig(name="smollm2-135m-instruct", finetune="lora"))
@@ -92,28 +96,31 @@ def decode_step() -> None:
 
             return median_ms(fast_step, 10)
 
-        for name, dtype in (("thinktune LlamaDecoder", torch.float32), ("  in bfloat16", torch.bfloat16)):
-            decoder = LlamaDecoder(model, 100 + 40, None if dtype == torch.float32 else dtype)
+        unpacked = mock.patch.object(decoders, "_onednn_packed", lambda *_: None)  # every matmul through F.linear
+        for name, dtype, packing in (
+            ("thinktune LlamaDecoder", torch.float32, contextlib.nullcontext()),
+            ("  in bfloat16", torch.bfloat16, contextlib.nullcontext()),
+            ("  in bfloat16, not packed", torch.bfloat16, unpacked),
+        ):
+            with packing:
+                decoder = LlamaDecoder(model, 100 + 40, None if dtype == torch.float32 else dtype, ROWS)
             print(f"                                     {name:26}{fast_step_ms(decoder):8.1f} ms")
             hidden = torch.randn(ROWS, 1, model.config.hidden_size, dtype=dtype)
             inner = torch.randn(ROWS, 1, model.config.intermediate_size, dtype=dtype)
 
             def matmuls(decoder=decoder, hidden=hidden, inner=inner):
                 for layer in decoder.layers:
-                    F.linear(hidden, *layer["qkv"])
-                    F.linear(hidden, *layer["o"])
-                    F.linear(hidden, *layer["gate_up"])
-                    F.linear(inner, *layer["down"])
+                    layer["qkv"](hidden), layer["o"](hidden), layer["gate_up"](hidden), layer["down"](inner)
 
             print(f"                                       of which layer matmuls  {median_ms(matmuls, 10):8.1f} ms")
-            head = median_ms(lambda decoder=decoder, hidden=hidden: F.linear(hidden, decoder.lm_head), 10)
+            head = median_ms(lambda decoder=decoder, hidden=hidden: decoder.lm_head(hidden), 10)
             print(f"                                       of which LM head        {head:8.1f} ms")
 
 
 def decode_attention() -> None:
     """One layer's attention in a decode step of SmolLM2's shape (32 rows, 9 query heads over 3 key/value heads,
     160 columns): torch's fused kernel against thinktune's two small matmuls, in float32 and bfloat16."""
-    from thinktune.rollout.decoders import one_query_attention, sdpa
+    from thinktune.rollout.decoders import additive_mask, one_query_attention, sdpa
 
     generator = torch.Generator().manual_seed(0)
     q = torch.randn(ROWS, 9, 1, 64, generator=generator)
@@ -122,7 +129,9 @@ def decode_attention() -> None:
     visible[:5, ..., :20] = False  # left padding on a few rows
     for dtype in (torch.float32, torch.bfloat16):
         args = (q.to(dtype), k.to(dtype), v.to(dtype), visible, 64**-0.5)
-        fused, ours = median_ms(lambda a=args: sdpa(*a), 50), median_ms(lambda a=args: one_query_attention(*a), 50)
+        ours_args = (*args[:3], additive_mask(visible), args[4])
+        fused = median_ms(lambda a=args: sdpa(*a), 50)
+        ours = median_ms(lambda a=ours_args: one_query_attention(*a), 50)
         print(f"decode attention {str(dtype)[6:]:9} torch fused {fused:6.3f} ms  one_query_attention {ours:6.3f} ms")
 
 

@@ -199,6 +199,24 @@ def test_sample_categorical_follows_the_distribution_and_never_picks_zero_mass()
     assert torch.allclose(frequencies[:4], probs[0, :4], atol=0.015)
 
 
+def test_sample_categorical_in_two_levels_follows_the_distribution_across_blocks():
+    """A vocabulary of 3000 in blocks of 1024 (the last one short): mass in three blocks, none elsewhere."""
+    probs = torch.zeros(3000)
+    probs[[5, 1500, 2999]] = torch.tensor([0.2, 0.5, 0.3])
+    draws = sample_categorical(probs.repeat(20_000, 1), torch.Generator().manual_seed(0))
+    assert set(draws.tolist()) == {5, 1500, 2999}
+    frequencies = torch.bincount(draws, minlength=3000)[[5, 1500, 2999]].float() / len(draws)
+    assert torch.allclose(frequencies, torch.tensor([0.2, 0.5, 0.3]), atol=0.015)
+
+
+def test_a_draw_rounded_past_the_total_takes_the_last_token_with_mass():
+    from thinktune.rollout.engine import _invert_cdf
+
+    cdf = torch.tensor([[1.0, 2.0, 2.0, 2.0]])  # tokens 2 and 3 carry no mass
+    assert _invert_cdf(cdf, torch.tensor([[2.0]])).item() == 1
+    assert _invert_cdf(cdf, torch.tensor([[0.5]])).item() == 0
+
+
 def test_pick_tokens_samples_inside_top_k_and_reports_the_unfiltered_log_prob():
     logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]])).repeat(2000, 1)
     token, logp = pick_tokens(logits, False, 1.0, top_k=2, top_p=1.0, generator=torch.Generator().manual_seed(0))

@@ -126,7 +126,7 @@ def sample_categorical(probs: torch.Tensor, generator=None, block: int = 1024) -
 def _invert_cdf(cdf: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """The first column whose cumulative value exceeds ``target`` (one per row, kept as a column): a column that adds
     mass. A target at or past the total (rounding) gets the last column that adds mass."""
-    last_with_mass = torch.searchsorted(cdf, cdf[:, -1:], right=False)
+    last_with_mass = torch.searchsorted(cdf, cdf[:, -1:].contiguous(), right=False)
     return torch.minimum(torch.searchsorted(cdf, target, right=True), last_with_mass)
 
 
