@@ -117,11 +117,11 @@ def worker(name: str, model: str, steps: int, new_tokens: int, scratch: Path) ->
 
 
 def trl_worker(
-    name: str, path: str, steps: int, new_tokens: int, scratch: Path, group=8, prompts=4, checkpointing=True
+    name: str, path: str, steps: int, new_tokens: int, scratch: Path, group=8, prompts_per_step=4, checkpointing=True
 ) -> dict:
-    """TRL's GRPOTrainer at the same settings: LoRA r 16 on every linear layer, ``prompts`` x ``group`` completions
-    per optimizer step, the demo's prompts (as chat text), the letter-share reward, its gradient checkpointing on
-    unless told otherwise."""
+    """TRL's GRPOTrainer at the same settings: LoRA r 16 on every linear layer, ``prompts_per_step`` x ``group``
+    completions per optimizer step, the demo's prompts (as chat text), the letter-share reward, its gradient
+    checkpointing on unless told otherwise."""
     from datasets import Dataset
     from peft import LoraConfig
     from transformers import TrainerCallback
@@ -135,7 +135,7 @@ def trl_worker(
     r = load_recipe(ROOT / "recipes" / "demo.yaml", [f"model.name={path}", "data.train_size=200"])
     tokenizer = load_tokenizer(path)
     prompts = PromptBuilder.from_config(tokenizer, r.data)
-    rows = [{"prompt": prompts.text(e.question)} for e in load_examples(r.data)[0][: prompts * steps]]
+    rows = [{"prompt": prompts.text(e.question)} for e in load_examples(r.data)[0][: prompts_per_step * steps]]
     seconds = []
 
     class Timer(TrainerCallback):
@@ -147,7 +147,7 @@ def trl_worker(
 
     config = GRPOConfig(
         output_dir=str(scratch / "trl"), per_device_train_batch_size=group, num_generations=group,
-        gradient_accumulation_steps=prompts, max_completion_length=new_tokens, temperature=1.0,
+        gradient_accumulation_steps=prompts_per_step, max_completion_length=new_tokens, temperature=1.0,
         learning_rate=LEARNING_RATE, beta=0.0, max_steps=steps, logging_steps=1, save_strategy="no", report_to=[],
         use_cpu=DEVICE["device"] == "cpu", shuffle_dataset=False, seed=0, disable_tqdm=True,
         gradient_checkpointing=checkpointing, model_init_kwargs={"dtype": DEVICE["dtype"]},

@@ -32,19 +32,19 @@ def median_ms(fn, repeats: int = 15) -> float:
 
 
 def sampling_and_softmax() -> None:
-    from thinktune.logits import log_normalizer
+    from thinktune.logits import log_normalizer, sampling_weights
     from thinktune.rollout.engine import sample_categorical
 
     torch.manual_seed(0)
     logits = torch.randn(ROWS, VOCAB) * 30  # a spread of well over 87 nats, like a trained model's logits
-    probs = logits.softmax(-1)
+    probs = sampling_weights(logits)[0]  # what the sampler draws from: no denormal weights (see logits.py)
     generator = torch.Generator().manual_seed(0)
     multinomial = median_ms(lambda: torch.multinomial(probs, 1, generator=generator))
     print(f"sample 32 x 49k   torch.multinomial        {multinomial:8.2f} ms")
     print(
         f"                  inverse CDF, two levels  {median_ms(lambda: sample_categorical(probs, generator)):8.2f} ms"
     )
-    print(f"                  of which one level's cumulative sum {median_ms(lambda: probs.cumsum(-1)):8.2f} ms")
+    print(f"                  one level's cumulative sum alone {median_ms(lambda: probs.cumsum(-1)):8.2f} ms")
     shifted = logits - logits.amax(-1, keepdim=True)
     print(f"exp 32 x 49k      with denormal results    {median_ms(lambda: shifted.exp()):8.2f} ms")
     print(f"                  clamped at -80           {median_ms(lambda: shifted.clamp(min=-80).exp()):8.2f} ms")

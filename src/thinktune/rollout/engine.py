@@ -101,8 +101,9 @@ def sample_categorical(probs: torch.Tensor, generator=None, block: int = 1024) -
     Same distribution as ``torch.multinomial(probs, 1)``, which draws an exponential per vocabulary entry and took
     40 ms per decode step for 32 rows x 49k tokens here; this takes one uniform per row. The uniform first picks a
     block of ``block`` entries by the blocks' cumulative masses, then an entry by the cumulative sum inside that block
-    only: a cumulative sum over the whole vocabulary is a sequential pass over it, 2 ms a decode step, and the
-    blocks' sums are a fast reduction (``python benchmarks/op_timings.py``).
+    only: a cumulative sum over the whole vocabulary is a sequential pass over it, and the blocks' sums are a fast
+    reduction. At 32 rows x 49k the whole draw took 0.28 ms here, the one-level cumulative sum alone 0.75 ms
+    (``python benchmarks/op_timings.py``).
     A zero-probability entry is never picked, not even where rounding puts the draw past the last cumulative value.
 
     >>> sample_categorical(torch.tensor([[0.0, 1.0, 0.0], [0.0, 0.0, 2.0]])).tolist()
