@@ -96,6 +96,17 @@ def test_the_grader_ignores_the_terminals_ctrl_c():
     assert bounded.call(divmod, 7, 2) == (3, 1) and bounded.counts()[2] == 0 and bounded._process.pid == child
 
 
+def test_the_grader_exits_quietly_when_the_trainer_is_gone():
+    """A trainer that exits or is killed closes its end of the pipe: the grader ends with status 0, without the
+    EOFError traceback it printed under an OOM-killed run."""
+    bounded = BoundedCalls(seconds=5, preload=())
+    bounded.call(divmod, 1, 1)
+    process = bounded._process
+    bounded._conn.close()
+    process.join(timeout=10)
+    assert process.exitcode == 0
+
+
 def test_the_grader_process_gets_no_credentials_and_is_replaced_when_it_dies(monkeypatch):
     import os
 

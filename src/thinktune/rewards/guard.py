@@ -87,7 +87,10 @@ def _serve(conn, preload: tuple[str, ...]) -> None:
         __import__(module)
     conn.send("ready")
     while True:
-        fn, args = conn.recv()
+        try:
+            fn, args = conn.recv()
+        except EOFError:  # the trainer is gone (it exited, or was killed): nothing left to serve, nothing to say
+            return
         try:
             conn.send((True, fn(*args)))
         except BaseException as err:  # noqa: BLE001 - report every failure to the parent, keep serving
