@@ -32,12 +32,15 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from memory_savers import NO_EVALUATION, peak_mb, random_model, trl_worker  # noqa: E402
 
-BASE = ("smollm2-135m", 128, 8)  # (model, completion tokens, group size): where the three scans cross
+# (model, completion tokens L, group size G) of each scan; the three cross at (SmolLM2-135M, 128, 8)
+SCANS = {
+    "length": [("smollm2-135m", length, 8) for length in (64, 128, 256, 512, 1024)],
+    "group": [("smollm2-135m", 128, group) for group in (4, 8, 16, 32)],
+    "model": [(model, 128, 8) for model in ("smollm2-135m", "smollm2-360m", "llama-3.2-1b")],
+}
 PROMPTS = 2
 POINTS = [
-    *[("thinktune", "smollm2-135m", length, 8) for length in (64, 128, 256, 512, 1024)],
-    *[("thinktune", "smollm2-135m", 128, group) for group in (4, 16, 32)],
-    *[("thinktune", model, 128, 8) for model in ("smollm2-360m", "llama-3.2-1b")],
+    *[("thinktune", *point) for point in dict.fromkeys(p for points in SCANS.values() for p in points)],
     *[("trl", "smollm2-135m", length, 8) for length in (64, 128, 256)],
     ("trl", "smollm2-135m", 128, 16),
     ("trl", "smollm2-360m", 128, 8),
@@ -149,12 +152,7 @@ def write(rows: list[dict]) -> None:
         "| TRL step (s) | TRL peak RSS (GiB) | TRL / thinktune step |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    scans = {
-        "length": [("smollm2-135m", length, 8) for length in (64, 128, 256, 512, 1024)],
-        "group": [("smollm2-135m", 128, group) for group in (4, 8, 16, 32)],
-        "model": [(model, 128, 8) for model in ("smollm2-135m", "smollm2-360m", "llama-3.2-1b")],
-    }
-    for scan, points in scans.items():
+    for scan, points in SCANS.items():
         for point in points:
             ours, theirs = find(rows, "thinktune", *point), find(rows, "trl", *point)
             step, rss = cells("thinktune", point)
@@ -165,10 +163,10 @@ def write(rows: list[dict]) -> None:
                          f"{' | '.join(cells('trl', point))} | {ratio} |")  # fmt: skip
     (ROOT / "benchmarks/SCALING.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
-    plot(rows, scans)
+    plot(rows)
 
 
-def plot(rows: list[dict], scans: dict) -> None:
+def plot(rows: list[dict]) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -177,7 +175,7 @@ def plot(rows: list[dict], scans: dict) -> None:
     figure, axes = plt.subplots(2, 3, figsize=(13, 7))
     axis_of = {"length": 1, "group": 2, "model": 0}  # which of (model, L, G) varies
     labels = {"length": "completion tokens L (G 8)", "group": "group size G (L 128)", "model": "model (L 128, G 8)"}
-    for column, (scan, points) in enumerate(scans.items()):
+    for column, (scan, points) in enumerate(SCANS.items()):
         for system, marker in (("thinktune", "o-"), ("trl", "s--")):
             found = [(i, r) for i, p in enumerate(points) if (r := find(rows, system, *p))]
             xs = [points[i][axis_of[scan]] if scan != "model" else i for i, _ in found]
