@@ -7,8 +7,10 @@ logs (forward, backward, optimizer), so evaluations and saving are outside it. T
 recipe's ``pairs`` stage writes once (greedy, so the same every time) into ``--pairs``, reused on later runs.
 
 ``--against OTHER/src`` compares with another revision: runs of that checkout and of this one alternate, each in a
-fresh process, and the pooled medians and their ratio are printed. ``PYTHONPATH=OTHER/src python
-benchmarks/stage_steps.py`` measures the other revision alone (the output names the thinktune it ran).
+fresh process, and the pooled medians and their ratio are printed; ``--against-set`` gives the other revision
+overrides of its own (default: those of ``--set``), e.g. its defaults against this one's ``train.autocast=bf16``.
+``PYTHONPATH=OTHER/src python benchmarks/stage_steps.py`` measures the other revision alone (the output names the
+thinktune it ran).
 """
 
 from __future__ import annotations
@@ -187,15 +189,20 @@ def compare(args) -> None:
     own = Path(thinktune.__file__).resolve().parent.parent
     pooled: dict[str, dict[str, list[float]]] = {"against": {}, "this": {}}
     for _ in range(args.rounds):
-        for label, source in (("against", args.against.resolve()), ("this", own)):
+        against_overrides = args.overrides if args.against_overrides is None else args.against_overrides
+        for label, source, overrides in (
+            ("against", args.against.resolve(), against_overrides),
+            ("this", own, args.overrides),
+        ):
             with tempfile.NamedTemporaryFile(suffix=".json") as out:
                 command = [sys.executable, __file__, "--steps", str(args.steps), "--stages", *args.stages,
-                           "--pairs", str(args.pairs), "--json", out.name, "--set", *args.overrides]  # fmt: skip
+                           "--pairs", str(args.pairs), "--json", out.name, "--set", *overrides]  # fmt: skip
                 env = {**os.environ, "PYTHONPATH": str(source)}
                 subprocess.run(command, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                 for stage, figures in json.loads(Path(out.name).read_text()).items():
                     pooled[label].setdefault(stage, []).extend(figures["seconds"])
     print(f"{args.rounds} alternating runs each of {args.against} and {own}, {args.steps} steps a run")
+    print(f"overrides: {against_overrides or 'none'} against {args.overrides or 'none'}")
     for stage in args.stages:
         before, after = (statistics.median(pooled[label][stage]) for label in ("against", "this"))
         print(f"{stage}: {before:.2f} s/step against {after:.2f} s/step: {before / after:.2f}x")
@@ -209,6 +216,7 @@ def main() -> None:
     parser.add_argument("--pairs", type=Path, default=Path(tempfile.gettempdir()) / "thinktune-bench-pairs.jsonl")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--against", type=Path, help="another checkout's src/: run it and this one alternately")
+    parser.add_argument("--against-set", nargs="*", dest="against_overrides", help="overrides for --against's runs")
     parser.add_argument("--rounds", type=int, default=2, help="with --against: runs of each, alternating")
     parser.add_argument("--profile", action="store_true", help="also print where the stage's time goes, by operator")
     args = parser.parse_args()

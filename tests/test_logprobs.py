@@ -42,6 +42,26 @@ def test_chunked_head_equals_full_log_softmax_with_gradients(monkeypatch):
     assert torch.allclose(ours[3], head.grad, atol=1e-5)
 
 
+def test_chunked_head_under_autocast_uses_the_bf16_head_it_would_cast(monkeypatch):
+    """The head is cast once for all chunks: the values and the hidden state's gradient are those autocast's own
+    cast of each chunk's matmul gives (the same bf16 weights)."""
+    monkeypatch.setattr(logits_module, "CHUNK_ELEMENTS", 3 * 50)
+    torch.manual_seed(0)
+    hidden = torch.randn(7, 16, requires_grad=True)
+    head = torch.randn(50, 16)
+    tokens = torch.randint(0, 50, (7,))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logp, _ = head_token_logprobs(hidden, head, tokens)
+    logp.sum().backward()
+    rows = [slice(start, start + 3) for start in range(0, 7, 3)]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = torch.cat([(hidden[chunk] @ head.T).float() for chunk in rows])
+    reference = logits.log_softmax(-1).gather(-1, tokens[:, None])[:, 0]
+    assert torch.allclose(logp, reference, atol=1e-5)
+    grad = (torch.nn.functional.one_hot(tokens, 50) - logits.softmax(-1)).bfloat16()
+    assert torch.allclose(hidden.grad, (grad @ head.bfloat16()).float(), atol=1e-2)
+
+
 def test_update_loss_and_lora_gradients_equal_the_straightforward_forward(tiny_model_dir):
     model = lora_policy_with_live_adapters(tiny_model_dir)
     prompt_ids = torch.tensor([[0, 8, 9, 10], [11, 12, 13, 14]])

@@ -76,6 +76,22 @@ def sampling_weights(logits: torch.Tensor, temperature: float = 1.0) -> tuple[to
 CHUNK_ELEMENTS = 1 << 24  # logits per chunk: 16M floats = 64 MB
 
 
+def autocast_operand(weight: torch.Tensor) -> torch.Tensor:
+    """``weight`` as autocast would hand it to a matmul, cast once: the head's chunks would each cast it again
+    (a 49k x 576 head, 28 M weights, a dozen times a SmolLM2 SFT step).
+
+    >>> with torch.autocast("cpu", dtype=torch.bfloat16):
+    ...     autocast_operand(torch.ones(2)).dtype
+    torch.bfloat16
+    >>> autocast_operand(torch.ones(2)).dtype
+    torch.float32
+    """
+    device = weight.device.type
+    if torch.is_autocast_enabled(device) and weight.is_floating_point():
+        return weight.to(torch.get_autocast_dtype(device))
+    return weight
+
+
 class _HeadTokenLogprobs(torch.autograd.Function):
     """log softmax(hidden @ weight.T / T)[token], a chunk of rows at a time, recomputed in backward."""
 
@@ -85,9 +101,10 @@ class _HeadTokenLogprobs(torch.autograd.Function):
         logp = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
         ent = torch.empty_like(logp) if with_entropy else None
         log_norms = torch.empty_like(logp)
+        head = autocast_operand(weight)
         for start in range(0, hidden.shape[0], rows):
             chunk = slice(start, start + rows)
-            logits = (hidden[chunk] @ weight.T).float() / temperature
+            logits = (hidden[chunk] @ head.T).float() / temperature
             weights, log_norm = sampling_weights(logits)
             log_norms[chunk] = log_norm[:, 0]
             logp[chunk] = logits.gather(-1, tokens[chunk, None])[:, 0] - log_norm[:, 0]
@@ -113,15 +130,16 @@ class _HeadTokenLogprobs(torch.autograd.Function):
     def _backward(ctx, hidden, weight, tokens, log_norms, grad_logp):
         grad_hidden = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
         grad_weight = torch.zeros_like(weight, dtype=torch.float32) if ctx.needs_input_grad[1] else None
+        head = autocast_operand(weight)
         for start in range(0, hidden.shape[0], ctx.rows):
             chunk = slice(start, start + ctx.rows)
-            logits = (hidden[chunk] @ weight.T).float() / ctx.temperature
+            logits = (hidden[chunk] @ head.T).float() / ctx.temperature
             # d logp / d logits = onehot(token) - softmax(logits), times the incoming gradient and 1/T
             grad = (logits - log_norms[chunk, None]).clamp(min=FLOOR).exp().mul_(-grad_logp[chunk, None])
             grad.scatter_add_(-1, tokens[chunk, None], grad_logp[chunk, None])
             grad = grad.div_(ctx.temperature).to(hidden.dtype)
             if grad_hidden is not None:
-                grad_hidden[chunk] = grad @ weight
+                grad_hidden[chunk] = grad @ head
             if grad_weight is not None:
                 grad_weight += grad.T.float() @ hidden[chunk].float()
         if grad_weight is not None:

@@ -30,6 +30,7 @@ from safetensors import SafetensorError
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from thinktune.config import ModelConfig
+from thinktune.cpu_attention import use_float32_attention
 from thinktune.outputs import WriteError
 from thinktune.savers import bitsandbytes
 
@@ -222,6 +223,7 @@ def load_policy(cfg: ModelConfig) -> tuple[PreTrainedModel, PreTrainedTokenizerB
     else:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device)
     model.config.use_cache = True
+    use_float32_attention(model)
     if cfg.finetune == "lora":
         model = add_lora(model, cfg)
     return model, tokenizer

@@ -185,6 +185,7 @@ def load_reward_model_for_training(recipe: Recipe):
     LoRA-wrapped (score head trained in full) or full."""
     from transformers import AutoModelForSequenceClassification
 
+    from thinktune.cpu_attention import use_float32_attention
     from thinktune.models import add_lora, pick_device, resolve_model
 
     path = resolve_model(recipe.model.name)
@@ -193,6 +194,7 @@ def load_reward_model_for_training(recipe: Recipe):
     model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=dtype)
     model.to(pick_device(recipe.model.device))
     model.config.pad_token_id = tokenizer.pad_token_id
+    use_float32_attention(model)
     if recipe.model.finetune == "lora":
         model = add_lora(model, recipe.model, task_type="SEQ_CLS")
     return model, tokenizer
