@@ -7,6 +7,7 @@ import pytest
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import AutoModelForCausalLM
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from thinktune.config import ModelConfig
 from thinktune.cpu_attention import FLOAT32_ATTENTION, float32_sdpa
@@ -68,6 +69,8 @@ def test_low_precision_inputs_get_float32_attention_in_their_own_dtype():
     # the same bf16 inputs computed in float32: only the final rounding to bf16 is left
     widened, _ = float32_sdpa(Layer(), q.bfloat16().float(), k.bfloat16().float(), v.bfloat16().float(), None)
     assert half.dtype == torch.bfloat16 and torch.equal(half, widened.bfloat16())
+    step = (q[:, :, :1].bfloat16(), k.bfloat16(), v.bfloat16(), None)  # a decode step: torch's own call
+    assert torch.equal(float32_sdpa(Layer(), *step)[0], sdpa_attention_forward(Layer(), *step)[0])
     with torch.autocast("cpu", dtype=torch.bfloat16):  # rotary leaves queries in float32, values in bf16
         mixed, _ = float32_sdpa(Layer(), q, k, v.bfloat16(), None)
     assert mixed.dtype == torch.bfloat16 and torch.allclose(mixed.float(), exact, atol=0.05)

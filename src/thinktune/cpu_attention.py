@@ -20,7 +20,8 @@ FLOAT32_ATTENTION = "thinktune_sdpa"
 
 def float32_sdpa(module, query, key, value, attention_mask, **kwargs):
     """transformers' SDPA attention, computed in float32 when its inputs, or autocast, would run it in a lower
-    precision on a CPU; returns what the lower-precision call returns, in its dtype.
+    precision on a CPU; returns what the lower-precision call returns, in its dtype. Decode steps (one query
+    position) keep torch's own call.
 
     >>> q = k = v = torch.randn(1, 2, 3, 4)
     >>> class Layer(torch.nn.Module):
@@ -31,7 +32,8 @@ def float32_sdpa(module, query, key, value, attention_mask, **kwargs):
     """
     autocast = query.device.type == "cpu" and torch.is_autocast_enabled("cpu")
     low = {query.dtype, key.dtype, value.dtype} != {torch.float32}
-    if query.device.type != "cpu" or not (autocast or low):
+    # A decode step (one query) would widen the whole cache for little attention work: torch's own call there.
+    if query.device.type != "cpu" or query.shape[2] == 1 or not (autocast or low):
         return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
     dtype = torch.get_autocast_dtype("cpu") if autocast else value.dtype
     if attention_mask is not None and attention_mask.is_floating_point():
