@@ -20,6 +20,7 @@ import contextlib
 import json
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -31,6 +32,9 @@ from thinktune.data.sources import load_examples
 from thinktune.environment import cpu_flags, cpu_name
 from thinktune.recipe import load_recipe
 from thinktune.run_dir import RunDir
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench import matmul_peak  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 RECIPES = {"sft": "recipes/math_sft_grpo.yaml", "reward_model": "recipes/cot_reward_model.yaml"}
@@ -184,7 +188,6 @@ def compare(args) -> None:
     """Runs of ``args.against`` and of this checkout in turn, each in a process of its own (so a slow spell of the
     machine falls on both), then every step's seconds pooled per revision."""
     import os
-    import sys
 
     own = Path(thinktune.__file__).resolve().parent.parent
     pooled: dict[str, dict[str, list[float]]] = {"against": {}, "this": {}}
@@ -227,6 +230,8 @@ def main() -> None:
     keep_freed_memory()  # as the CLI does: the figures are those of `thinktune train`
     print(f"CPU: {cpu_name()}; bf16 flags: {', '.join(cpu_flags()) or 'none'}; torch threads {torch.get_num_threads()}")
     print(f"thinktune: {revision()}; overrides: {args.overrides or 'none'}")
+    peaks = {dtype: matmul_peak(getattr(torch, dtype)) for dtype in ("float32", "bfloat16")}
+    print("matmul peak (2048³): " + ", ".join(f"{dtype} {gflops:.0f} GFLOP/s" for dtype, gflops in peaks.items()))
     results = {}
     for stage in args.stages:
         with tempfile.TemporaryDirectory() as tmp, profiled(args.profile, args.steps + 1):
