@@ -191,8 +191,8 @@ def compare(args) -> None:
 
     own = Path(thinktune.__file__).resolve().parent.parent
     pooled: dict[str, dict[str, list[float]]] = {"against": {}, "this": {}}
+    against_overrides = args.overrides if args.against_overrides is None else args.against_overrides
     for _ in range(args.rounds):
-        against_overrides = args.overrides if args.against_overrides is None else args.against_overrides
         for label, source, overrides in (
             ("against", args.against.resolve(), against_overrides),
             ("this", own, args.overrides),

@@ -62,6 +62,7 @@ def test_under_autocast_the_loss_and_gradients_stay_near_float32s(tiny_model_dir
 
 
 def test_low_precision_inputs_get_float32_attention_in_their_own_dtype():
+    torch.manual_seed(0)
     q, k, v = (torch.randn(2, 4, 5, 8) for _ in range(3))
     exact, _ = float32_sdpa(Layer(), q, k, v, None)
     assert exact.dtype == torch.float32

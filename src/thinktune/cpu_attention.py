@@ -23,11 +23,12 @@ def float32_sdpa(module, query, key, value, attention_mask, **kwargs):
     precision on a CPU; returns what the lower-precision call returns, in its dtype. Decode steps (one query
     position) keep torch's own call.
 
-    >>> q = k = v = torch.randn(1, 2, 3, 4)
+    >>> q = k = v = torch.randn(1, 2, 3, 4).bfloat16()
     >>> class Layer(torch.nn.Module):
     ...     is_causal = True
-    >>> out, _ = float32_sdpa(Layer(), q.bfloat16(), k.bfloat16(), v.bfloat16(), None)
-    >>> out.dtype, torch.allclose(out.float(), sdpa_attention_forward(Layer(), q, k, v, None)[0], atol=1e-2)
+    >>> out, _ = float32_sdpa(Layer(), q, k, v, None)  # float32 attention over the bf16 inputs, rounded once
+    >>> widened, _ = sdpa_attention_forward(Layer(), q.float(), k.float(), v.float(), None)
+    >>> out.dtype, torch.equal(out, widened.bfloat16())
     (torch.bfloat16, True)
     """
     autocast = query.device.type == "cpu" and torch.is_autocast_enabled("cpu")
