@@ -89,7 +89,9 @@ def test_several_iterations_take_one_optimizer_step_each_from_recomputed_old_log
     assert stats.trained_rows == 1.0
 
 
-def test_bf16_autocast_recomputes_old_logprobs_logs_their_gap_and_keeps_the_float32_gradient(tmp_path, tiny_model_dir):
+def test_bf16_autocast_takes_old_logprobs_from_its_forward_logs_their_gap_and_keeps_the_float32_gradient(
+    tmp_path, tiny_model_dir
+):
     grads = {}
     for mode in ("none", "bf16"):
         (tmp_path / mode).mkdir()
@@ -99,9 +101,8 @@ def test_bf16_autocast_recomputes_old_logprobs_logs_their_gap_and_keeps_the_floa
         old, _ = trainer.policy_update.old_and_reference(groups.rollout, plan)
         if mode == "none":  # the sampler's own numbers, taken as they are
             assert old is groups.rollout.logprobs
-        else:  # recomputed in bf16: close to the sampler's float32 numbers, not equal
-            assert not torch.equal(old, groups.rollout.logprobs)
-            torch.testing.assert_close(old, groups.rollout.logprobs, atol=0.1, rtol=0.05)
+        else:  # μ = 1: a copy, for the update's bf16 forward to overwrite
+            assert old is not groups.rollout.logprobs and torch.equal(old, groups.rollout.logprobs)
         params = trainer.params
         # the optimizer only records the (clipped) gradient; the float32 weights get float32 gradients
         trainer.optimizer.step = lambda mode=mode, params=params: grads.__setitem__(
@@ -113,6 +114,27 @@ def test_bf16_autocast_recomputes_old_logprobs_logs_their_gap_and_keeps_the_floa
     assert 0 < stats.logprob_mismatch < 0.05
     cosine = torch.nn.functional.cosine_similarity(grads["none"], grads["bf16"], dim=0)
     assert cosine > 0.99 and not torch.equal(grads["none"], grads["bf16"])
+
+
+def test_with_one_iteration_the_old_logprobs_are_the_updates_own_forward_the_gradient_a_recompute_gives(
+    tmp_path, tiny_model_dir
+):
+    trainer = build(tmp_path, tiny_model_dir, "rollout.dtype=bfloat16")
+    update = trainer.policy_update
+    assert update.old_from_update  # μ = 1 and a bfloat16 sampler
+    rollout = trainer.rollout_round(2).rollout
+    advantages = torch.tensor([1.0, -1.0] * 4 + [0.0] * 8)  # the second group is flat: it does not train
+    plan = MicroBatchPlan.build(rollout, advantages, trainer.cfg)
+    recomputed = update.planned_logprobs(rollout, plan, rollout.logprobs)  # the separate pass, as μ > 1 runs it
+    grads = []
+    trainer.optimizer.step = lambda: grads.append(torch.cat([p.grad.flatten() for p in trainer.params]))
+    old, _ = update.old_and_reference(rollout, plan)
+    from_forward = update.update(rollout, advantages, plan, old, None)
+    assert torch.equal(old, recomputed)  # the update wrote its forward's numbers where the recompute would
+    update.old_from_update = False  # the recompute's numbers handed in as the old log-probs instead
+    separate = update.update(rollout, advantages, plan, recomputed, None)
+    assert torch.equal(grads[0], grads[1]) and grads[0].abs().sum() > 0
+    assert from_forward.loss == separate.loss and from_forward.clip_fraction == separate.clip_fraction == 0
 
 
 def test_a_step_records_the_drawn_groups_and_logs_samples(tmp_path, tiny_model_dir):
@@ -215,7 +237,7 @@ def test_recomputed_old_logprobs_cover_the_trained_rows_each_prompt_once_equal_t
 ):
     from thinktune.logprobs import rollout_logprobs
 
-    trainer = build(tmp_path, tiny_model_dir, "rollout.dtype=bfloat16")
+    trainer = build(tmp_path, tiny_model_dir, "rollout.dtype=bfloat16", "grpo.iterations=2")
     rollout = trainer.rollout_round(2).rollout
     advantages = torch.tensor([1.0, -1.0] * 4 + [0.0] * 8)  # the second prompt's group is flat: it does not train
     plan = MicroBatchPlan.build(rollout, advantages, trainer.cfg)

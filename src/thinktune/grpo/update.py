@@ -1,10 +1,14 @@
 """The update half of a GRPO step: μ optimizer steps of the policy on one generation's groups.
 
 plan     = MicroBatchPlan.build(rollout, advantages)   # rows with a gradient, in micro-batches of similar length
-old, ref = old_and_reference(rollout, plan)            # μ > 1 or another engine: old log-probs again; β > 0: the
+old, ref = old_and_reference(rollout, plan)            # μ > 1: old log-probs again; β > 0: the
                                                        #   reference's (of the plan's rows, each prompt run once)
 for each of μ iterations:                              # gradients accumulate over the micro-batches
     loss(new log-probs, old, ref, advantages).backward(); clip; optimizer step
+
+With μ = 1 the policy being updated is the one that sampled, so where the sampler's numbers are not the trainer's
+the old log-probs are the update's own forward, detached: the loss and gradient a separate recompute pass would
+give, without the pass.
 """
 
 from __future__ import annotations
@@ -75,36 +79,42 @@ class PolicyUpdate:
         self.exact_logprobs, self.engine, self.ranks = exact_logprobs, engine, engine.ranks
         self.autocast = functools.partial(autocast, next(model.parameters()).device, recipe.train.autocast)
         self.loss_fn = LOSSES[self.cfg.loss]
+        # μ = 1 and a sampler whose numbers are not the trainer's: the old log-probs are taken from the update's
+        # own forward (see the module's docstring)
+        self.old_from_update = self.cfg.iterations == 1 and not exact_logprobs
+        self.corrects = not exact_logprobs and self.rollout_cfg.correction != "recompute"
 
     def learn(self, rollout: Rollout, advantages: torch.Tensor) -> UpdateStats:
         """Plan the micro-batches, take the old and reference log-probs, and step the policy μ times."""
         plan = MicroBatchPlan.build(rollout, advantages, self.cfg).across(self.ranks)
         advantages = advantages.to(rollout.completion_mask.device)  # rewards are scored on the CPU
         old_logprobs, ref_logprobs = self.old_and_reference(rollout, plan)
-        correction = None
-        if not self.exact_logprobs and self.rollout_cfg.correction != "recompute":
-            correction = correction_weights(old_logprobs, rollout.logprobs, self.rollout_cfg)
-        stats = self.update(rollout, advantages, plan, old_logprobs, ref_logprobs, correction)
-        if not self.exact_logprobs:  # how far the sampler's numbers are from the trainer's, on the rows recomputed
+        stats = self.update(rollout, advantages, plan, old_logprobs, ref_logprobs)
+        if not self.exact_logprobs:  # how far the sampler's numbers are from the trainer's, on the rows trained
             trained = torch.zeros(plan.rows, dtype=torch.bool)
             trained[torch.cat(plan.batches) if plan.batches else []] = True
             valid = rollout.completion_mask.bool() & trained.to(rollout.completion_mask.device)[:, None]
             gap = (old_logprobs - rollout.logprobs)[valid].abs()
             stats.logprob_mismatch = gap.mean().item() if gap.numel() else 0.0
-            if correction is not None:
+            if self.corrects:
+                correction = correction_weights(old_logprobs, rollout.logprobs, self.rollout_cfg)
                 stats.correction_weight = correction[valid].mean().item() if valid.any() else 1.0
                 stats.correction_masked = (correction[valid] == 0).float().mean().item() if valid.any() else 0.0
         return stats
 
     def old_and_reference(self, rollout: Rollout, plan: MicroBatchPlan) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Old log-probs (the sampler's, or with μ > 1 or another engine recomputed once before the updates) and,
-        with a KL term, the reference policy's. Only the rows the plan trains are computed: no other row enters
-        the loss (the others keep the sampler's numbers, or 0 for the reference)."""
+        """Old log-probs and, with a KL term, the reference policy's. The old ones are the sampler's where they are
+        the trainer's own with μ = 1; recomputed once before the updates with μ > 1; with μ = 1 and a sampler whose
+        numbers differ (vLLM, bfloat16, autocast, a 4-bit base), a copy of the sampler's that the update overwrites
+        with its own forward's, row by row. Only the plan's rows are computed: no other row enters the loss (the
+        others keep the sampler's numbers, or 0 for the reference)."""
         old = rollout.logprobs
         if old.shape[0] == 0:  # several processes: this one kept no group this step (dynamic sampling)
             return old, None
-        with self.autocast():
-            if self.cfg.iterations > 1 or not self.exact_logprobs:
+        if self.old_from_update:
+            old = old.clone()
+        elif self.cfg.iterations > 1:  # the first iteration's ratio is then exactly 1, as later ones are measured
+            with self.autocast():
                 old = self.planned_logprobs(rollout, plan, rollout.logprobs)
         ref = None
         if self.cfg.beta > 0:
@@ -143,9 +153,8 @@ class PolicyUpdate:
             )
         return logprobs, entropy, completion[1]
 
-    def update(self, rollout, advantages, plan: MicroBatchPlan, old_logprobs, ref_logprobs, correction) -> UpdateStats:
-        """μ optimizer steps on this generation; gradients accumulate over the plan's micro-batches. ``correction``:
-        the rollout correction's per-token weights, or None."""
+    def update(self, rollout, advantages, plan: MicroBatchPlan, old_logprobs, ref_logprobs) -> UpdateStats:
+        """μ optimizer steps on this generation; gradients accumulate over the plan's micro-batches."""
         cfg, stats = self.cfg, UpdateStats()
         max_norm = self.train_cfg.max_grad_norm
         if self.ranks.sum(plan.rows) == 0:  # dynamic sampling found no group with spread: nothing to learn, the
@@ -171,13 +180,13 @@ class PolicyUpdate:
                 with checkpointed_layers(self.model, self.train_cfg.gradient_checkpointing):
                     for rows in local:
                         self.train_on(rollout, advantages, plan, rows, prompts, (old_logprobs, ref_logprobs),
-                                      correction, iteration, stats)  # fmt: skip
+                                      iteration, stats)  # fmt: skip
                 if prompts is not None:
                     prompts.backward()
             with checkpointed_layers(self.model, self.train_cfg.gradient_checkpointing):
                 for rows in synced:
-                    self.train_on(rollout, advantages, plan, rows, None, (old_logprobs, ref_logprobs), correction,
-                                  iteration, stats)  # fmt: skip
+                    self.train_on(rollout, advantages, plan, rows, None, (old_logprobs, ref_logprobs), iteration,
+                                  stats)  # fmt: skip
                 if self.ranks.world > 1 and trained_rows and not plan.batches:
                     self.zero_pass()
             loss = self.ranks.sum(stats.loss)  # NaN in any process reaches every process
@@ -194,32 +203,39 @@ class PolicyUpdate:
             logprobs, _ = completion_logprobs(self.model, token, torch.ones_like(token), token, torch.ones_like(token))
         (logprobs.sum() * 0.0).backward()
 
-    def train_on(self, rollout, advantages, plan, rows, prompts, old_and_ref, correction, iteration, stats) -> None:
+    def train_on(self, rollout, advantages, plan, rows, prompts, old_and_ref, iteration, stats) -> None:
         """One micro-batch's forward and backward, its shares added to ``stats``."""
-        parts = self.micro_batch(rollout, advantages, plan, rows, prompts, old_and_ref, correction,
-                                 with_entropy=iteration == 0, scale=self.engine.loss_scale)  # fmt: skip
+        parts = self.micro_batch(rollout, advantages, plan, rows, prompts, old_and_ref, with_entropy=iteration == 0,
+                                 scale=self.engine.loss_scale)  # fmt: skip
         stats.add(**{name: value / self.cfg.iterations for name, value in parts.items() if name != "entropy"})
         if iteration == 0:
             stats.add(entropy=parts["entropy"])
 
-    def micro_batch(self, rollout, advantages, plan, rows, prompts, old_and_ref, correction, with_entropy, scale=1):
+    def micro_batch(self, rollout, advantages, plan, rows, prompts, old_and_ref, with_entropy, scale=1):
         """Forward and backward of one micro-batch (its loss times ``scale``, :attr:`Parallel.loss_scale`); its shares
-        of the step's loss, clip fraction, KL and entropy."""
+        of the step's loss, clip fraction, KL and entropy. With :attr:`old_from_update`, the forward's log-probs
+        (detached) become these rows' old log-probs, written into ``old_and_ref[0]``."""
         cfg = self.cfg
         with_entropy = with_entropy or cfg.top_entropy_quantile < 1
         with self.autocast():
             logprobs, entropy, completion_mask = self.rows_logprobs(rollout, plan, rows, prompts, with_entropy)
         width = completion_mask.shape[1]
         m = plan.mask[rows, :width]
-        weights = None if correction is None else correction[rows, :width]
+        all_old, ref_logprobs = old_and_ref
+        if self.old_from_update:
+            all_old[rows] = 0.0  # as a recompute leaves them: 0 past each completion's end
+            all_old[rows, :width] = logprobs.detach() * completion_mask
+        old_logprobs = all_old[rows, :width]
+        weights = None
+        if self.corrects:
+            weights = correction_weights(old_logprobs, rollout.logprobs[rows, :width], self.rollout_cfg)
         if cfg.top_entropy_quantile < 1:  # only the most uncertain tokens of the micro-batch train
             chosen = high_entropy_mask(entropy.detach(), m, cfg.top_entropy_quantile)
             weights = chosen if weights is None else weights * chosen
-        old_logprobs, ref_logprobs = old_and_ref
         out = self.loss_fn(
             LossInputs(
                 logprobs=logprobs,
-                old_logprobs=old_logprobs[rows, :width],
+                old_logprobs=old_logprobs,
                 advantages=advantages[rows],
                 mask=m,
                 ref_logprobs=None if ref_logprobs is None else ref_logprobs[rows, :width],
