@@ -67,3 +67,24 @@ def test_significance_notes_pair_greedy_outcomes_and_sample_counts():
     assert tests["accuracy"] == {"fixed": 2, "broken": 1, "p_value": 1.0}
     assert tests["mean@4"]["fixed"] == 2 and tests["mean@4"]["broken"] == 1  # 0->2, 1->3 up; 2->1 down; 4 tie
     assert notes[0].startswith("accuracy on 4 validation problems: 0.500")
+
+
+def test_eval_dtype_model_grades_the_policy_in_its_own_dtype_whatever_the_sampler_computes_in(tiny):
+    from thinktune import load_recipe
+    from thinktune.rollout import evaluation_backend, make_backend
+
+    model, tokenizer = tiny
+    recipe = load_recipe("recipes/demo.yaml", ["rollout.dtype=bfloat16", "eval.dtype=rollout"])
+    sampler = make_backend(recipe.rollout, model, tokenizer)
+    assert sampler.dtype is not None  # the training sampler computes in bfloat16
+    assert evaluation_backend(recipe, model, tokenizer, sampler) is sampler  # as it samples
+    own = evaluation_backend(load_recipe(recipe, ["eval.dtype=model"]), model, tokenizer, sampler)
+    assert own.dtype is None  # the policy's float32
+    prompts = [tokenizer(f"say {w}").input_ids for w in ("one", "two", "three")]
+    greedy = SamplingParams(8, greedy=True)
+    float32 = NativeBackend(model, tokenizer).generate(prompts, greedy)
+    out = own.generate(prompts, greedy)
+    assert out.completion_ids.equal(float32.completion_ids) and out.logprobs.equal(float32.logprobs)
+    assert not sampler.generate(prompts, greedy).logprobs.equal(float32.logprobs)  # bfloat16 grades otherwise
+    vllm = load_recipe(recipe, ["eval.dtype=model", "rollout.backend=vllm"])
+    assert evaluation_backend(vllm, model, tokenizer, sampler) is sampler  # another engine: its own numbers

@@ -132,7 +132,7 @@ def evaluate(
     from thinktune.evaluation import evaluate_recipe
     from thinktune.models import load_for_inference
     from thinktune.rewards.scoring import recipe_scoring, with_reward_model
-    from thinktune.rollout import make_backend
+    from thinktune.rollout import evaluation_backend
 
     recipe = with_rewards(recipe or load_recipe(), rewards)
     if samples is not None:
@@ -142,7 +142,7 @@ def evaluate(
     _, held_out, task_dataset = load_examples(recipe.data, recipe.eval.split)
     m, tok = load_for_inference(str(model), recipe.model.device, recipe.model.dtype)
     return evaluate_recipe(
-        make_backend(recipe.rollout, m, tok), recipe, held_out, *recipe_scoring(recipe, task_dataset, tok)
+        evaluation_backend(recipe, m, tok), recipe, held_out, *recipe_scoring(recipe, task_dataset, tok)
     )
 
 

@@ -194,7 +194,7 @@ def serve(folder: Path, parent: int) -> None:
     from thinktune.models import load_for_inference
     from thinktune.recipe import load_recipe
     from thinktune.rewards.scoring import recipe_scoring
-    from thinktune.rollout import make_backend
+    from thinktune.rollout import evaluation_backend
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the trainer, which stops the worker itself
     threading.Thread(target=_exit_with, args=(parent,), daemon=True).start()
@@ -216,7 +216,7 @@ def serve(folder: Path, parent: int) -> None:
         step = waiting[0]
         model, tokenizer = load_for_inference(str(queue.snapshot(step)), device, recipe.model.dtype)
         rewards, task = recipe_scoring(recipe, task_dataset, tokenizer)
-        backend = make_backend(recipe.rollout, model, tokenizer)
+        backend = evaluation_backend(recipe, model, tokenizer)
         result = evaluate_recipe(backend, recipe, held_out, rewards, task, label=f"eval step{step}")
         queue.write_result(step, evaluation_record(recipe, result))
         console.print(f"evaluated step {step}")

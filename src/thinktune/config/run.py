@@ -45,6 +45,13 @@ class EvalConfig(_Section):
     batch_size: int = Field(
         32, gt=0, description="Prompts per greedy generation batch.", json_schema_extra=tagged(EVALUATED, RESUME_SAFE)
     )
+    dtype: Literal["rollout", "model"] = Field(
+        "rollout",
+        description="What the native sampler computes evaluations in: rollout = as rollout.dtype samples in "
+        "training; model = the policy's own dtype, the model as it is saved, whatever rollout.dtype is (a "
+        "bfloat16 sampler grades a float32 model somewhat differently).",
+        json_schema_extra=tagged(EVALUATED),
+    )
     best_metric: Literal["accuracy", "format_accuracy", "reward"] = Field(
         "accuracy",
         description="With eval.every: the trained model scoring best on it so far is kept in best/ (best.json says "

@@ -50,7 +50,7 @@ class SamplingParams:
 class RolloutBackend(Protocol):
     tokenizer: object
     device: torch.device  # where sampling draws its random numbers: a generator passed in must live there
-    exact_logprobs: bool  # the rollout's log-probs are the trainer's own (else the update recomputes them)
+    exact_logprobs: bool  # the rollout's log-probs are the trainer's own (else the update takes the trainer's)
 
     def generate(
         self, prompts: list[list[int]], params: SamplingParams, generator: torch.Generator | None = None
@@ -83,7 +83,7 @@ class NativeBackend:
         self.eos_ids = eos_token_ids(tokenizer)
         parameter = next(model.parameters())
         self.dtype = sampling_dtype(cfg.dtype if cfg else "model", parameter.device, parameter.dtype)
-        self.exact_logprobs = self.dtype is None  # else the update recomputes them at the policy's dtype
+        self.exact_logprobs = self.dtype is None  # else the update takes its own, at the policy's dtype
 
     @property
     def device(self) -> torch.device:
@@ -118,3 +118,11 @@ def make_backend(cfg: RolloutConfig | str, model, tokenizer) -> RolloutBackend:
     """The backend the recipe's ``rollout`` section (or just a backend's name) asks for, sampling from ``model``."""
     cfg = RolloutConfig(backend=cfg) if isinstance(cfg, str) else cfg
     return BACKENDS.lookup(cfg.backend)(model, tokenizer, cfg)
+
+
+def evaluation_backend(recipe, model, tokenizer, running: RolloutBackend | None = None) -> RolloutBackend:
+    """What evaluations of ``model`` sample with: the recipe's rollout backend (``running``, where training has
+    one up), or with ``eval.dtype: model`` and the native sampler, one in the policy's own dtype."""
+    if recipe.eval.dtype == "model" and recipe.rollout.backend == "native":
+        return NativeBackend(model, tokenizer)
+    return running or make_backend(recipe.rollout, model, tokenizer)

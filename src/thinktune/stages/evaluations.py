@@ -16,6 +16,7 @@ from thinktune.eval_worker import FOLDER, EvalQueue, EvalWorker
 from thinktune.evaluation import evaluate_recipe, evaluation_key, evaluation_record
 from thinktune.jsonl import read_jsonl
 from thinktune.models import save_model
+from thinktune.rollout import evaluation_backend
 from thinktune.run_dir import RunDir
 from thinktune.watch import EvaluationWatch, Regression
 
@@ -78,8 +79,8 @@ class TrainingEvaluations:
         """One evaluation (before, every N steps, after), made here, and what the watch makes of it (None, None on
         all but process 0)."""
         t = self.trainer
-        result = evaluate_and_save(self.run, label, t.backend, self.recipe, self.held_out, t.rewards, t.task,
-                                   self.ranks)  # fmt: skip
+        backend = evaluation_backend(self.recipe, t.model, t.tokenizer, t.backend)
+        result = evaluate_and_save(self.run, label, backend, self.recipe, self.held_out, t.rewards, t.task, self.ranks)
         return (result, self.record(label, step, result)) if result else (None, None)
 
     def record(self, label: str, step: int, result: dict, snapshot=None) -> Regression | None:

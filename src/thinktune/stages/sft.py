@@ -11,7 +11,7 @@ from thinktune.console import console
 from thinktune.evaluation import evaluation_key
 from thinktune.models import load_for_inference, load_policy
 from thinktune.rewards.scoring import recipe_scoring
-from thinktune.rollout import make_backend
+from thinktune.rollout import evaluation_backend
 from thinktune.run_dir import STAGE_OUTPUTS
 from thinktune.sft import run_sft, save_sft_model
 from thinktune.stages import Stage
@@ -42,7 +42,7 @@ class SFTStage(Stage):
         rewards, task = recipe_scoring(recipe, context.splits.task_dataset, tokenizer)
         base = earlier_evaluation(run, "base", recipe) if context.resume else None
         if recipe.eval.before and held_out and base is None:
-            backend = make_backend(recipe.rollout, model, tokenizer)
+            backend = evaluation_backend(recipe, model, tokenizer)
             base = evaluate_and_save(run, "base", backend, recipe, held_out, rewards, task)
         start = time.perf_counter()
         records = run_sft(recipe, model, tokenizer, context.splits.train, context.tracker, run, context.resume, ranks)
@@ -58,7 +58,7 @@ class SFTStage(Stage):
         if records:  # this process's steps (after a resume, from the checkpoint on)
             summary.update(first_loss=records[0]["loss"], last_loss=records[-1]["loss"])
         if held_out and (recipe.eval.after or "grpo" in recipe.stages):
-            backend = make_backend(recipe.rollout, model, tokenizer)
+            backend = evaluation_backend(recipe, model, tokenizer)
             after = evaluate_and_save(run, "sft", backend, recipe, held_out, rewards, task)
             summary["after"] = after["metrics"]
             if "grpo" in recipe.stages and recipe.eval.before:
