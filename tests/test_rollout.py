@@ -266,3 +266,40 @@ def test_rollout_dtype_auto_takes_bfloat16_only_where_the_machine_runs_it_faster
     assert backend.sampling_dtype("auto", cpu, torch.float32) is torch.bfloat16
     assert backend.sampling_dtype("bfloat16", cpu, torch.bfloat16) is None  # a bfloat16 model already is
     assert backend.sampling_dtype("model", cpu, torch.float32) is None
+
+
+def test_a_prefix_common_to_every_prompt_is_prefilled_once_and_changes_no_token(tiny, monkeypatch):
+    model, tokenizer = tiny
+    preamble = "you are a careful assistant: think step by step, then answer. question: "
+    prompts = [tokenizer(preamble + q)["input_ids"] for q in ("one plus two", "calculate three", "a cat or a dog?")]
+    shared = len(tokenizer(preamble.rstrip())["input_ids"]) - 1  # the tokens every prompt starts with, at least
+    calls = []
+    forward = LlamaDecoder._forward
+    monkeypatch.setattr(
+        LlamaDecoder, "_forward", lambda self, ids, *a: calls.append(ids.shape) or forward(self, ids, *a)
+    )
+
+    def run(**kwargs):
+        calls.clear()
+        return generate(model, prompts, eos_ids=[tokenizer.eos_token_id], pad_id=tokenizer.pad_token_id,
+                        max_new_tokens=12, **kwargs)  # fmt: skip
+
+    greedy = run(greedy=True)
+    width = greedy.prompt_ids.shape[1]
+    assert calls[0][0] == 1 and calls[0][1] >= shared  # the common prefix, once
+    assert calls[1] == (3, width - calls[0][1])  # then what follows it in each prompt
+    sampled = run(group_size=4, temperature=0.7, generator=torch.Generator().manual_seed(0))
+    ids, mask = left_pad(prompts, tokenizer.pad_token_id)
+    assert torch.equal(greedy.prompt_ids, ids) and torch.equal(greedy.prompt_mask, mask)  # recorded left-padded
+    hf = model.generate(
+        input_ids=ids, attention_mask=mask, max_new_tokens=12, do_sample=False, pad_token_id=tokenizer.pad_token_id
+    )[:, width:]
+    for row in range(len(prompts)):
+        n = int(greedy.completion_mask[row].sum())
+        assert greedy.completion_ids[row, :n].tolist() == hf[row, :n].tolist()
+
+    monkeypatch.setattr(LlamaDecoder, "shares_prefix", False)  # every prompt prefilled whole, as before
+    whole = run(group_size=4, temperature=0.7, generator=torch.Generator().manual_seed(0))
+    assert calls[0] == (3, width)
+    assert torch.equal(sampled.completion_ids, whole.completion_ids)
+    torch.testing.assert_close(sampled.logprobs, whole.logprobs, atol=1e-5, rtol=0)

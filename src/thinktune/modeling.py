@@ -94,6 +94,37 @@ def left_pad(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, tor
     return ids, mask
 
 
+def common_prefix(sequences: list[list[int]]) -> int:
+    """How many leading tokens every sequence shares, short of the shortest one's last token (so each keeps at
+    least one token of its own).
+
+    >>> common_prefix([[1, 2, 3, 4], [1, 2, 5]]), common_prefix([[1, 2], [1, 2, 3]]), common_prefix([[7]])
+    (2, 1, 0)
+    """
+    shortest = min(len(s) for s in sequences)
+    shared = 0
+    while shared < shortest - 1 and all(s[shared] == sequences[0][shared] for s in sequences):
+        shared += 1
+    return shared
+
+
+def prefix_then_left_pad(sequences: list[list[int]], pad_id: int, shared: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Like :func:`left_pad`, but the first ``shared`` tokens (common to every row) stay in the first columns and only
+    the rest of each row is left-padded after them: one copy of the prefix can then serve every row. Every row still
+    ends in the last column; :func:`positions` counts through the gap.
+
+    >>> ids, mask = prefix_then_left_pad([[1, 2, 3, 4], [1, 2, 5]], pad_id=0, shared=2)
+    >>> ids.tolist(), mask.tolist(), positions(mask).tolist()
+    ([[1, 2, 3, 4], [1, 2, 0, 5]], [[1, 1, 1, 1], [1, 1, 0, 1]], [[0, 1, 2, 3], [0, 1, 1, 2]])
+    """
+    prefix = torch.tensor(sequences[0][:shared], dtype=torch.long)
+    ids, mask = left_pad([s[shared:] for s in sequences], pad_id)
+    rows = len(sequences)
+    return torch.cat([prefix.expand(rows, shared), ids], 1), torch.cat(
+        [torch.ones(rows, shared, dtype=mask.dtype), mask], 1
+    )
+
+
 def right_pad(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Token lists as one right-padded batch and its attention mask, so every row starts in the first column.
 

@@ -28,13 +28,15 @@ from thinktune.modeling import FAST_MODEL_TYPES, base_model, cache_argument, eff
 
 
 class HFDecoder:
+    shares_prefix = False  # every prompt is prefilled whole
+
     def __init__(self, model, dtype: torch.dtype | None = None):
         self.model = model
         self.cache = DynamicCache()
         device = next(model.parameters()).device.type
         self.precision = contextlib.nullcontext if dtype is None else lambda: torch.autocast(device, dtype=dtype)
 
-    def prefill(self, ids, mask, position_ids, group_size: int) -> torch.Tensor:
+    def prefill(self, ids, mask, position_ids, group_size: int, shared: int = 0) -> torch.Tensor:
         with self.precision():
             return self._prefill(ids, mask, position_ids, group_size)
 
@@ -105,6 +107,8 @@ def _cat(pairs):
 class LlamaDecoder:
     """Decode forward passes for a Llama-family model from a merged, fused snapshot of its weights (in ``dtype``
     when given, else the model's own)."""
+
+    shares_prefix = True  # prefill runs a prefix common to every prompt once (engine.generate)
 
     def __init__(self, model, max_columns: int, dtype: torch.dtype | None = None, max_rows: int | None = None):
         base = base_model(model)
@@ -178,7 +182,8 @@ class LlamaDecoder:
             v = qkv[..., q_size + kv_size :].view(batch, width, self.kv_heads, self.head_dim).transpose(1, 2)
             self.keys[i][:, :, start:end] = k
             self.values[i][:, :, start:end] = v
-            attended = attend(q, self.keys[i][:, :, :end], self.values[i][:, :, :end], visible, self.head_dim**-0.5)
+            keys, values = self.keys[i][:batch, :, :end], self.values[i][:batch, :, :end]
+            attended = attend(q, keys, values, visible, self.head_dim**-0.5)
             attended = attended.transpose(1, 2).reshape(batch, width, q_size)
             x = x + layer["o"](attended)
             h = layer["norm2"](x)
@@ -187,11 +192,18 @@ class LlamaDecoder:
         self.filled = end
         return self.lm_head(self.final_norm(x[:, -1])).float()
 
-    def prefill(self, ids, mask, position_ids, group_size: int) -> torch.Tensor:
+    def prefill(self, ids, mask, position_ids, group_size: int, shared: int = 0) -> torch.Tensor:
+        """The prompts' pass, their cache copied to each row of a group; the next tokens' logits. With ``shared``,
+        the first ``shared`` columns are one prefix common to every row (:func:`~thinktune.modeling.
+        prefix_then_left_pad`): it runs once, its keys and values written to every row, and the rows run only
+        what follows it (the demo's evaluation batches: 88 of 101 tokens shared, 50 prompts)."""
         shape = (ids.shape[0], self.kv_heads, self.max_columns, self.head_dim)
         dtype = self.embed.dtype
         self.keys = [torch.empty(shape, dtype=dtype, device=ids.device) for _ in self.layers]
         self.values = [torch.empty(shape, dtype=dtype, device=ids.device) for _ in self.layers]
+        if shared:  # a batch of one: _forward's cache writes reach every row
+            self._forward(ids[:1, :shared], mask[:1, :shared], position_ids[:1, :shared])
+            ids, position_ids = ids[:, shared:], position_ids[:, shared:]
         logits = self._forward(ids, mask, position_ids)
         self.keys = [k.repeat_interleave(group_size, dim=0) for k in self.keys]
         self.values = [v.repeat_interleave(group_size, dim=0) for v in self.values]

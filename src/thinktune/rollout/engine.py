@@ -15,7 +15,7 @@ from dataclasses import dataclass, fields
 import torch
 
 from thinktune.logits import sampling_weights, token_logprobs
-from thinktune.modeling import left_pad, positions
+from thinktune.modeling import common_prefix, left_pad, positions, prefix_then_left_pad
 from thinktune.rollout.decoders import make_decoder
 
 
@@ -165,7 +165,8 @@ def generate(
 ) -> Rollout:
     """Sample ``group_size`` completions for each prompt (token-id lists).
 
-    Each prompt is prefilled once and its KV cache copied to the rows of its group; a row that has ended
+    Each prompt is prefilled once and its KV cache copied to the rows of its group (with the fast decoder, a
+    prefix common to every prompt, such as a system prompt and worked examples, once for all); a row that has ended
     leaves the decode batch (and the cache) at once, so later steps only pay for rows still generating.
     ``fast`` uses the merged-weights decoder for Llama-family models (see ``decoders``); off, or for
     other architectures, the Hugging Face model runs each step itself (``dtype``: bfloat16 passes on a float32
@@ -176,8 +177,7 @@ def generate(
     unique_ids, unique_mask = (t.to(device) for t in left_pad(prompts, pad_id))
     eos = torch.tensor(eos_ids, device=device)
     decoder = make_decoder(model, unique_ids.shape[1] + max_new_tokens, fast, dtype, len(prompts) * group_size)
-    logits = decoder.prefill(unique_ids, unique_mask, positions(unique_mask), group_size)
-    mask = unique_mask.repeat_interleave(group_size, dim=0)
+    logits, mask = _prefill(decoder, prompts, (unique_ids, unique_mask), pad_id, group_size)
     next_position = positions(mask)[:, -1:] + 1
     n = mask.shape[0]
 
@@ -206,6 +206,17 @@ def generate(
     model.train(was_training)
     prompts = (unique_ids.repeat_interleave(group_size, dim=0), unique_mask.repeat_interleave(group_size, dim=0))
     return _rollout(*prompts, completion_ids[:, :width], logprobs[:, :width], eos, 1.0 if greedy else temperature)
+
+
+def _prefill(decoder, prompts: list[list[int]], padded, pad_id: int, group_size: int):
+    """The prompts' prefill: the next tokens' logits and the cache's mask, a row per completion. With a decoder that
+    shares prefixes, a prefix common to every prompt runs once (its columns first, then each prompt's rest)."""
+    shared = common_prefix(prompts) if decoder.shares_prefix and len(prompts) > 1 else 0
+    ids, mask = padded
+    if shared:
+        ids, mask = (t.to(ids.device) for t in prefix_then_left_pad(prompts, pad_id, shared))
+    logits = decoder.prefill(ids, mask, positions(mask), group_size, shared)
+    return logits, mask.repeat_interleave(group_size, dim=0)
 
 
 def _rollout(prompt_ids, prompt_mask, completion_ids, logprobs, eos: torch.Tensor, temperature: float) -> Rollout:
