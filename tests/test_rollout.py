@@ -5,7 +5,7 @@ from thinktune.logprobs import completion_logprobs
 from thinktune.modeling import left_pad
 from thinktune.rollout import generate
 from thinktune.rollout.decoders import LlamaDecoder, supports_fast_decode
-from thinktune.rollout.engine import filter_logits, pick_tokens, sample_categorical
+from thinktune.rollout.engine import MIN_SHARED_POSITIONS, filter_logits, pick_tokens, sample_categorical
 
 BOTH_DECODERS = pytest.mark.parametrize("fast", [True, False], ids=["llama-decoder", "hf-decoder"])
 
@@ -270,9 +270,10 @@ def test_rollout_dtype_auto_takes_bfloat16_only_where_the_machine_runs_it_faster
 
 def test_a_prefix_common_to_every_prompt_is_prefilled_once_and_changes_no_token(tiny, monkeypatch):
     model, tokenizer = tiny
-    preamble = "you are a careful assistant: think step by step, then answer. question: "
+    preamble = "you are a careful assistant: think step by step, check every step twice, then answer. " * 3
     prompts = [tokenizer(preamble + q)["input_ids"] for q in ("one plus two", "calculate three", "a cat or a dog?")]
     shared = len(tokenizer(preamble.rstrip())["input_ids"]) - 1  # the tokens every prompt starts with, at least
+    assert shared * 2 >= MIN_SHARED_POSITIONS  # enough to be worth a pass of its own
     calls = []
     forward = LlamaDecoder._forward
     monkeypatch.setattr(

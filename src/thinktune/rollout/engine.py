@@ -19,6 +19,11 @@ from thinktune.modeling import common_prefix, left_pad, positions, prefix_then_l
 from thinktune.rollout.decoders import make_decoder
 
 
+# Prompt positions a shared prefix must save before it gets a pass of its own: that pass pays every layer's fixed
+# per-op cost once more, which a prefix of a token or two (the rollout benchmark's "Calculate") does not repay.
+MIN_SHARED_POSITIONS = 64
+
+
 @dataclass
 class Rollout:
     """A batch of prompts and completions; row ``i`` belongs to prompt ``i // group_size``."""
@@ -213,8 +218,10 @@ def _prefill(decoder, prompts: list[list[int]], padded, pad_id: int, group_size:
     shares prefixes, a prefix common to every prompt runs once (its columns first, then each prompt's rest)."""
     shared = common_prefix(prompts) if decoder.shares_prefix and len(prompts) > 1 else 0
     ids, mask = padded
-    if shared:
+    if shared * (len(prompts) - 1) >= MIN_SHARED_POSITIONS:
         ids, mask = (t.to(ids.device) for t in prefix_then_left_pad(prompts, pad_id, shared))
+    else:
+        shared = 0
     logits = decoder.prefill(ids, mask, positions(mask), group_size, shared)
     return logits, mask.repeat_interleave(group_size, dim=0)
 
