@@ -18,7 +18,6 @@ from thinktune.logits import sampling_weights, token_logprobs
 from thinktune.modeling import common_prefix, left_pad, positions, prefix_then_left_pad
 from thinktune.rollout.decoders import make_decoder
 
-
 # Prompt positions a shared prefix must save before it gets a pass of its own: that pass pays every layer's fixed
 # per-op cost once more, which a prefix of a token or two (the rollout benchmark's "Calculate") does not repay.
 MIN_SHARED_POSITIONS = 64
