@@ -2,8 +2,8 @@
 benchmarks/rollout_correction.py [--steps N] [--autocast bf16]` (`make test-vllm` builds that environment).
 
 The demo's workload (SmolLM2 LoRA, 4 prompts x 8 completions, 128 tokens) sampled by vLLM with merged weights. Each
-step: vLLM samples; the trainer recomputes the old log-probs (the pass μ > 1 runs, timed once; with μ = 1 the update
-takes them from its own forward instead; with ``--autocast bf16`` in bfloat16, so its numbers differ from the
+step: vLLM samples; the trainer recomputes the old log-probs (the pass they once took, timed; the update now takes
+them from its first forward instead; with ``--autocast bf16`` in bfloat16, so its numbers differ from the
 sampler's); then on the same rollout the loss
 is taken three ways, with no weights (recompute), with truncated importance weights (tis) and with IcePop's band
 (icepop), each timed; then the policy takes its update and the next step samples from it. Printed: the per-step
@@ -48,7 +48,7 @@ def main() -> None:
             rollout, advantages = kept.rollout, kept.advantages
             plan = MicroBatchPlan.build(rollout, advantages, trainer.cfg)
             began = time.perf_counter()
-            with trainer.policy_update.autocast():  # the recompute μ > 1 runs (μ = 1 reads the update's forward)
+            with trainer.policy_update.autocast():  # the pass the old log-probs once took
                 old = trainer.policy_update.planned_logprobs(rollout, plan, rollout.logprobs)
             seconds = time.perf_counter() - began
             valid = plan.mask.bool()
@@ -72,8 +72,8 @@ def main() -> None:
                 gaps.append((old - rollout.logprobs)[valid].abs().mean().item())
             trainer.learn(rollout, advantages)
     print(
-        f"\nrecomputing the old log-probs (μ > 1 only): {statistics.median(recompute_seconds):.2f} s a step (median of "
-        f"{args.steps}); mean |log-prob gap| vLLM vs trainer {statistics.fmean(gaps):.2e}\n"
+        f"\na separate pass for the old log-probs (no longer run): {statistics.median(recompute_seconds):.2f} s a "
+        f"step (median of {args.steps}); mean |log-prob gap| vLLM vs trainer {statistics.fmean(gaps):.2e}\n"
     )
     columns = ["rollout.correction", "its own cost a step", "loss (mean of steps)", "change from recompute",
                "mean weight", "tokens dropped"]  # fmt: skip

@@ -71,17 +71,22 @@ def test_epoch_batches_visit_every_row_once_per_epoch_and_are_seeded():
     assert EpochBatches(5, seed=3).next(10) == flat
 
 
-def test_several_iterations_take_one_optimizer_step_each_from_recomputed_old_logprobs(tmp_path, tiny_model_dir):
+def test_several_iterations_take_one_optimizer_step_each_from_the_first_iterations_old_logprobs(
+    tmp_path, tiny_model_dir
+):
     trainer = build(tmp_path, tiny_model_dir, "grpo.iterations=3", "train.lr_schedule=linear", "train.steps=4")
     groups = trainer.rollout_round(2)
     advantages = torch.tensor([1.0, -1.0] * 8)
     plan = MicroBatchPlan.build(groups.rollout, advantages, trainer.cfg)
-    old, ref = trainer.policy_update.old_and_reference(groups.rollout, plan)
-    # μ > 1: the old log-probs are recomputed by the trainer's forward pass; they match the sampler's
-    torch.testing.assert_close(old, groups.rollout.logprobs, atol=2e-5, rtol=1e-4)
-    assert ref is None
+    update = trainer.policy_update
+    assert update.old_from_update  # μ > 1: the trainer's own numbers, from the first iteration's forward
+    recomputed = update.planned_logprobs(groups.rollout, plan, groups.rollout.logprobs)
+    torch.testing.assert_close(recomputed, groups.rollout.logprobs, atol=2e-5, rtol=1e-4)  # near the sampler's
+    old, ref = update.old_and_reference(groups.rollout, plan)
+    assert ref is None and old is not groups.rollout.logprobs
     before = [p.detach().clone() for p in trainer.params]
-    stats = trainer.learn(groups.rollout, advantages)
+    stats = update.update(groups.rollout, advantages, plan, old, None)
+    assert torch.equal(old, recomputed)  # written by the first iteration, before any optimizer step
     state = trainer.optimizer.state[trainer.params[0]]
     assert state["step"] == 3 and trainer.scheduler.last_epoch == 3  # the schedule counts policy updates
     assert any(not torch.equal(a, b) for a, b in zip(before, trainer.params, strict=True))
@@ -125,7 +130,9 @@ def test_with_one_iteration_the_old_logprobs_are_the_updates_own_forward_the_gra
     rollout = trainer.rollout_round(2).rollout
     advantages = torch.tensor([1.0, -1.0] * 4 + [0.0] * 8)  # the second group is flat: it does not train
     plan = MicroBatchPlan.build(rollout, advantages, trainer.cfg)
-    recomputed = update.planned_logprobs(rollout, plan, rollout.logprobs)  # the separate pass, as μ > 1 runs it
+    recomputed = update.planned_logprobs(
+        rollout, plan, rollout.logprobs
+    )  # a separate pass, as the old log-probs once took
     grads = []
     trainer.optimizer.step = lambda: grads.append(torch.cat([p.grad.flatten() for p in trainer.params]))
     old, _ = update.old_and_reference(rollout, plan)
@@ -211,7 +218,7 @@ def test_completions_no_reward_scores_are_left_out_with_advantage_zero_and_count
     assert torch.equal(drawn.advantages[unscorable], torch.zeros(int(unscorable.sum())))
 
 
-def test_a_bfloat16_sampler_has_its_old_logprobs_recomputed_and_the_run_still_learns(tmp_path, tiny_model_dir):
+def test_a_bfloat16_sampler_gets_the_trainers_old_logprobs_and_the_run_still_learns(tmp_path, tiny_model_dir):
     trainer = build(tmp_path, tiny_model_dir, "rollout.dtype=bfloat16", "train.steps=20")
     assert not trainer.policy_update.exact_logprobs
     records = [trainer.step(step) for step in range(20)]
@@ -232,16 +239,14 @@ def test_a_rollout_correction_weighs_tokens_where_sampler_and_trainer_differ(tmp
         assert stats.correction_weight == 1 - stats.correction_masked and stats.correction_masked < 0.05
 
 
-def test_recomputed_old_logprobs_cover_the_trained_rows_each_prompt_once_equal_to_whole_sequences(
-    tmp_path, tiny_model_dir
-):
+def test_planned_logprobs_cover_the_trained_rows_each_prompt_once_equal_to_whole_sequences(tmp_path, tiny_model_dir):
     from thinktune.logprobs import rollout_logprobs
 
-    trainer = build(tmp_path, tiny_model_dir, "rollout.dtype=bfloat16", "grpo.iterations=2")
+    trainer = build(tmp_path, tiny_model_dir, "rollout.dtype=bfloat16")
     rollout = trainer.rollout_round(2).rollout
     advantages = torch.tensor([1.0, -1.0] * 4 + [0.0] * 8)  # the second prompt's group is flat: it does not train
     plan = MicroBatchPlan.build(rollout, advantages, trainer.cfg)
-    old, _ = trainer.policy_update.old_and_reference(rollout, plan)
+    old = trainer.policy_update.planned_logprobs(rollout, plan, rollout.logprobs)  # as the reference's are taken
     whole = rollout_logprobs(trainer.model, rollout, 16)  # every row, prompt and completion in one sequence
     torch.testing.assert_close(old[:8], whole[:8], atol=2e-5, rtol=1e-4)
     assert torch.equal(old[8:], rollout.logprobs[8:])  # untrained rows keep the sampler's numbers

@@ -2,7 +2,7 @@
 
 The worst case the recipe can produce: its ``prompts_per_step`` longest training prompts, ``group_size`` completions
 each, every one forced to ``grpo.max_new_tokens`` (end-of-sequence ignored), and an update on all of them (each row
-gets an advantage of +1 or -1, so none is skipped; the KL term and recomputed log-probs as the recipe has them), with
+gets an advantage of +1 or -1, so none is skipped; the KL term as the recipe has it), with
 the optimizer's state already allocated, as from step 2 on. Then one batch of the evaluation, greedy and at full
 length. Rewards are not run: a learned reward model's weights come on top of the figure.
 

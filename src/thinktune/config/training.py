@@ -98,10 +98,11 @@ class RolloutConfig(_Section):
     dtype: Literal["model", "bfloat16", "auto"] = Field(
         "model",
         description="What the native sampler computes in: model = the policy's own dtype (its log-probs are the "
-        "trainer's); bfloat16 = weights, cache and matmuls in bfloat16, with the old log-probs recomputed at the "
-        "policy's dtype and their gap logged (logprob_mismatch); auto = bfloat16 where it pays (a CUDA device, or "
+        "trainer's); bfloat16 = weights, cache and matmuls in bfloat16, the old log-probs then the update's own at "
+        "the policy's dtype and their gap logged (logprob_mismatch); auto = bfloat16 where it pays (a CUDA device, or "
         "a CPU whose bfloat16 matmuls time at least 1.4x float32's when the run starts), else model. Evaluations "
-        "sample the same way. Some CPUs with avx512_bf16 but no AMX run bfloat16 slower than float32.",
+        "sample the same way unless eval.dtype is model. Some CPUs with avx512_bf16 but no AMX run bfloat16 "
+        "slower than float32.",
         json_schema_extra=tagged(EVALUATED),
     )
     vllm_memory: float = Field(
@@ -114,10 +115,10 @@ class RolloutConfig(_Section):
     correction: Literal["recompute", "tis", "icepop"] = Field(
         "recompute",
         description="Where the sampler's log-probs are not the trainer's (vLLM, train.autocast bf16), the old "
-        "log-probs are recomputed by the trainer; tis also weighs each token's policy term by the trainer/sampler "
-        "probability ratio truncated at correction_clip (truncated importance sampling); icepop instead drops "
-        "the tokens whose ratio is outside [1 / correction_clip, correction_clip]. Logged: correction_weight, "
-        "correction_masked.",
+        "log-probs are the trainer's (its update's first forward); tis also weighs each token's policy term by "
+        "the trainer/sampler probability ratio truncated at correction_clip (truncated importance sampling); "
+        "icepop instead drops the tokens whose ratio is outside [1 / correction_clip, correction_clip]. Logged: "
+        "correction_weight, correction_masked.",
     )
     correction_clip: float = Field(3.0, gt=1, description="The bound of rollout.correction (TRL's default C_max).")
     vllm_weights: Literal["merged", "lora"] = Field(
@@ -149,10 +150,10 @@ class TrainConfig(_Section):
     autocast: Literal["none", "bf16"] = Field(
         "none",
         description="bf16 = the training passes' forward and backward matmuls in bfloat16 (GRPO's update, SFT and "
-        "the reward model; weights and optimizer stay float32); the old log-probs are then recomputed the same "
-        "way and their gap to the sampler's logged (logprob_mismatch). On CPUs with bf16 instructions (avx512_bf16 "
-        "or amx_bf16 in lscpu) attention stays float32 and SFT and reward-model steps run 1.5-1.9x faster; GRPO's "
-        "update, with its extra old log-prob pass, about breaks even. Measure with benchmarks/stage_steps.py and "
+        "the reward model; weights and optimizer stay float32); the old log-probs are then the update's, computed "
+        "the same way, and their gap to the sampler's logged (logprob_mismatch). On CPUs with bf16 instructions "
+        "(avx512_bf16 or amx_bf16 in lscpu) attention stays float32 and SFT and reward-model steps run 1.5-1.9x "
+        "faster; GRPO's update about breaks even. Measure with benchmarks/stage_steps.py and "
         "benchmarks/autocast.py.",
     )
     optimizer: Literal["adamw", "adamw_8bit"] = Field(

@@ -1,13 +1,14 @@
 """The update half of a GRPO step: μ optimizer steps of the policy on one generation's groups.
 
 plan     = MicroBatchPlan.build(rollout, advantages)   # rows with a gradient, in micro-batches of similar length
-old, ref = old_and_reference(rollout, plan)            # μ > 1: old log-probs again; β > 0: the
-                                                       #   reference's (of the plan's rows, each prompt run once)
+old, ref = old_and_reference(rollout, plan)            # β > 0: the reference's log-probs (of the plan's rows,
+                                                       #   each prompt run once)
 for each of μ iterations:                              # gradients accumulate over the micro-batches
     loss(new log-probs, old, ref, advantages).backward(); clip; optimizer step
 
-With μ = 1 the policy being updated is the one that sampled, so where the sampler's numbers are not the trainer's
-the old log-probs are the update's own forward, detached: the loss and gradient a separate recompute pass would
+The first iteration's forward runs the policy that sampled, before any optimizer step. So where the old log-probs
+must be the trainer's (μ > 1, or a sampler whose numbers differ: bfloat16, vLLM, autocast, a 4-bit base) they are
+that forward's, detached, kept for the later iterations: the loss and gradients a separate recompute pass would
 give, without the pass.
 """
 
@@ -79,9 +80,8 @@ class PolicyUpdate:
         self.exact_logprobs, self.engine, self.ranks = exact_logprobs, engine, engine.ranks
         self.autocast = functools.partial(autocast, next(model.parameters()).device, recipe.train.autocast)
         self.loss_fn = LOSSES[self.cfg.loss]
-        # μ = 1 and a sampler whose numbers are not the trainer's: the old log-probs are taken from the update's
-        # own forward (see the module's docstring)
-        self.old_from_update = self.cfg.iterations == 1 and not exact_logprobs
+        # the old log-probs are taken from the first iteration's forward (see the module's docstring)
+        self.old_from_update = self.cfg.iterations > 1 or not exact_logprobs
         self.corrects = not exact_logprobs and self.rollout_cfg.correction != "recompute"
 
     def learn(self, rollout: Rollout, advantages: torch.Tensor) -> UpdateStats:
@@ -104,18 +104,14 @@ class PolicyUpdate:
 
     def old_and_reference(self, rollout: Rollout, plan: MicroBatchPlan) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Old log-probs and, with a KL term, the reference policy's. The old ones are the sampler's where they are
-        the trainer's own with μ = 1; recomputed once before the updates with μ > 1; with μ = 1 and a sampler whose
-        numbers differ (vLLM, bfloat16, autocast, a 4-bit base), a copy of the sampler's that the update overwrites
-        with its own forward's, row by row. Only the plan's rows are computed: no other row enters the loss (the
-        others keep the sampler's numbers, or 0 for the reference)."""
+        the trainer's own and μ = 1; otherwise a copy of the sampler's that the first iteration overwrites with its
+        forward's, row by row. The reference's are computed for the plan's rows only: no other row enters the loss
+        (the others keep the sampler's numbers, or 0 for the reference)."""
         old = rollout.logprobs
         if old.shape[0] == 0:  # several processes: this one kept no group this step (dynamic sampling)
             return old, None
         if self.old_from_update:
             old = old.clone()
-        elif self.cfg.iterations > 1:  # the first iteration's ratio is then exactly 1, as later ones are measured
-            with self.autocast():
-                old = self.planned_logprobs(rollout, plan, rollout.logprobs)
         ref = None
         if self.cfg.beta > 0:
             with reference_policy(self.model), self.autocast():
@@ -124,10 +120,10 @@ class PolicyUpdate:
 
     @torch.no_grad()
     def planned_logprobs(self, rollout: Rollout, plan: MicroBatchPlan, others: torch.Tensor) -> torch.Tensor:
-        """The log-probs of the plan's rows under the model as it is now, in its micro-batches, each distinct prompt
-        run once as in the update (a demo step's recompute took about 7 s over every row with its prompt, about 1 s
-        this way: README, "The recompute it costs"); ``others``' values in the rows it does not train; 0 past each
-        completion's end."""
+        """The log-probs of the plan's rows under the model as it is now (the reference policy's, with a KL term), in
+        its micro-batches, each distinct prompt run once as in the update (over every row with its prompt, a demo
+        step's old log-probs took about 7 s, about 1 s this way: README, "The recompute it cost"); ``others``'
+        values in the rows it does not train; 0 past each completion's end."""
         out = others.clone()
         shared = supports_shared_prompts(self.model) and len(plan.batches) > 0
         prompts = SharedPrompts.encode(self.model, plan.prompt_ids, plan.prompt_mask) if shared else None
@@ -205,24 +201,25 @@ class PolicyUpdate:
 
     def train_on(self, rollout, advantages, plan, rows, prompts, old_and_ref, iteration, stats) -> None:
         """One micro-batch's forward and backward, its shares added to ``stats``."""
-        parts = self.micro_batch(rollout, advantages, plan, rows, prompts, old_and_ref, with_entropy=iteration == 0,
+        parts = self.micro_batch(rollout, advantages, plan, rows, prompts, old_and_ref, first=iteration == 0,
                                  scale=self.engine.loss_scale)  # fmt: skip
         stats.add(**{name: value / self.cfg.iterations for name, value in parts.items() if name != "entropy"})
         if iteration == 0:
             stats.add(entropy=parts["entropy"])
 
-    def micro_batch(self, rollout, advantages, plan, rows, prompts, old_and_ref, with_entropy, scale=1):
-        """Forward and backward of one micro-batch (its loss times ``scale``, :attr:`Parallel.loss_scale`); its shares
-        of the step's loss, clip fraction, KL and entropy. With :attr:`old_from_update`, the forward's log-probs
-        (detached) become these rows' old log-probs, written into ``old_and_ref[0]``."""
+    def micro_batch(self, rollout, advantages, plan, rows, prompts, old_and_ref, first, scale=1):
+        """Forward and backward of one micro-batch (its loss times ``scale``, :attr:`Parallel.loss_scale`) in the
+        ``first`` iteration or a later one; its shares of the step's loss, clip fraction, KL and entropy (measured in
+        the first). With :attr:`old_from_update`, the first iteration's log-probs (detached) become these rows' old
+        log-probs, written into ``old_and_ref[0]``."""
         cfg = self.cfg
-        with_entropy = with_entropy or cfg.top_entropy_quantile < 1
+        with_entropy = first or cfg.top_entropy_quantile < 1
         with self.autocast():
             logprobs, entropy, completion_mask = self.rows_logprobs(rollout, plan, rows, prompts, with_entropy)
         width = completion_mask.shape[1]
         m = plan.mask[rows, :width]
         all_old, ref_logprobs = old_and_ref
-        if self.old_from_update:
+        if self.old_from_update and first:
             all_old[rows] = 0.0  # as a recompute leaves them: 0 past each completion's end
             all_old[rows, :width] = logprobs.detach() * completion_mask
         old_logprobs = all_old[rows, :width]

