@@ -3,7 +3,9 @@
 Each (case, system) runs in a fresh process, alternating A/B/A/B, so slow drift (thermal, a neighbour)
 hits both sides alike. The parent watches the whole machine's CPU while a worker runs: time that neither
 the worker nor idle accounts for (another process, or the hypervisor's steal) is reported, and a run with
-more than a fifth of a core of it is marked contended and left out of the medians.
+more than a fifth of a core of it is marked contended and left out of the medians. thinktune gets a row per
+``--samplers`` entry: ``model`` (its default, sampling in float32 as it trains) and ``auto`` (``rollout.dtype:
+auto``: bfloat16 sampling where this CPU runs it faster, the old log-probs still the float32 trainer's).
 
 Model-FLOPs utilisation counts the work the step needs, the same formula for both sides:
 2 N FLOPs per token to generate (each prompt prefilled once, plus every generated token) and
@@ -89,8 +91,8 @@ def worker_main(kind: str, case: str, scratch: str, dtype: str, out: str) -> Non
     import workers
 
     scratch_ = Path(scratch)
-    if kind == "thinktune":
-        result = workers.run_thinktune(case, scratch_)
+    if kind == "thinktune":  # dtype: the rollout.dtype of its sampler
+        result = workers.run_thinktune(case, scratch_, "model" if dtype == "float32" else dtype)
     elif kind == "trl":
         result = workers.run_trl(case, scratch_, dtype)
     else:
@@ -154,6 +156,12 @@ def main() -> None:
     parser.add_argument("--cases", default="smollm2-lora,smollm2-full,tiny-full,generate")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--out", default=str(HERE / "results.json"))
+    parser.add_argument("--markdown", default=str(HERE / "RESULTS.md"))
+    parser.add_argument(
+        "--samplers",
+        default="model,auto",
+        help="thinktune rows by rollout.dtype, e.g. model,auto (auto: bfloat16 where this CPU runs it faster)",
+    )
     args = parser.parse_args()
 
     def log(line: str) -> None:
@@ -196,15 +204,26 @@ def main() -> None:
                 trl.append(("trl-float32-keep-freed-memory", "float32", KEEP_FREED_MEMORY))
             else:
                 trl = [report.get("trl_best", ("trl-float32", "float32", None))]
-            pairs = [("thinktune", "thinktune", case, "float32", None)]
+            pairs = [(thinktune_label(sampler), "thinktune", case, sampler_dtype(sampler), None)
+                     for sampler in args.samplers.split(",")]  # fmt: skip
             pairs += [(label, "trl", case, dtype, env) for label, dtype, env in trl]
             results = alternate(pairs, args.repeats, scratch, log)
             report["cases"][case] = {label: summarise(runs, finetune, peaks) for label, runs in results.items()}
             if case == "smollm2-lora":
                 report["trl_best"] = max(trl, key=lambda t: report["cases"][case][t[0]]["completions_per_s"])
     Path(args.out).write_text(json.dumps(report, indent=1))
-    (HERE / "RESULTS.md").write_text(results_markdown(report))
+    Path(args.markdown).write_text(results_markdown(report))
     log(results_markdown(report))
+
+
+def thinktune_label(sampler: str) -> str:
+    """A thinktune row's name: ``thinktune`` for the default sampler, else by its ``rollout.dtype``."""
+    return "thinktune" if sampler == "model" else f"thinktune-rollout-{sampler}"
+
+
+def sampler_dtype(sampler: str) -> str:
+    """The worker's dtype argument for a thinktune row (float32 is the policy's own: rollout.dtype model)."""
+    return "float32" if sampler == "model" else sampler
 
 
 def results_markdown(report: dict) -> str:
@@ -235,19 +254,20 @@ def results_markdown(report: dict) -> str:
                 f"| {s['mean_completion_tokens']:.0f} | {100 * s['rows_with_signal']:.0f}% | {s['peak_rss_mb']:.0f} "
                 f"| {100 * s['mfu_bf16']:.1f}% / {100 * s['mfu_fp32']:.1f}% | {s['runs']} ({s['contended_runs']}) |"
             )
-        ours = systems.get("thinktune")
-        others = {k: v for k, v in systems.items() if k != "thinktune"}
-        if ours and others:
-            best_name, best = max(others.items(), key=lambda kv: kv[1]["completions_per_s"])
+        others = {k: v for k, v in systems.items() if not k.startswith("thinktune")}
+        best_name, best = max(others.items(), key=lambda kv: kv[1]["completions_per_s"]) if others else (None, None)
+        for name, ours in systems.items():
+            if not name.startswith("thinktune") or best is None:
+                continue
             speedup = ours["completions_per_s"] / best["completions_per_s"]
             lines += [
                 "",
-                f"thinktune vs {best_name}: {speedup:.2f}x completions/s, "
+                f"{name} vs {best_name}: {speedup:.2f}x completions/s, "
                 f"{ours['generated_tokens_per_s'] / best['generated_tokens_per_s']:.2f}x generated tokens/s, "
                 f"peak RSS {ours['peak_rss_mb'] / best['peak_rss_mb']:.2f}x.",
             ]
             if "rollout_share" in ours:
-                lines.append(f"thinktune's rollout took {100 * ours['rollout_share']:.0f}% of its step time.")
+                lines.append(f"{name}'s rollout took {100 * ours['rollout_share']:.0f}% of its step time.")
         lines.append("")
     return "\n".join(lines)
 

@@ -28,10 +28,11 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-def run_thinktune(case_name: str, scratch: Path) -> dict:
-    """The real trainer on the case; also writes the prompts it drew, so TRL gets the very same ones."""
+def run_thinktune(case_name: str, scratch: Path, sampler: str = "model") -> dict:
+    """The real trainer on the case, its sampler computing as ``rollout.dtype: sampler`` says; also writes the prompts
+    it drew, so TRL gets the very same ones."""
     case = CASES[case_name]
-    trainer = build_trainer(case, scratch, scratch / f"runs-{time.time_ns()}")
+    trainer = build_trainer(case, scratch, scratch / f"runs-{time.time_ns()}", (f"rollout.dtype={sampler}",))
     model = trainer.model
     steps, prompts = [], []
     for step in range(case.steps):
@@ -57,7 +58,12 @@ def run_thinktune(case_name: str, scratch: Path) -> dict:
             }
         )
     (scratch / f"prompts-{case_name}.json").write_text(json.dumps(prompts))
-    return {"steps": steps, "peak_rss_mb": peak_rss_mb(), "params": parameter_count(model), "dtype": "float32"}
+    dtype = (
+        "float32"
+        if trainer.backend.dtype is None
+        else f"float32, {str(trainer.backend.dtype).removeprefix('torch.')} sampler"
+    )
+    return {"steps": steps, "peak_rss_mb": peak_rss_mb(), "params": parameter_count(model), "dtype": dtype}
 
 
 def run_trl(case_name: str, scratch: Path, dtype: str) -> dict:
