@@ -216,11 +216,11 @@ def _prefill(decoder, prompts: list[list[int]], padded, pad_id: int, group_size:
     """The prompts' prefill: the next tokens' logits and the cache's mask, a row per completion. With a decoder that
     shares prefixes, a prefix common to every prompt runs once (its columns first, then each prompt's rest)."""
     shared = common_prefix(prompts) if decoder.shares_prefix and len(prompts) > 1 else 0
-    ids, mask = padded
-    if shared * (len(prompts) - 1) >= MIN_SHARED_POSITIONS:
-        ids, mask = (t.to(ids.device) for t in prefix_then_left_pad(prompts, pad_id, shared))
-    else:
+    if shared * (len(prompts) - 1) < MIN_SHARED_POSITIONS:
         shared = 0
+    ids, mask = padded
+    if shared:
+        ids, mask = (t.to(ids.device) for t in prefix_then_left_pad(prompts, pad_id, shared))
     logits = decoder.prefill(ids, mask, positions(mask), group_size, shared)
     return logits, mask.repeat_interleave(group_size, dim=0)
 
