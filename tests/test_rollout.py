@@ -81,6 +81,26 @@ def test_a_bfloat16_base_with_float32_adapters_samples_from_peft_s_own_merge(tin
     assert out.completion_ids.shape == (len(prompts_of(tokenizer)), 4)
 
 
+def test_float32_adapters_merge_in_one_addmm_to_peft_s_merge_up_to_rounding(tiny_model_dir):
+    import copy
+
+    from thinktune.config import ModelConfig
+    from thinktune.modeling import effective_weight
+    from thinktune.models import load_policy
+
+    model, _ = load_policy(ModelConfig(name=tiny_model_dir, finetune="lora", device="cpu"))
+    for name, p in model.named_parameters():
+        if "lora_B" in name:
+            p.data.normal_(0, 0.5)
+    merged = copy.deepcopy(model)
+    merged.merge_adapter()
+    ours = model.base_model.model.model.layers[0].mlp.down_proj
+    peft = merged.base_model.model.model.layers[0].mlp.down_proj.base_layer.weight
+    weight, _ = effective_weight(ours)
+    assert weight.dtype == torch.float32 and not torch.equal(weight, ours.base_layer.weight)
+    torch.testing.assert_close(weight, peft, rtol=0, atol=1e-6)
+
+
 def test_llama_decoder_runs_qwen2_with_qkv_bias(tiny):
     from transformers import Qwen2Config, Qwen2ForCausalLM
 

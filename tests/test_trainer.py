@@ -121,6 +121,30 @@ def test_bf16_autocast_takes_old_logprobs_from_its_forward_logs_their_gap_and_ke
     assert cosine > 0.99 and not torch.equal(grads["none"], grads["bf16"])
 
 
+def test_bf16_copies_of_the_frozen_base_give_plain_autocasts_gradient_to_the_bit_and_hand_the_weights_back(
+    tmp_path, tiny_model_dir, monkeypatch
+):
+    """A LoRA update under bf16 autocast reads its frozen base through bfloat16 copies made once: the loss's
+    gradient is exactly what autocast's own casts on every pass give, and the model holds its own weights after."""
+    import contextlib
+
+    from thinktune import training
+
+    trainer = build(tmp_path, tiny_model_dir, "train.autocast=bf16", "model.finetune=lora")
+    weights = dict(trainer.model.named_parameters())
+    frozen = [p for p in weights.values() if not p.requires_grad and p.dim() == 2]
+    rollout = trainer.rollout_round(2).rollout
+    grads = []  # the optimizer only records the gradient: both updates start from the same weights
+    trainer.optimizer.step = lambda: grads.append(torch.cat([p.grad.flatten() for p in trainer.params]))
+    trainer.learn(rollout, torch.tensor([1.0, -1.0] * 8))
+    assert frozen and all(training._BF16_COPIES.get(p)[1].dtype == torch.bfloat16 for p in frozen)
+    assert dict(trainer.model.named_parameters()) == weights  # the same tensors, all float32
+    assert all(p.dtype == torch.float32 for p in weights.values())
+    monkeypatch.setattr(training, "frozen_bf16_weights", lambda model: contextlib.nullcontext())
+    trainer.learn(rollout, torch.tensor([1.0, -1.0] * 8))
+    assert torch.equal(grads[0], grads[1])
+
+
 def test_with_one_iteration_the_old_logprobs_are_the_updates_own_forward_the_gradient_a_recompute_gives(
     tmp_path, tiny_model_dir
 ):

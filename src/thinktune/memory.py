@@ -4,7 +4,8 @@ An estimate, by arithmetic, of the tensors a GRPO step holds at its peak, not a 
 
 - always: the weights; the trained parameters' gradients and AdamW's two moments (LoRA adapters are kept in
   float32 by peft, 16 bytes per trained parameter; full fine-tuning keeps them in the weights' precision); a
-  reference copy of the weights when full fine-tuning has a KL term;
+  reference copy of the weights when full fine-tuning has a KL term; under ``train.autocast: bf16`` a LoRA run's
+  bfloat16 copies of its frozen float32 linear weights and head (2 bytes each, made once instead of every pass);
 - then the larger of two passes, which never overlap: sampling (the decoder's merged, fused copy of the linear
   weights, the KV cache of every completion of the step at full length, and a row of logits each) and the update
   (one micro-batch's saved activations at full length, per layer and token: the norms' inputs and outputs, q, k,
@@ -91,6 +92,8 @@ def estimate(recipe: Recipe, arch: Architecture, prompt_tokens: int | None = Non
         parts["trained state (grad + AdamW)"] = params * (width + (moments or 2 * width)) / GB
         if g.beta > 0:
             parts["reference weights"] = params * width / GB
+    if t.autocast == "bf16" and recipe.model.finetune == "lora" and width == 4 and not nf4:
+        parts["bfloat16 copies of the frozen weights"] = (linear + arch.vocab * arch.hidden) * 2 / GB  # + the head
     length = (prompt_tokens or recipe.data.max_prompt_tokens) + g.max_new_tokens
     rows = g.prompts_per_step * g.group_size
     kv = arch.layers * 2 * arch.kv_heads * arch.head_dim * width

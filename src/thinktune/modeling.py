@@ -44,9 +44,11 @@ def plain_head(model) -> torch.nn.Linear | None:
 def effective_weight(linear) -> tuple[torch.Tensor, torch.Tensor | None]:
     """A linear layer's weight with its active LoRA adapters merged in (peft layers), and its bias.
 
-    For a LoRA layer ``W' = W + scaling * B @ A``, exactly the update ``merge_adapter`` would apply, in the base
-    weight's dtype (float32 adapters on a bfloat16 base give a bfloat16 ``W'``, as peft's in-place merge does),
-    computed into a new tensor so the trainable model is never touched.
+    For a LoRA layer ``W' = W + scaling * B @ A``, the update ``merge_adapter`` would apply, in the base weight's
+    dtype (float32 adapters on a bfloat16 base give a bfloat16 ``W'``, exactly as peft's in-place merge does),
+    computed into a new tensor so the trainable model is never touched. Where base and adapters are all float32 it is
+    one ``addmm`` (equal to peft's merge up to rounding): peft's product, scaling and sum each pass over the whole
+    weight, 170 of the 350 ms a bfloat16 SmolLM2 snapshot took (``rollout.decoders``), once a rollout.
     """
     if hasattr(linear, "base_layer"):  # a peft LoRA layer
         base = linear.base_layer
@@ -55,9 +57,19 @@ def effective_weight(linear) -> tuple[torch.Tensor, torch.Tensor | None]:
         if not linear.merged and not linear.disable_adapters:
             for name in linear.active_adapters:
                 if name in linear.lora_A:
-                    weight = (weight + linear.get_delta_weight(name).detach()).to(dtype)
+                    weight = _merged(linear, name, weight).to(dtype)
         return weight, None if base.bias is None else base.bias.detach()
     return plain_weight(linear), None if linear.bias is None else linear.bias.detach()
+
+
+def _merged(linear, name: str, weight: torch.Tensor) -> torch.Tensor:
+    """``weight`` plus adapter ``name``'s delta: in one ``addmm`` where every operand is float32 and the adapter a
+    plain one (not transposed), else through peft's ``get_delta_weight``."""
+    a, b = linear.lora_A[name].weight.detach(), linear.lora_B[name].weight.detach()
+    plain = not linear.fan_in_fan_out and not getattr(linear, "use_dora", {}).get(name, False)
+    if plain and weight.dtype == a.dtype == b.dtype == torch.float32:
+        return torch.addmm(weight, b, a, alpha=linear.scaling[name])
+    return weight + linear.get_delta_weight(name).detach()
 
 
 def plain_weight(linear) -> torch.Tensor:

@@ -170,7 +170,7 @@ def accumulate_gradients(
         last = first + cfg.micro_batch_size >= len(pairs)
         part = pairs.take(range(first, min(first + cfg.micro_batch_size, len(pairs))))
         with contextlib.nullcontext() if ddp is None or last else ddp.no_sync():
-            with autocast(next(model.parameters()).device, precision):
+            with autocast(model, precision):
                 chosen, rejected = _pair_scores(trained, tokenizer, part, cfg.max_length)
             share = len(part) / whole
             part_loss = bradley_terry_loss(chosen, rejected)

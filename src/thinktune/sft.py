@@ -202,7 +202,7 @@ def accumulate_loss(
     for number, group in enumerate(groups):
         prompts, targets = [data.prompts[i] for i in group], [data.targets[i] for i in group]
         with engine.accumulating() if number < len(groups) - 1 else contextlib.nullcontext():
-            with autocast(next(model.parameters()).device, precision):
+            with autocast(model, precision):
                 part = completion_loss(model, prompts, targets, tokenizer.pad_token_id, tokens)
             (part * engine.loss_scale).backward()
         loss += part.item()

@@ -78,7 +78,7 @@ class PolicyUpdate:
         self.cfg, self.train_cfg, self.rollout_cfg = recipe.grpo, recipe.train, recipe.rollout
         self.model, self.params, self.optimizer, self.scheduler = model, params, optimizer, scheduler
         self.exact_logprobs, self.engine, self.ranks = exact_logprobs, engine, engine.ranks
-        self.autocast = functools.partial(autocast, next(model.parameters()).device, recipe.train.autocast)
+        self.autocast = functools.partial(autocast, model, recipe.train.autocast)
         self.loss_fn = LOSSES[self.cfg.loss]
         # the old log-probs are taken from the first iteration's forward (see the module's docstring)
         self.old_from_update = self.cfg.iterations > 1 or not exact_logprobs

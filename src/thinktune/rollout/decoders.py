@@ -168,7 +168,7 @@ class LlamaDecoder:
         causal = columns[None, :] <= query_columns[:, None]
         visible = (causal[None] & mask[:, None, :end].bool()) | (columns[None, None] == query_columns[None, :, None])
         visible = visible[:, None]
-        one_query = width == 1 and x.dtype == torch.bfloat16 and x.is_cpu  # torch's fused kernel is slow there
+        one_query = width == 1 and x.is_cpu  # torch's fused kernel is slow there, and reads transposed keys slowly
         attend, visible = (one_query_attention, additive_mask(visible)) if one_query else (sdpa, visible)
         heads, q_size, kv_size = self.heads, self.heads * self.head_dim, self.kv_heads * self.head_dim
         for i, layer in enumerate(self.layers):
@@ -180,10 +180,10 @@ class LlamaDecoder:
             qk = qk * cos + qk.roll(self.head_dim // 2, -1) * sin  # rotary for queries and keys at once
             q, k = qk[:, :, :heads].transpose(1, 2), qk[:, :, heads:].transpose(1, 2)
             v = qkv[..., q_size + kv_size :].view(batch, width, self.kv_heads, self.head_dim).transpose(1, 2)
-            self.keys[i][:, :, start:end] = k
+            self.keys[i][..., start:end] = k.transpose(-1, -2)
             self.values[i][:, :, start:end] = v
-            keys, values = self.keys[i][:batch, :, :end], self.values[i][:batch, :, :end]
-            attended = attend(q, keys, values, visible, self.head_dim**-0.5)
+            keys_t, values = self.keys[i][:batch, ..., :end], self.values[i][:batch, :, :end]
+            attended = attend(q, keys_t, values, visible, self.head_dim**-0.5)
             attended = attended.transpose(1, 2).reshape(batch, width, q_size)
             x = x + layer["o"](attended)
             h = layer["norm2"](x)
@@ -197,10 +197,10 @@ class LlamaDecoder:
         the first ``shared`` columns are one prefix common to every row (:func:`~thinktune.modeling.
         prefix_then_left_pad`): it runs once, its keys and values written to every row, and the rows run only
         what follows it (the demo's evaluation batches: 88 of 101 tokens shared, 50 prompts)."""
-        shape = (ids.shape[0], self.kv_heads, self.max_columns, self.head_dim)
-        dtype = self.embed.dtype
-        self.keys = [torch.empty(shape, dtype=dtype, device=ids.device) for _ in self.layers]
-        self.values = [torch.empty(shape, dtype=dtype, device=ids.device) for _ in self.layers]
+        rows, columns = (ids.shape[0], self.kv_heads), (self.max_columns, self.head_dim)
+        like = {"dtype": self.embed.dtype, "device": ids.device}
+        self.keys = [torch.empty(*rows, *columns[::-1], **like) for _ in self.layers]  # transposed: see _forward
+        self.values = [torch.empty(*rows, *columns, **like) for _ in self.layers]
         if shared:  # a batch of one: _forward's cache writes reach every row
             self._forward(ids[:1, :shared], mask[:1, :shared], position_ids[:1, :shared])
             ids, position_ids = ids[:, shared:], position_ids[:, shared:]
@@ -213,13 +213,14 @@ class LlamaDecoder:
         return self._forward(token[:, None], mask, position_ids)
 
     def keep(self, rows: torch.Tensor) -> None:
-        self.keys = [self._kept(k, rows) for k in self.keys]
-        self.values = [self._kept(v, rows) for v in self.values]
+        self.keys = [self._kept(k, rows, column_dim=3) for k in self.keys]
+        self.values = [self._kept(v, rows, column_dim=2) for v in self.values]
 
-    def _kept(self, cache: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    def _kept(self, cache: torch.Tensor, rows: torch.Tensor, column_dim: int) -> torch.Tensor:
         """The cache's ``rows``, with room for every column; only the columns written so far are copied."""
         kept = torch.empty((len(rows), *cache.shape[1:]), dtype=cache.dtype, device=cache.device)
-        torch.index_select(cache[:, :, : self.filled], 0, rows, out=kept[:, :, : self.filled])
+        written = kept.narrow(column_dim, 0, self.filled)
+        torch.index_select(cache.narrow(column_dim, 0, self.filled), 0, rows, out=written)
         return kept
 
 
@@ -261,8 +262,10 @@ def _onednn_packed(weight: torch.Tensor, rows: int | None) -> torch.Tensor | Non
         return None
 
 
-def sdpa(q, k, v, visible: torch.Tensor, scale: float) -> torch.Tensor:
-    """torch's fused attention; ``k`` and ``v`` may hold fewer heads than ``q`` (grouped-query attention)."""
+def sdpa(q, keys_t, v, visible: torch.Tensor, scale: float) -> torch.Tensor:
+    """torch's fused attention over keys given transposed (``keys_t`` [B, KV, D, L], as the snapshot caches them);
+    ``keys_t`` and ``v`` may hold fewer heads than ``q`` (grouped-query attention)."""
+    k = keys_t.transpose(-1, -2).contiguous()  # a prefill: once a rollout
     return F.scaled_dot_product_attention(q, k, v, attn_mask=visible, scale=scale, enable_gqa=k.shape[1] != q.shape[1])
 
 
@@ -275,24 +278,26 @@ def additive_mask(visible: torch.Tensor) -> torch.Tensor:
     return torch.zeros(visible.shape, device=visible.device).masked_fill_(~visible, float("-inf"))
 
 
-def one_query_attention(q, k, v, mask: torch.Tensor, scale: float) -> torch.Tensor:
+def one_query_attention(q, keys_t, v, mask: torch.Tensor, scale: float) -> torch.Tensor:
     """Attention of one new token per row (a decode step) as two small batched matmuls, the softmax in float32.
 
-    ``q`` is [B, H, 1, D]; ``k``/``v`` [B, KV, L, D], query head h reading key/value head h // (H / KV);
-    ``mask`` [B, 1, 1, L] is :func:`additive_mask`'s, made once for every layer of a step. On an AMD CPU torch's fused
-    kernel took 4.9 ms a call in bfloat16 at this shape (32 rows, 160 columns) against 0.38 ms here
-    (``python benchmarks/op_timings.py``), 30 calls a SmolLM2 decode step.
+    ``q`` is [B, H, 1, D]; ``keys_t`` [B, KV, D, L] (keys transposed), ``v`` [B, KV, L, D], query head h reading
+    key/value head h // (H / KV); ``mask`` [B, 1, 1, L] is :func:`additive_mask`'s, made once for every layer of a
+    step. On an AMD CPU torch's fused kernel took 4.9 ms a call in bfloat16 at this shape (32 rows, 160 columns)
+    against 0.38 ms here (``python benchmarks/op_timings.py``), 30 calls a SmolLM2 decode step. Keys cached
+    transposed are read in place when only their first L columns are written: cached as [B, KV, L, D], the matmul
+    copied the written columns out first, 5 ms of a 59 ms bfloat16 decode step.
 
     >>> q, k = torch.randn(2, 4, 1, 8), torch.randn(2, 2, 5, 8)
     >>> visible = torch.tensor([True] * 5 + [False, True, True, True, True]).view(2, 1, 1, 5)
-    >>> ours = one_query_attention(q, k, k, additive_mask(visible), 0.3)
-    >>> torch.allclose(ours, sdpa(q, k, k, visible, 0.3), atol=1e-6)
+    >>> ours = one_query_attention(q, k.transpose(-1, -2), k, additive_mask(visible), 0.3)
+    >>> torch.allclose(ours, sdpa(q, k.transpose(-1, -2), k, visible, 0.3), atol=1e-6)
     True
     """
     batch, heads, _, dim = q.shape
-    kv_heads = k.shape[1]
+    kv_heads = keys_t.shape[1]
     grouped = q.view(batch, kv_heads, heads // kv_heads, dim)  # each key/value head's queries side by side
-    scores = torch.add(mask, torch.matmul(grouped, k.transpose(-1, -2)).float(), alpha=scale)  # scaled and masked
+    scores = torch.add(mask, torch.matmul(grouped, keys_t).float(), alpha=scale)  # scaled and masked
     weights = scores.softmax(-1).to(v.dtype)
     return torch.matmul(weights, v).view(batch, heads, 1, dim)
 
