@@ -275,3 +275,18 @@ def test_planned_logprobs_cover_the_trained_rows_each_prompt_once_equal_to_whole
     torch.testing.assert_close(old[:8], whole[:8], atol=2e-5, rtol=1e-4)
     assert torch.equal(old[8:], rollout.logprobs[8:])  # untrained rows keep the sampler's numbers
     assert not torch.equal(old[:8], rollout.logprobs[:8])  # bfloat16 sampler: recomputed, not the same
+
+
+def test_autocast_auto_is_bf16_only_where_bfloat16_matmuls_pay(monkeypatch):
+    from thinktune import environment
+    from thinktune.training import autocast, autocast_mode
+
+    cpu, layer = torch.device("cpu"), torch.nn.Linear(2, 2)
+    monkeypatch.setattr(environment, "bf16_matmul_speedup", lambda: 0.8)  # a CPU whose bf16 runs slower
+    assert autocast_mode("auto", cpu) == "none" and autocast_mode("bf16", cpu) == "bf16"
+    with autocast(layer, "auto"):
+        assert layer(torch.ones(1, 2)).dtype == torch.float32
+    monkeypatch.setattr(environment, "bf16_matmul_speedup", lambda: 3.5)
+    assert autocast_mode("auto", cpu) == "bf16" and autocast_mode("auto", torch.device("cuda")) == "bf16"
+    with autocast(layer, "auto"):
+        assert layer(torch.ones(1, 2)).dtype == torch.bfloat16

@@ -42,6 +42,16 @@ def cpu_flags(wanted=BF16_FLAGS) -> list[str]:
     return [flag for flag in wanted if flag in flags]
 
 
+BF16_PAYS = 1.4  # the probe gave 3.4-3.7 on an AMD EPYC with avx512_bf16; some Intel CPUs with it alone give < 1
+
+
+def bf16_pays(device: torch.device) -> bool:
+    """Whether bfloat16 compute pays on ``device`` (the ``auto`` of ``rollout.dtype`` and ``train.autocast``): a
+    CUDA device, or a CPU whose bfloat16 matmuls run at least :data:`BF16_PAYS` times as fast as float32 ones,
+    measured now (:func:`bf16_matmul_speedup`; a margin well clear of timing noise)."""
+    return device.type == "cuda" or (device.type == "cpu" and bf16_matmul_speedup() >= BF16_PAYS)
+
+
 @functools.lru_cache(maxsize=1)
 def bf16_matmul_speedup() -> float:
     """How many times faster a decode-shaped matmul (32 rows through a 1024 x 4096 weight) runs on this CPU in

@@ -92,7 +92,7 @@ def estimate(recipe: Recipe, arch: Architecture, prompt_tokens: int | None = Non
         parts["trained state (grad + AdamW)"] = params * (width + (moments or 2 * width)) / GB
         if g.beta > 0:
             parts["reference weights"] = params * width / GB
-    if t.autocast == "bf16" and recipe.model.finetune == "lora" and width == 4 and not nf4:
+    if t.autocast != "none" and recipe.model.finetune == "lora" and width == 4 and not nf4:
         parts["bfloat16 copies of the frozen weights"] = (linear + arch.vocab * arch.hidden) * 2 / GB  # + the head
     length = (prompt_tokens or recipe.data.max_prompt_tokens) + g.max_new_tokens
     rows = g.prompts_per_step * g.group_size

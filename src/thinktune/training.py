@@ -23,6 +23,7 @@ import torch
 from torch.utils.weak import WeakIdKeyDictionary
 
 from thinktune.console import console
+from thinktune.environment import bf16_pays
 from thinktune.savers import bitsandbytes
 
 
@@ -61,7 +62,8 @@ def make_scheduler(optimizer, kind: str, warmup: int, total: int) -> torch.optim
 
 @contextlib.contextmanager
 def autocast(model: torch.nn.Module, mode: str):
-    """The context the training passes' forward runs in: ``train.autocast`` ("none" or "bf16") on ``model``'s device.
+    """The context the training passes' forward runs in: ``train.autocast`` ("none", "bf16" or "auto", see
+    :func:`autocast_mode`) on ``model``'s device.
 
     Inside it matmuls run in bfloat16 while the weights, their gradients and the optimizer stay float32. Frozen
     float32 linear weights (a LoRA run's base) are handed to their layers as bfloat16 copies made once
@@ -76,9 +78,23 @@ def autocast(model: torch.nn.Module, mode: str):
     torch.float32
     """
     device = next(model.parameters()).device
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=mode == "bf16"):
-        with frozen_bf16_weights(model) if mode == "bf16" else contextlib.nullcontext():
+    bf16 = autocast_mode(mode, device) == "bf16"
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+        with frozen_bf16_weights(model) if bf16 else contextlib.nullcontext():
             yield
+
+
+def autocast_mode(mode: str, device: torch.device) -> str:
+    """``train.autocast`` resolved on ``device``: ``auto`` is bf16 where bfloat16 compute pays
+    (:func:`~thinktune.environment.bf16_pays`: CUDA, or a CPU whose bfloat16 matmuls time at least 1.4x faster),
+    else none.
+
+    >>> autocast_mode("auto", torch.device("mps")), autocast_mode("bf16", torch.device("mps"))
+    ('none', 'bf16')
+    """
+    if mode == "auto":
+        return "bf16" if bf16_pays(device) else "none"
+    return mode
 
 
 _BF16_COPIES = WeakIdKeyDictionary()  # frozen weight -> (its version, a copy)

@@ -147,13 +147,14 @@ class TrainConfig(_Section):
         json_schema_extra=tagged(RESUME_SAFE),
     )
     seed: int = Field(0, description="Seed of sampling, prompt order and initialisation.")
-    autocast: Literal["none", "bf16"] = Field(
+    autocast: Literal["none", "bf16", "auto"] = Field(
         "none",
         description="bf16 = the training passes' forward and backward matmuls in bfloat16 (GRPO's update, SFT and "
         "the reward model; weights and optimizer stay float32); the old log-probs are then the update's, computed "
-        "the same way, and their gap to the sampler's logged (logprob_mismatch). On CPUs with bf16 instructions "
-        "(avx512_bf16 or amx_bf16 in lscpu) attention stays float32 and SFT and reward-model steps run 1.5-1.9x "
-        "faster; GRPO's update about breaks even. Measure with benchmarks/stage_steps.py and "
+        "the same way, and their gap to the sampler's logged (logprob_mismatch). auto = bf16 where it pays, as "
+        "rollout.dtype auto decides (a CUDA device, or a CPU whose bf16 matmuls time at least 1.4x faster), else "
+        "none. On CPUs with bf16 instructions (avx512_bf16 or amx_bf16 in lscpu) attention stays float32 and SFT "
+        "and reward-model steps run 1.5-2x faster. Measure with benchmarks/stage_steps.py and "
         "benchmarks/autocast.py.",
     )
     optimizer: Literal["adamw", "adamw_8bit"] = Field(

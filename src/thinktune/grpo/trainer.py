@@ -42,6 +42,7 @@ from thinktune.training import (
     CheckpointPolicy,
     Interrupted,
     NonFiniteGuard,
+    autocast_mode,
     make_optimizer,
     make_scheduler,
     stop_requests,
@@ -85,7 +86,7 @@ class GRPOTrainer:
         # merged LoRA weights round differently from the adapters' separate path.
         exact_logprobs = (
             backend.exact_logprobs
-            and t.autocast == "none"
+            and autocast_mode(t.autocast, next(model.parameters()).device) == "none"
             and recipe.model.quantize == "none"
             and recipe.model.dtype == "float32"
         )

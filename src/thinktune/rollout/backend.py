@@ -16,7 +16,7 @@ from typing import Protocol
 import torch
 
 from thinktune.config import RolloutConfig
-from thinktune.environment import bf16_matmul_speedup
+from thinktune.environment import bf16_pays
 from thinktune.registry import Registry
 from thinktune.rollout.engine import Rollout, generate
 from thinktune.rollout.vllm_backend import VllmBackend
@@ -61,16 +61,11 @@ class RolloutBackend(Protocol):
         """The policy's weights were updated: sample from the new ones from now on."""
 
 
-BF16_PAYS = 1.4  # the probe gave 3.4-3.7 on an AMD EPYC with avx512_bf16; some Intel CPUs with it alone give < 1
-
-
 def sampling_dtype(choice: str, device: torch.device, model_dtype: torch.dtype) -> torch.dtype | None:
     """The dtype ``rollout.dtype`` samples in on ``device``; None for the model's own. ``auto`` takes bfloat16
-    where it pays, measured on the machine at run time: a CUDA device, or a CPU whose bfloat16 matmuls run at
-    least :data:`BF16_PAYS` times as fast as float32 ones (a margin well clear of timing noise)."""
+    where it pays, measured on the machine at run time (:func:`~thinktune.environment.bf16_pays`)."""
     if choice == "auto":
-        fast = device.type == "cpu" and bf16_matmul_speedup() >= BF16_PAYS
-        choice = "bfloat16" if device.type == "cuda" or fast else "model"
+        choice = "bfloat16" if bf16_pays(device) else "model"
     return torch.bfloat16 if choice == "bfloat16" and model_dtype != torch.bfloat16 else None
 
 
