@@ -4,8 +4,8 @@ Prints median milliseconds on this machine for: sampling 32 rows from a 49k voca
 vs inverting the cumulative sum in two levels, and what one level's cumulative sum alone takes), ``exp``/``logsumexp``
 over real-looking logits (denormals vs the clamped normaliser), and one decode step of SmolLM2-135M with LoRA at 32
 rows (Hugging Face forward with a ``DynamicCache`` vs thinktune's ``LlamaDecoder``, in float32, in bfloat16 and in
-bfloat16 with its weights not packed for oneDNN), plus the matmul time inside that step, and one layer's decode
-attention (torch's fused kernel vs ``one_query_attention``).
+bfloat16 with its weights not packed for oneDNN), plus the matmul time inside that step, the weight snapshot the decoder
+builds once a rollout, and one layer's decode attention (torch's fused kernel vs ``one_query_attention``).
 """
 
 from __future__ import annotations
@@ -115,6 +115,9 @@ def decode_step() -> None:
             print(f"                                       of which layer matmuls  {median_ms(matmuls, 10):8.1f} ms")
             head = median_ms(lambda decoder=decoder, hidden=hidden: decoder.lm_head(hidden), 10)
             print(f"                                       of which LM head        {head:8.1f} ms")
+        for name, dtype in (("float32", None), ("bfloat16", torch.bfloat16)):  # merge, cast, fuse, pack: once a rollout
+            built = median_ms(lambda dtype=dtype: LlamaDecoder(model, 100 + 40, dtype, ROWS), 5)
+            print(f"the sampler's weight snapshot, {name:9}                {built:8.1f} ms")
 
 
 def decode_attention() -> None:

@@ -274,15 +274,16 @@ def test_a_bfloat16_sampler_computes_in_bfloat16_close_to_float32(tiny, fast):
 
 
 def test_rollout_dtype_auto_takes_bfloat16_only_where_the_machine_runs_it_faster(monkeypatch):
+    import thinktune.environment as environment
     import thinktune.rollout.backend as backend
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    monkeypatch.setattr(backend, "bf16_matmul_speedup", lambda: 0.6)  # bf16 instructions slower than float32
+    monkeypatch.setattr(environment, "bf16_matmul_speedup", lambda: 0.6)  # bf16 instructions slower than float32
     assert backend.sampling_dtype("auto", cpu, torch.float32) is None
     assert backend.sampling_dtype("auto", cuda, torch.float32) is torch.bfloat16
-    monkeypatch.setattr(backend, "bf16_matmul_speedup", lambda: 1.2)  # within the margin: not worth the gap
+    monkeypatch.setattr(environment, "bf16_matmul_speedup", lambda: 1.2)  # within the margin: not worth the gap
     assert backend.sampling_dtype("auto", cpu, torch.float32) is None
-    monkeypatch.setattr(backend, "bf16_matmul_speedup", lambda: 2.0)
+    monkeypatch.setattr(environment, "bf16_matmul_speedup", lambda: 2.0)
     assert backend.sampling_dtype("auto", cpu, torch.float32) is torch.bfloat16
     assert backend.sampling_dtype("bfloat16", cpu, torch.bfloat16) is None  # a bfloat16 model already is
     assert backend.sampling_dtype("model", cpu, torch.float32) is None
