@@ -4,8 +4,9 @@ An estimate, by arithmetic, of the tensors a GRPO step holds at its peak, not a 
 
 - always: the weights; the trained parameters' gradients and AdamW's two moments (LoRA adapters are kept in
   float32 by peft, 16 bytes per trained parameter; full fine-tuning keeps them in the weights' precision); a
-  reference copy of the weights when full fine-tuning has a KL term; under ``train.autocast: bf16`` a LoRA run's
-  bfloat16 copies of its frozen float32 linear weights and head (2 bytes each, made once instead of every pass);
+  reference copy of the weights when full fine-tuning has a KL term; under ``train.autocast: bf16`` (or ``auto``,
+  counted as if it took bf16) a LoRA run's bfloat16 copies of its frozen float32 linear weights and head (2 bytes
+  each, made once instead of every pass);
 - then the larger of two passes, which never overlap: sampling (the decoder's merged, fused copy of the linear
   weights, the KV cache of every completion of the step at full length, and a row of logits each) and the update
   (one micro-batch's saved activations at full length, per layer and token: the norms' inputs and outputs, q, k,

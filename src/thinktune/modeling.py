@@ -48,7 +48,8 @@ def effective_weight(linear) -> tuple[torch.Tensor, torch.Tensor | None]:
     dtype (float32 adapters on a bfloat16 base give a bfloat16 ``W'``, exactly as peft's in-place merge does),
     computed into a new tensor so the trainable model is never touched. Where base and adapters are all float32 it is
     one ``addmm`` (equal to peft's merge up to rounding): peft's product, scaling and sum each pass over the whole
-    weight, 170 of the 350 ms a bfloat16 SmolLM2 snapshot took (``rollout.decoders``), once a rollout.
+    weight: under the profiler 170 of the 352 ms a bfloat16 SmolLM2 snapshot took (``rollout.decoders``), once a
+    rollout.
     """
     if hasattr(linear, "base_layer"):  # a peft LoRA layer
         base = linear.base_layer
