@@ -46,9 +46,9 @@ def entropy(logits: torch.Tensor) -> torch.Tensor:
     return _entropy(logits, weights, log_norm)
 
 
-def _entropy(logits, weights, log_norm):
-    """``-sum p log p = log Z - sum p * logit``, with ``p = weights / sum(weights)``."""
-    return log_norm[..., 0] - (weights * logits).sum(-1) / weights.sum(-1)
+def _entropy(logits, weights, log_norm, temperature: float = 1.0):
+    """``-sum p log p = log Z - sum p * logit / T``, with ``p = weights / sum(weights)``."""
+    return log_norm[..., 0] - (weights * logits).sum(-1) / (temperature * weights.sum(-1))
 
 
 def sampling_weights(logits: torch.Tensor, temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -64,7 +64,9 @@ def sampling_weights(logits: torch.Tensor, temperature: float = 1.0) -> tuple[to
     >>> weights.tolist(), round(log_norm.item(), 4)
     ([[1.0, 0.1353352814912796]], 2.1269)
     """
-    top = logits.detach().amax(-1, keepdim=True)  # any shift gives the same normaliser; the max avoids overflow
+    # any shift gives the same normaliser; the max avoids overflow. Kept in float32 (or wider): bfloat16 logits are
+    # widened by the first op that reads them, without a copy of their own.
+    top = logits.detach().amax(-1, keepdim=True).to(torch.promote_types(logits.dtype, torch.float32))
     if torch.is_grad_enabled() and logits.requires_grad:
         shifted = logits - top if temperature == 1.0 else (logits - top) / temperature
         weights = shifted.clamp(min=FLOOR).exp()
@@ -104,12 +106,12 @@ class _HeadTokenLogprobs(torch.autograd.Function):
         head = autocast_operand(weight)
         for start in range(0, hidden.shape[0], rows):
             chunk = slice(start, start + rows)
-            logits = (hidden[chunk] @ head.T).float() / temperature
-            weights, log_norm = sampling_weights(logits)
+            logits = hidden[chunk] @ head.T  # bfloat16 under autocast: widened as sampling_weights reads it
+            weights, log_norm = sampling_weights(logits, temperature)
             log_norms[chunk] = log_norm[:, 0]
-            logp[chunk] = logits.gather(-1, tokens[chunk, None])[:, 0] - log_norm[:, 0]
+            logp[chunk] = logits.gather(-1, tokens[chunk, None])[:, 0].float() / temperature - log_norm[:, 0]
             if with_entropy:
-                ent[chunk] = _entropy(logits, weights, log_norm)
+                ent[chunk] = _entropy(logits, weights, log_norm, temperature)
         ctx.save_for_backward(hidden, weight, tokens, log_norms)
         ctx.temperature, ctx.rows = temperature, rows
         # Autograd runs backward outside any autocast context: the backward's head matmuls (the largest of the
@@ -133,11 +135,13 @@ class _HeadTokenLogprobs(torch.autograd.Function):
         head = autocast_operand(weight)
         for start in range(0, hidden.shape[0], ctx.rows):
             chunk = slice(start, start + ctx.rows)
-            logits = (hidden[chunk] @ head.T).float() / ctx.temperature
-            # d logp / d logits = onehot(token) - softmax(logits), times the incoming gradient and 1/T
-            grad = (logits - log_norms[chunk, None]).clamp(min=FLOOR).exp().mul_(-grad_logp[chunk, None])
-            grad.scatter_add_(-1, tokens[chunk, None], grad_logp[chunk, None])
-            grad = grad.div_(ctx.temperature).to(hidden.dtype)
+            logits = hidden[chunk] @ head.T
+            # d logp / d logits = (onehot(token) - softmax(logits / T)) / T, times the incoming gradient. The
+            # softmax is one new float32 tensor, then in place: each pass over 49k logits a row costs.
+            grad = torch.add(-log_norms[chunk, None], logits, alpha=1 / ctx.temperature).clamp_(min=FLOOR).exp_()
+            upstream = (grad_logp[chunk, None] / ctx.temperature).to(grad.dtype)
+            grad.mul_(-upstream).scatter_add_(-1, tokens[chunk, None], upstream)
+            grad = grad.to(hidden.dtype)
             if grad_hidden is not None:
                 grad_hidden[chunk] = grad @ head
             if grad_weight is not None:
