@@ -5,7 +5,9 @@ vs inverting the cumulative sum in two levels, and what one level's cumulative s
 over real-looking logits (denormals vs the clamped normaliser), and one decode step of SmolLM2-135M with LoRA at 32
 rows (Hugging Face forward with a ``DynamicCache`` vs thinktune's ``LlamaDecoder``, in float32, in bfloat16 and in
 bfloat16 with its weights not packed for oneDNN), plus the matmul time inside that step, the weight snapshot the decoder
-builds once a rollout, and one layer's decode attention (torch's fused kernel vs ``one_query_attention``).
+builds once a rollout, and one layer's decode attention (torch's fused kernel vs ``one_query_attention``); and for
+training, one layer's attention forward and backward (transformers' repeated key/value heads vs thinktune's grouped
+heads) and one RMSNorm (transformers' module vs ``F.rms_norm``).
 """
 
 from __future__ import annotations
@@ -123,7 +125,7 @@ def decode_step() -> None:
 def decode_attention() -> None:
     """One layer's attention in a decode step of SmolLM2's shape (32 rows, 9 query heads over 3 key/value heads,
     160 columns): torch's fused kernel against thinktune's two small matmuls, in float32 and bfloat16."""
-    from thinktune.rollout.decoders import additive_mask, one_query_attention, sdpa
+    from thinktune.rollout.decoders import grouped_mask, one_query_attention, sdpa
 
     generator = torch.Generator().manual_seed(0)
     q = torch.randn(ROWS, 9, 1, 64, generator=generator)
@@ -133,14 +135,56 @@ def decode_attention() -> None:
     visible[:5, ..., :20] = False  # left padding on a few rows
     for dtype in (torch.float32, torch.bfloat16):
         args = (q.to(dtype), keys_t.to(dtype)[..., :160], v.to(dtype)[:, :, :160], visible, 64**-0.5)
-        ours_args = (*args[:3], additive_mask(visible), args[4])
+        ours_args = (*args[:3], grouped_mask(visible, 3, dtype), args[4])
         fused = median_ms(lambda a=args: sdpa(*a), 50)
         ours = median_ms(lambda a=ours_args: one_query_attention(*a), 50)
         print(f"decode attention {str(dtype)[6:]:9} torch fused {fused:6.3f} ms  one_query_attention {ours:6.3f} ms")
+
+
+def training_kernels() -> None:
+    """Forward and backward of one training layer's attention at SmolLM2's shape (8 rows of 200 positions, 9 query
+    heads over 3 key/value heads, a padding mask, float32) with transformers' repeated key/value copies against
+    thinktune's in-place grouped heads; and one RMSNorm (1600 positions) through transformers' module against
+    ``F.rms_norm``."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+    from transformers.models.llama.modeling_llama import LlamaRMSNorm
+
+    from thinktune.cpu_attention import float32_sdpa
+    from thinktune.fused_norms import fused_rms_norm
+
+    class Layer(torch.nn.Module):
+        is_causal, num_key_value_groups = True, 3
+
+    generator = torch.Generator().manual_seed(0)
+    q = torch.randn(8, 9, 200, 64, generator=generator, requires_grad=True)
+    k, v = (torch.randn(8, 3, 200, 64, generator=generator, requires_grad=True) for _ in range(2))
+    mask = torch.ones(8, 1, 200, 200, dtype=torch.bool).tril()
+    mask[0, :, :, :5] = False
+    mask[0, :, range(5), range(5)] = True
+    upstream = torch.randn(8, 200, 9, 64, generator=generator)
+
+    def attention(fn):
+        out, _ = fn(Layer(), q, k, v, mask)
+        (out * upstream).sum().backward()
+
+    copies = median_ms(lambda: attention(sdpa_attention_forward))
+    grouped = median_ms(lambda: attention(float32_sdpa))
+    print(
+        f"training attention, forward + backward   repeated copies {copies:6.2f} ms  grouped in place {grouped:6.2f} ms"
+    )
+    norm = LlamaRMSNorm(576, eps=1e-5)
+    x = torch.randn(1600, 576, generator=generator, requires_grad=True)
+    grad = torch.randn(1600, 576, generator=generator)
+    module = median_ms(lambda: (norm(x) * grad).sum().backward())
+    fused = median_ms(lambda: (fused_rms_norm(norm, x) * grad).sum().backward())
+    print(
+        f"training RMSNorm, forward + backward     transformers    {module:6.2f} ms  F.rms_norm       {fused:6.2f} ms"
+    )
 
 
 if __name__ == "__main__":
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     sampling_and_softmax()
     decode_attention()
+    training_kernels()
     decode_step()

@@ -2,8 +2,9 @@
 
 - ``HFDecoder`` calls the Hugging Face model itself with a ``DynamicCache``: works for every causal LM.
 - ``LlamaDecoder`` runs Llama-family models (Llama, SmolLM, Qwen2, Qwen3) from a *snapshot* of their weights: LoRA
-  deltas merged in (so no adapter matmuls per token), q/k/v and gate/up fused into one matmul each, and a
-  key/value cache allocated once and written in place. Hugging Face's ``DynamicCache`` grows by
+  deltas merged in (so no adapter matmuls per token), q/k/v and gate/up fused into one matmul each (and, packed
+  for oneDNN, each residual add inside the matmul before it), and a key/value cache allocated once and written in
+  place. Hugging Face's ``DynamicCache`` grows by
   concatenation, which copies the whole cache on every token. One decode step of SmolLM2 + LoRA at 32 rows:
   127 ms through Hugging Face, 92 ms here (``python benchmarks/op_timings.py``).
 
@@ -169,7 +170,8 @@ class LlamaDecoder:
         visible = (causal[None] & mask[:, None, :end].bool()) | (columns[None, None] == query_columns[None, :, None])
         visible = visible[:, None]
         one_query = width == 1 and x.is_cpu  # torch's fused kernel is slow there, and reads transposed keys slowly
-        attend, visible = (one_query_attention, additive_mask(visible)) if one_query else (sdpa, visible)
+        attend = one_query_attention if one_query else sdpa
+        visible = grouped_mask(visible, self.kv_heads, self.embed.dtype) if one_query else visible
         heads, q_size, kv_size = self.heads, self.heads * self.head_dim, self.kv_heads * self.head_dim
         for i, layer in enumerate(self.layers):
             h = layer["norm1"](x)
@@ -185,10 +187,10 @@ class LlamaDecoder:
             keys_t, values = self.keys[i][:batch, ..., :end], self.values[i][:batch, :, :end]
             attended = attend(q, keys_t, values, visible, self.head_dim**-0.5)
             attended = attended.transpose(1, 2).reshape(batch, width, q_size)
-            x = x + layer["o"](attended)
+            x = layer["o"](attended, residual=x)
             h = layer["norm2"](x)
             gate, up = layer["gate_up"](h).chunk(2, dim=-1)
-            x = x + layer["down"](F.silu(gate) * up)
+            x = layer["down"](F.silu(gate) * up, residual=x)
         self.filled = end
         return self.lm_head(self.final_norm(x[:, -1])).float()
 
@@ -243,10 +245,15 @@ class Linear:
         self.packed = _onednn_packed(weight, rows)
         self.weight = weight if self.packed is None else None  # the packed copy replaces it
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        """``x @ weight.T + bias``, plus ``residual`` when given: packed, oneDNN adds it in the same kernel, rounding
+        once (a residual connection's add was an op of its own twice a layer)."""
         if self.packed is None:
-            return F.linear(x, self.weight, self.bias)
-        return torch.ops.mkldnn._linear_pointwise(x.contiguous(), self.packed, self.bias, "none", [], "")
+            out = F.linear(x, self.weight, self.bias)
+            return out if residual is None else residual + out
+        if residual is None:
+            return torch.ops.mkldnn._linear_pointwise(x.contiguous(), self.packed, self.bias, "none", [], "")
+        return torch.ops.mkldnn._linear_pointwise.binary(x.contiguous(), residual, self.packed, self.bias, "add")
 
 
 def _onednn_packed(weight: torch.Tensor, rows: int | None) -> torch.Tensor | None:
@@ -269,20 +276,25 @@ def sdpa(q, keys_t, v, visible: torch.Tensor, scale: float) -> torch.Tensor:
     return F.scaled_dot_product_attention(q, k, v, attn_mask=visible, scale=scale, enable_gqa=k.shape[1] != q.shape[1])
 
 
-def additive_mask(visible: torch.Tensor) -> torch.Tensor:
-    """A boolean attention mask as float32 to add to the scores: 0 where visible, -inf elsewhere.
+def grouped_mask(visible: torch.Tensor, kv_heads: int, dtype: torch.dtype) -> torch.Tensor:
+    """A decode step's boolean mask [B, 1, 1, L] as :func:`one_query_attention` adds it to the scores: 0 where
+    visible, -inf elsewhere, in ``dtype``, a row for each key/value head of each batch row ([B * KV, 1, L]). Made once
+    a step, for every layer.
 
-    >>> additive_mask(torch.tensor([True, False])).tolist()
-    [0.0, -inf]
+    >>> grouped_mask(torch.tensor([True, False]).view(1, 1, 1, 2), 2, torch.float32).tolist()
+    [[[0.0, -inf]], [[0.0, -inf]]]
     """
-    return torch.zeros(visible.shape, device=visible.device).masked_fill_(~visible, float("-inf"))
+    batch, length = visible.shape[0], visible.shape[-1]
+    additive = torch.zeros(visible.shape, dtype=dtype, device=visible.device).masked_fill_(~visible, float("-inf"))
+    return additive.expand(batch, kv_heads, 1, length).reshape(batch * kv_heads, 1, length)
 
 
 def one_query_attention(q, keys_t, v, mask: torch.Tensor, scale: float) -> torch.Tensor:
-    """Attention of one new token per row (a decode step) as two small batched matmuls, the softmax in float32.
+    """Attention of one new token per row (a decode step) as two small batched matmuls and a softmax (computed in
+    float32 within torch's kernel), the scale and mask applied by the first matmul.
 
     ``q`` is [B, H, 1, D]; ``keys_t`` [B, KV, D, L] (keys transposed), ``v`` [B, KV, L, D], query head h reading
-    key/value head h // (H / KV); ``mask`` [B, 1, 1, L] is :func:`additive_mask`'s, made once for every layer of a
+    key/value head h // (H / KV); ``mask`` [B * KV, 1, L] is :func:`grouped_mask`'s, made once for every layer of a
     step. On an AMD CPU torch's fused kernel took 4.9 ms a call in bfloat16 at this shape (32 rows, 160 columns)
     against 0.38 ms here (``python benchmarks/op_timings.py``), 30 calls a SmolLM2 decode step. Keys cached
     transposed are read in place when only their first L columns are written: cached as [B, KV, L, D], the matmul
@@ -291,16 +303,16 @@ def one_query_attention(q, keys_t, v, mask: torch.Tensor, scale: float) -> torch
 
     >>> q, k = torch.randn(2, 4, 1, 8), torch.randn(2, 2, 5, 8)
     >>> visible = torch.tensor([True] * 5 + [False, True, True, True, True]).view(2, 1, 1, 5)
-    >>> ours = one_query_attention(q, k.transpose(-1, -2), k, additive_mask(visible), 0.3)
+    >>> ours = one_query_attention(q, k.transpose(-1, -2), k, grouped_mask(visible, 2, torch.float32), 0.3)
     >>> torch.allclose(ours, sdpa(q, k.transpose(-1, -2), k, visible, 0.3), atol=1e-6)
     True
     """
     batch, heads, _, dim = q.shape
-    kv_heads = keys_t.shape[1]
-    grouped = q.view(batch, kv_heads, heads // kv_heads, dim)  # each key/value head's queries side by side
-    scores = torch.add(mask, torch.matmul(grouped, keys_t).float(), alpha=scale)  # scaled and masked
-    weights = scores.softmax(-1).to(v.dtype)
-    return torch.matmul(weights, v).view(batch, heads, 1, dim)
+    kv_heads, length = keys_t.shape[1], keys_t.shape[-1]
+    grouped = q.reshape(batch * kv_heads, heads // kv_heads, dim)  # each key/value head's queries side by side
+    keys_t, v = keys_t.reshape(batch * kv_heads, dim, length), v.reshape(batch * kv_heads, length, dim)
+    weights = torch.baddbmm(mask, grouped, keys_t, alpha=scale).softmax(-1)
+    return torch.bmm(weights, v).view(batch, heads, 1, dim)
 
 
 def _signed_sin(sin: torch.Tensor) -> torch.Tensor:
