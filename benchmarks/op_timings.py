@@ -6,8 +6,8 @@ over real-looking logits (denormals vs the clamped normaliser), and one decode s
 rows (Hugging Face forward with a ``DynamicCache`` vs thinktune's ``LlamaDecoder``, in float32, in bfloat16 and in
 bfloat16 with its weights not packed for oneDNN), plus the matmul time inside that step, the weight snapshot the decoder
 builds once a rollout, and one layer's decode attention (torch's fused kernel vs ``one_query_attention``); and for
-training, one layer's attention forward and backward (transformers' repeated key/value heads vs thinktune's grouped
-heads) and one RMSNorm (transformers' module vs ``F.rms_norm``).
+training, the LM head's chunked log-probs forward and backward (1400 tokens), and one layer's attention forward and
+backward (transformers' repeated key/value heads vs thinktune's grouped heads).
 """
 
 from __future__ import annotations
@@ -141,16 +141,32 @@ def decode_attention() -> None:
         print(f"decode attention {str(dtype)[6:]:9} torch fused {fused:6.3f} ms  one_query_attention {ours:6.3f} ms")
 
 
-def training_kernels() -> None:
+def head_logprobs() -> None:
+    """Forward and backward of the LM head's chunked log-probs (``head_token_logprobs``) for 1400 completion tokens
+    over SmolLM2's 49k vocabulary, under bfloat16 autocast and in float32."""
+    from thinktune.logits import head_token_logprobs
+
+    generator = torch.Generator().manual_seed(0)
+    head = torch.randn(VOCAB, 576, generator=generator) * 0.05
+    hidden = torch.randn(1400, 576, generator=generator, requires_grad=True)
+    tokens = torch.randint(0, VOCAB, (1400,), generator=generator)
+
+    def step(autocast: bool) -> None:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            logp, _ = head_token_logprobs(hidden, head, tokens, 0.7)
+        logp.sum().backward()
+
+    bf16, f32 = (median_ms(lambda a=autocast: step(a), 5) for autocast in (True, False))
+    print(f"LM-head log-probs fwd + bwd, 1400 tokens  bf16 autocast {bf16:7.1f} ms  float32 {f32:7.1f} ms")
+
+
+def training_attention() -> None:
     """Forward and backward of one training layer's attention at SmolLM2's shape (8 rows of 200 positions, 9 query
     heads over 3 key/value heads, a padding mask, float32) with transformers' repeated key/value copies against
-    thinktune's in-place grouped heads; and one RMSNorm (1600 positions) through transformers' module against
-    ``F.rms_norm``."""
+    thinktune's in-place grouped heads."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
-    from transformers.models.llama.modeling_llama import LlamaRMSNorm
 
     from thinktune.cpu_attention import float32_sdpa
-    from thinktune.fused_norms import fused_rms_norm
 
     class Layer(torch.nn.Module):
         is_causal, num_key_value_groups = True, 3
@@ -172,19 +188,12 @@ def training_kernels() -> None:
     print(
         f"training attention, forward + backward   repeated copies {copies:6.2f} ms  grouped in place {grouped:6.2f} ms"
     )
-    norm = LlamaRMSNorm(576, eps=1e-5)
-    x = torch.randn(1600, 576, generator=generator, requires_grad=True)
-    grad = torch.randn(1600, 576, generator=generator)
-    module = median_ms(lambda: (norm(x) * grad).sum().backward())
-    fused = median_ms(lambda: (fused_rms_norm(norm, x) * grad).sum().backward())
-    print(
-        f"training RMSNorm, forward + backward     transformers    {module:6.2f} ms  F.rms_norm       {fused:6.2f} ms"
-    )
 
 
 if __name__ == "__main__":
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     sampling_and_softmax()
     decode_attention()
-    training_kernels()
+    head_logprobs()
+    training_attention()
     decode_step()

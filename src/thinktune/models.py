@@ -31,7 +31,6 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 
 from thinktune.config import ModelConfig
 from thinktune.cpu_attention import use_float32_attention
-from thinktune.fused_norms import use_fused_norms
 from thinktune.outputs import WriteError
 from thinktune.savers import bitsandbytes
 
@@ -225,7 +224,6 @@ def load_policy(cfg: ModelConfig) -> tuple[PreTrainedModel, PreTrainedTokenizerB
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device)
     model.config.use_cache = True
     use_float32_attention(model)
-    use_fused_norms(model)
     if cfg.finetune == "lora":
         model = add_lora(model, cfg)
     return model, tokenizer

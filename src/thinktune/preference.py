@@ -186,7 +186,6 @@ def load_reward_model_for_training(recipe: Recipe):
     from transformers import AutoModelForSequenceClassification
 
     from thinktune.cpu_attention import use_float32_attention
-    from thinktune.fused_norms import use_fused_norms
     from thinktune.models import add_lora, pick_device, resolve_model
 
     path = resolve_model(recipe.model.name)
@@ -196,7 +195,6 @@ def load_reward_model_for_training(recipe: Recipe):
     model.to(pick_device(recipe.model.device))
     model.config.pad_token_id = tokenizer.pad_token_id
     use_float32_attention(model)
-    use_fused_norms(model)
     if recipe.model.finetune == "lora":
         model = add_lora(model, recipe.model, task_type="SEQ_CLS")
     return model, tokenizer
