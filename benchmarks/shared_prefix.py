@@ -12,12 +12,12 @@ import argparse
 import time
 
 import thinktune
-import thinktune.rollout.engine as engine
+import thinktune.modeling as modeling
 from thinktune.environment import cpu_name
 
 
 def timed(recipe, min_shared: int):
-    engine.MIN_SHARED_POSITIONS = min_shared
+    modeling.MIN_SHARED_POSITIONS = min_shared
     began = time.perf_counter()
     result = thinktune.evaluate("smollm2-135m-instruct", recipe)
     return time.perf_counter() - began, [s["completion"] for s in result.samples]
@@ -28,7 +28,7 @@ def main() -> None:
     parser.add_argument("--split", default="validation", choices=["validation", "held_out"])
     args = parser.parse_args()
     recipe = thinktune.load_recipe("recipes/demo.yaml", [f"eval.split={args.split}"])
-    default = engine.MIN_SHARED_POSITIONS
+    default = modeling.MIN_SHARED_POSITIONS
     whole, whole_texts = timed(recipe, 10**9)
     shared, shared_texts = timed(recipe, default)
     same = sum(a == b for a, b in zip(whole_texts, shared_texts, strict=True))

@@ -1,5 +1,6 @@
 """The optimised log-prob paths give the straightforward answer: values, entropy and gradients."""
 
+import pytest
 import torch
 
 import thinktune.logits as logits_module
@@ -92,10 +93,19 @@ def test_update_loss_and_lora_gradients_equal_the_straightforward_forward(tiny_m
     assert any(g.abs().sum() > 0 for g in grads)
 
 
-def test_shared_prompts_give_the_same_loss_and_gradients_across_micro_batches(tiny_model_dir):
+PREAMBLE = torch.arange(3, 43).tolist()  # 40 tokens: shared by two prompts, it saves 40 positions; by three, 80
+
+
+@pytest.mark.parametrize(
+    "prompts, prompt_mask",
+    [
+        (torch.tensor([[0, 8, 9, 10], [11, 12, 13, 14]]), torch.tensor([[0, 1, 1, 1], [1, 1, 1, 1]])),
+        (torch.tensor([PREAMBLE + [8, 9], [0] + PREAMBLE + [50]]), None),  # too short a prefix to run once
+    ],
+)
+def test_shared_prompts_give_the_same_loss_and_gradients_across_micro_batches(tiny_model_dir, prompts, prompt_mask):
     model = lora_policy_with_live_adapters(tiny_model_dir)
-    prompts = torch.tensor([[0, 8, 9, 10], [11, 12, 13, 14]])
-    prompt_mask = torch.tensor([[0, 1, 1, 1], [1, 1, 1, 1]])
+    prompt_mask = prompt_mask if prompt_mask is not None else (prompts > 0).long()
     owner = torch.tensor([0, 0, 0, 1, 1, 1])  # three completions per prompt
     completion_ids = torch.randint(3, 60, (6, 4))
     completion_mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0], [1, 0, 0, 0], [1, 1, 1, 0], [1, 1, 1, 1], [1, 1, 0, 0]])
@@ -104,6 +114,7 @@ def test_shared_prompts_give_the_same_loss_and_gradients_across_micro_batches(ti
 
     model.zero_grad()
     shared = SharedPrompts.encode(model, prompts, prompt_mask)
+    assert torch.equal(shared.mask, prompt_mask)  # every prompt ran whole
     ours = torch.zeros(6, 4)
     for rows in (torch.tensor([5, 0, 3]), torch.tensor([1, 4, 2])):  # micro-batches mixing the two prompts
         logprobs, _ = shared.completion_logprobs(model, owner[rows], completion_ids[rows], completion_mask[rows], 0.9)
@@ -119,6 +130,34 @@ def test_shared_prompts_give_the_same_loss_and_gradients_across_micro_batches(ti
     assert torch.allclose(ours * completion_mask, reference.detach() * completion_mask, atol=1e-5)
     assert all(torch.allclose(a, p.grad, atol=1e-5) for a, p in zip(grads, trainable, strict=True))
     assert all(g.abs().sum() > 0 for g in grads)  # every adapter, down to the first layer's, got a gradient
+
+
+def test_a_prefix_every_prompt_shares_runs_once_with_the_same_loss_and_gradients(tiny_model_dir):
+    model = lora_policy_with_live_adapters(tiny_model_dir)
+    prompts = torch.tensor([[0, 0] + PREAMBLE + [8], [0] + PREAMBLE + [50, 51], PREAMBLE + [7, 52, 53]])
+    prompt_mask = (prompts > 0).long()
+    owner = torch.tensor([0, 1, 2, 2, 1, 0])
+    completion_ids = torch.randint(3, 60, (6, 4), generator=torch.Generator().manual_seed(1))
+    completion_mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0], [1, 0, 0, 0], [1, 1, 1, 0], [1, 1, 1, 1], [1, 1, 0, 0]])
+    weights = torch.randn(6, 4, generator=torch.Generator().manual_seed(2)) * completion_mask
+    trainable = [p for p in model.parameters() if p.requires_grad]
+
+    model.zero_grad()
+    shared = SharedPrompts.encode(model, prompts, prompt_mask)
+    # the prefix's columns first, then each prompt's rest, left-padded: [prefix | 0 0 8], [prefix | 0 50 51], ...
+    assert shared.mask[:, :40].all() and shared.mask[:, 40:].tolist() == [[0, 0, 1], [0, 1, 1], [1, 1, 1]]
+    logprobs, _ = shared.completion_logprobs(model, owner, completion_ids, completion_mask, 0.9)
+    (logprobs * weights).sum().backward()
+    shared.backward()
+    grads = [p.grad.clone() for p in trainable]
+
+    model.zero_grad()
+    reference, _ = completion_logprobs(model, prompts[owner], prompt_mask[owner], completion_ids, completion_mask, 0.9)
+    (reference * weights).sum().backward()
+
+    assert torch.allclose(logprobs.detach() * completion_mask, reference.detach() * completion_mask, atol=1e-5)
+    assert all(torch.allclose(a, p.grad, atol=1e-5) for a, p in zip(grads, trainable, strict=True))
+    assert all(g.abs().sum() > 0 for g in grads)
 
 
 def test_shared_prompt_gradients_are_bit_identical_from_run_to_run(tiny_model_dir):

@@ -157,11 +157,16 @@ def test_reward_model_stopped_mid_training_resumes_from_its_checkpoint(tmp_path,
     assert resumed["pair_accuracy_after"] == whole["pair_accuracy_after"]
 
 
-@pytest.mark.parametrize("finetune", ["full", "lora"])
-def test_shared_prompt_scores_and_gradients_equal_whole_passes(tmp_path, tiny_model_dir, finetune):
+PREAMBLE = "you are a careful assistant: think step by step, check every step twice, then answer. " * 2
+
+
+@pytest.mark.parametrize("finetune, preamble", [("full", ""), ("lora", ""), ("lora", PREAMBLE)])
+def test_shared_prompt_scores_and_gradients_equal_whole_passes(
+    tmp_path, tiny_model_dir, monkeypatch, finetune, preamble
+):
     """The prompt a pair's answers share runs once; scores and gradients are those of every sequence run whole.
     The pairs cover a rejected answer that is a prefix of the chosen one, a pad token inside an answer, and
-    answers of very different lengths."""
+    answers of very different lengths; with a preamble, the prefix every pair shares runs once too."""
     from thinktune.preference import Pairs, _pair_scores, bradley_terry_loss, load_reward_model_for_training
     from thinktune.rewards.reward_model import scoring_ids, token_scores
 
@@ -171,18 +176,25 @@ def test_shared_prompt_scores_and_gradients_equal_whole_passes(tmp_path, tiny_mo
     for p in model.parameters():  # fresh LoRA B matrices are zero, which would hide the adapters' gradients
         p.data += 0.02 * torch.randn_like(p) * p.requires_grad
     pad = tokenizer.pad_token
-    prompts = ["count: one two", "say yes", "a b c d e f"]
+    prompts = [preamble + p for p in ("count: one two", "say yes", "a b c d e f")]
     chosen = [" three four five six seven", " yes yes" + pad + " yes", " g"]
     rejected = [" three", " no", " h i j k l m n o p q r s t"]
     pairs = Pairs(prompts, chosen, rejected)
 
     def whole():
-        ids = scoring_ids(tokenizer, [p + a for p, a in zip(prompts * 2, chosen + rejected, strict=True)], 64)
+        ids = scoring_ids(tokenizer, [p + a for p, a in zip(prompts * 2, chosen + rejected, strict=True)], 128)
         scores = token_scores(model, ids, tokenizer.pad_token_id)
         return scores[:3], scores[3:]
 
+    import thinktune.logprobs
+
+    runs_once = []  # the prefixes' pass: how much of them every pair shares and runs once
+    original = thinktune.logprobs.shared_prefix
+    monkeypatch.setattr(
+        thinktune.logprobs, "shared_prefix", lambda rows: runs_once.append(original(rows)) or runs_once[-1]
+    )
     results = []
-    for scorer in (whole, lambda: _pair_scores(model, tokenizer, pairs, 64)):
+    for scorer in (whole, lambda: _pair_scores(model, tokenizer, pairs, 128)):
         model.zero_grad()
         good, bad = scorer()
         bradley_terry_loss(good, bad).backward()
@@ -191,6 +203,7 @@ def test_shared_prompt_scores_and_gradients_equal_whole_passes(tmp_path, tiny_mo
     for expected, got in zip(results[0], results[1], strict=True):
         torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
     assert results[0][2].abs().sum() > 0
+    assert (runs_once[0] > 30) == bool(preamble)
 
 
 def test_pair_scores_share_the_prompt_where_the_model_allows(tmp_path, tiny_model_dir, monkeypatch):

@@ -2,10 +2,10 @@ import pytest
 import torch
 
 from thinktune.logprobs import completion_logprobs
-from thinktune.modeling import left_pad
+from thinktune.modeling import MIN_SHARED_POSITIONS, left_pad
 from thinktune.rollout import generate
 from thinktune.rollout.decoders import LlamaDecoder, supports_fast_decode
-from thinktune.rollout.engine import MIN_SHARED_POSITIONS, filter_logits, pick_tokens, sample_categorical
+from thinktune.rollout.engine import filter_logits, pick_tokens, sample_categorical
 
 BOTH_DECODERS = pytest.mark.parametrize("fast", [True, False], ids=["llama-decoder", "hf-decoder"])
 

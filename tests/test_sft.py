@@ -90,6 +90,34 @@ def test_passes_by_length_give_the_whole_batch_loss_and_gradient(tiny_model_dir)
         torch.testing.assert_close(grad, expected_grad, atol=1e-5, rtol=1e-4)
 
 
+def test_a_prefix_every_prompt_shares_runs_once_with_the_same_loss_and_gradient(tiny_model_dir, monkeypatch):
+    from thinktune.logprobs import SharedPrompts
+
+    model, tokenizer = load_policy(ModelConfig(name=tiny_model_dir, finetune="full", device="cpu"))
+    preamble = torch.arange(8, 48).tolist()  # 40 tokens in each of 3 prompts: run once, 80 positions fewer
+    prompts, targets = [preamble + [50], preamble + [51, 52, 53], preamble + [54, 55]], [[60, 61], [62], [63, 64, 65]]
+    model.zero_grad()
+    nll = []
+    for prompt, target in zip(prompts, targets, strict=True):  # one sequence at a time, no padding
+        logp = model(input_ids=torch.tensor([prompt + target])).logits[0, len(prompt) - 1 : -1].log_softmax(-1)
+        nll += [-logp[i, t] for i, t in enumerate(target)]
+    expected = torch.stack(nll).mean()
+    expected.backward()
+    expected_grad = torch.cat([p.grad.flatten() for p in model.parameters()])
+
+    encoded = []
+    encode = SharedPrompts.encode.__func__
+    monkeypatch.setattr(SharedPrompts, "encode", classmethod(lambda cls, m, ids, *a, **k: encoded.append(ids.tolist())
+                                                             or encode(cls, m, ids, *a, **k)))  # fmt: skip
+    model.zero_grad()
+    loss = completion_loss(model, prompts, targets, tokenizer.pad_token_id)
+    loss.backward()
+    assert encoded == [[preamble]]  # the prefix's pass, once
+    assert loss.item() == pytest.approx(expected.item(), abs=1e-5)
+    torch.testing.assert_close(torch.cat([p.grad.flatten() for p in model.parameters()]), expected_grad,
+                               atol=1e-5, rtol=1e-4)  # fmt: skip
+
+
 def test_sft_then_grpo_in_one_run(tmp_path, tiny_model_dir):
     recipe = sft_recipe(tmp_path, tiny_model_dir, "stages=[sft, grpo]")
     summary = train(recipe)

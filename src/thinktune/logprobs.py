@@ -8,7 +8,16 @@ import torch
 from transformers import DynamicCache
 
 from thinktune.logits import entropy, head_token_logprobs, token_logprobs
-from thinktune.modeling import base_model, cache_argument, decoder_stack, plain_head, positions, prefix_cache
+from thinktune.modeling import (
+    base_model,
+    cache_argument,
+    decoder_stack,
+    plain_head,
+    positions,
+    prefix_cache,
+    prefix_then_left_pad,
+    shared_prefix,
+)
 
 
 def completion_logprobs(
@@ -76,15 +85,27 @@ class SharedPrompts:
     @classmethod
     def encode(cls, model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, detach: bool = True) -> SharedPrompts:
         """The prompts' pass. ``detach=False``: the completions' passes differentiate straight into it, for a caller
-        that runs them all before one backward (no :meth:`backward` then)."""
+        that runs them all before one backward (no :meth:`backward` then).
+
+        A prefix common to every prompt (:func:`shared_prefix`: a system message, a worked example) runs once, and
+        each prompt's rest attends to it: the prompts' states then sit in columns laid out as
+        :func:`prefix_then_left_pad` lays them (the prefix's, then each rest left-padded), in :attr:`mask`. The
+        demo's prompts share 88 of their 100 tokens; two of them cost 112 positions instead of 200.
+        """
+        rows = [ids[keep].tolist() for ids, keep in zip(prompt_ids.cpu(), prompt_mask.cpu().bool(), strict=True)]
+        shared = shared_prefix(rows)
         cache = DynamicCache()
-        hidden = decoder_stack(model)(
-            input_ids=prompt_ids,
-            attention_mask=prompt_mask,
-            position_ids=positions(prompt_mask),
-            **cache_argument(base_model(model).model, cache),
-            use_cache=True,
-        ).last_hidden_state[:, -1]
+        if shared:
+            prefix = prompt_ids.new_tensor(rows[0][:shared])[None]
+            _stack_pass(model, prefix, torch.ones_like(prefix), 0, cache)
+            many = len(rows)  # the rest's pass appends to a view of the prefix's states per prompt
+            cache = DynamicCache(
+                ddp_cache_data=[
+                    (t.keys.expand(many, -1, -1, -1), t.values.expand(many, -1, -1, -1)) for t in cache.layers
+                ]
+            )
+            prompt_ids, prompt_mask = (t.to(prompt_ids.device) for t in prefix_then_left_pad(rows, 0, shared))
+        hidden = _stack_pass(model, prompt_ids, prompt_mask, shared, cache)
         outputs = [hidden] + [t for layer in cache.layers for t in (layer.keys, layer.values)]
         leaves = [t.detach().requires_grad_(t.requires_grad) for t in outputs] if detach else outputs
         return cls(outputs, leaves, prompt_mask)
@@ -138,6 +159,18 @@ class SharedPrompts:
         pairs = [(out, leaf.grad) for out, leaf in zip(self.outputs, self.leaves, strict=True) if leaf.grad is not None]
         if pairs:
             torch.autograd.backward([out for out, _ in pairs], [grad for _, grad in pairs])
+
+
+def _stack_pass(model, ids: torch.Tensor, mask: torch.Tensor, start: int, cache: DynamicCache):
+    """The decoder stack over ``ids``' columns from ``start`` on (the cache holds those before), appending their keys
+    and values to ``cache``. Returns the last position's hidden state."""
+    return decoder_stack(model)(
+        input_ids=ids[:, start:],
+        attention_mask=mask,
+        position_ids=positions(mask)[:, start:],
+        **cache_argument(base_model(model).model, cache),
+        use_cache=True,
+    ).last_hidden_state[:, -1]
 
 
 def supports_shared_prompts(model) -> bool:

@@ -121,6 +121,22 @@ def common_prefix(sequences: list[list[int]]) -> int:
     return shared
 
 
+# Positions a shared prefix must save before it gets a pass of its own: that pass pays every layer's fixed
+# per-op cost once more, which a prefix of a token or two (the rollout benchmark's "Calculate") does not repay.
+MIN_SHARED_POSITIONS = 64
+
+
+def shared_prefix(sequences: list[list[int]]) -> int:
+    """:func:`common_prefix`, where running it once instead of in every sequence saves at least
+    ``MIN_SHARED_POSITIONS`` positions; else 0.
+
+    >>> shared_prefix([[1] * 40 + [2], [1] * 40 + [3]]), shared_prefix([[1] * 40 + [2], [1] * 40 + [3], [1] * 41])
+    (0, 40)
+    """
+    shared = common_prefix(sequences) if len(sequences) > 1 else 0
+    return shared if shared * (len(sequences) - 1) >= MIN_SHARED_POSITIONS else 0
+
+
 def prefix_then_left_pad(sequences: list[list[int]], pad_id: int, shared: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Like :func:`left_pad`, but the first ``shared`` tokens (common to every row) stay in the first columns and only
     the rest of each row is left-padded after them: one copy of the prefix can then serve every row. Every row still

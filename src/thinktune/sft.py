@@ -19,7 +19,8 @@ from thinktune.console import console, progress
 from thinktune.data import DataError, Example, PromptBuilder
 from thinktune.distributed import SINGLE, Ranks
 from thinktune.logits import head_token_logprobs, token_logprobs
-from thinktune.modeling import decoder_stack, plain_head, right_pad
+from thinktune.logprobs import SharedPrompts
+from thinktune.modeling import decoder_stack, plain_head, right_pad, shared_prefix
 from thinktune.models import save_model
 from thinktune.parallel import parallel_engine
 from thinktune.run_dir import RunDir
@@ -99,8 +100,12 @@ def completion_loss(
     by, when these targets are part of a batch of that many target tokens (default: their own). Each example runs
     as one sequence, prompt then target, right-padded to the longest (a left-padded prompt before a right-padded
     target would pad to the longest prompt plus the longest target); only the positions that predict a target token
-    go through the LM head.
+    go through the LM head. On a Llama-family model a prefix every prompt shares (:func:`shared_prefix`, e.g. the
+    system message) runs once and the sequences' rests attend to it.
     """
+    head = plain_head(model)
+    shared = shared_prefix(prompts) if head is not None else 0
+    prefix, prompts = prompts[0][:shared], [p[shared:] for p in prompts]
     ids, mask = right_pad([p + t for p, t in zip(prompts, targets, strict=True)], pad_id)
     # Position j predicts token j + 1: an example's targets are predicted from its prompt's last position on.
     rows = torch.cat([torch.full((len(t),), row) for row, t in enumerate(targets)])
@@ -108,14 +113,16 @@ def completion_loss(
     device = next(model.parameters()).device
     ids, mask, rows, cols = ids.to(device), mask.to(device), rows.to(device), cols.to(device)
     labels = ids[rows, cols + 1]
-    head = plain_head(model)
-    if head is not None:
-        hidden = decoder_stack(model)(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
-        logprobs, _ = head_token_logprobs(hidden[rows, cols], head.weight, labels)
+    if head is None:
+        logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits[rows, cols].float()
+        return -token_logprobs(logits, labels).sum() / (len(labels) if tokens is None else tokens)
+    if shared:
+        prefix_ids = torch.tensor([prefix], device=device)
+        prefix = SharedPrompts.encode(model, prefix_ids, torch.ones_like(prefix_ids), detach=False)
+        hidden = prefix.completion_hidden(model, torch.zeros_like(ids[:, 0]), ids, mask)
     else:
-        logprobs = token_logprobs(
-            model(input_ids=ids, attention_mask=mask, use_cache=False).logits[rows, cols].float(), labels
-        )
+        hidden = decoder_stack(model)(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+    logprobs, _ = head_token_logprobs(hidden[rows, cols], head.weight, labels)
     return -logprobs.sum() / (len(labels) if tokens is None else tokens)
 
 

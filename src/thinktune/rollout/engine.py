@@ -15,12 +15,8 @@ from dataclasses import dataclass, fields
 import torch
 
 from thinktune.logits import sampling_weights, token_logprobs
-from thinktune.modeling import common_prefix, left_pad, positions, prefix_then_left_pad
+from thinktune.modeling import left_pad, positions, prefix_then_left_pad, shared_prefix
 from thinktune.rollout.decoders import make_decoder
-
-# Prompt positions a shared prefix must save before it gets a pass of its own: that pass pays every layer's fixed
-# per-op cost once more, which a prefix of a token or two (the rollout benchmark's "Calculate") does not repay.
-MIN_SHARED_POSITIONS = 64
 
 
 @dataclass
@@ -215,9 +211,7 @@ def generate(
 def _prefill(decoder, prompts: list[list[int]], padded, pad_id: int, group_size: int):
     """The prompts' prefill: the next tokens' logits and the cache's mask, a row per completion. With a decoder that
     shares prefixes, a prefix common to every prompt runs once (its columns first, then each prompt's rest)."""
-    shared = common_prefix(prompts) if decoder.shares_prefix and len(prompts) > 1 else 0
-    if shared * (len(prompts) - 1) < MIN_SHARED_POSITIONS:
-        shared = 0
+    shared = shared_prefix(prompts) if decoder.shares_prefix else 0
     ids, mask = padded
     if shared:
         ids, mask = (t.to(ids.device) for t in prefix_then_left_pad(prompts, pad_id, shared))
