@@ -7,7 +7,8 @@ rows (Hugging Face forward with a ``DynamicCache`` vs thinktune's ``LlamaDecoder
 bfloat16 with its weights not packed for oneDNN), plus the matmul time inside that step, the weight snapshot the decoder
 builds once a rollout, and one layer's decode attention (torch's fused kernel vs ``one_query_attention``); and for
 training, the LM head's chunked log-probs forward and backward (1400 tokens), and one layer's attention forward and
-backward (transformers' repeated key/value heads vs thinktune's grouped heads).
+backward (transformers' repeated key/value heads vs thinktune's grouped heads); and what rows that end cost the
+decode cache.
 """
 
 from __future__ import annotations
@@ -141,6 +142,30 @@ def decode_attention() -> None:
         print(f"decode attention {str(dtype)[6:]:9} torch fused {fused:6.3f} ms  one_query_attention {ours:6.3f} ms")
 
 
+def cache_keep() -> None:
+    """What a decode step pays when 2 of 32 rows end (the bfloat16 cache of SmolLM2's 30 layers, 120 of 200 columns
+    written): every live row copied into a new cache, against ``LlamaDecoder.keep``'s moving the last live rows into
+    the ended rows' places."""
+    from thinktune.rollout.decoders import LlamaDecoder
+    from thinktune.rollout.engine import tail_into_gaps
+
+    decoder = LlamaDecoder.__new__(LlamaDecoder)
+    decoder.filled = 120
+    decoder.keys = [torch.zeros(ROWS, 3, 64, 200, dtype=torch.bfloat16) for _ in range(30)]
+    decoder.values = [torch.zeros(ROWS, 3, 200, 64, dtype=torch.bfloat16) for _ in range(30)]
+    live = torch.ones(ROWS, dtype=torch.bool)
+    live[[3, 17]] = False
+    kept = live.nonzero()[:, 0]
+
+    def copy_all():
+        for cache, dim in [(k, 3) for k in decoder.keys] + [(v, 2) for v in decoder.values]:
+            fresh = torch.empty((len(kept), *cache.shape[1:]), dtype=cache.dtype)
+            torch.index_select(cache.narrow(dim, 0, 120), 0, kept, out=fresh.narrow(dim, 0, 120))
+
+    moved, whole = median_ms(lambda: decoder.keep(tail_into_gaps(live)), 20), median_ms(copy_all, 20)
+    print(f"2 of 32 rows end: every live row copied {whole:6.2f} ms, the last 2 moved {moved:6.2f} ms")
+
+
 def head_logprobs() -> None:
     """Forward and backward of the LM head's chunked log-probs (``head_token_logprobs``) for 1400 completion tokens
     over SmolLM2's 49k vocabulary, under bfloat16 autocast and in float32."""
@@ -194,6 +219,7 @@ if __name__ == "__main__":
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     sampling_and_softmax()
     decode_attention()
+    cache_keep()
     head_logprobs()
     training_attention()
     decode_step()

@@ -148,6 +148,30 @@ def test_sampled_logprobs_equal_a_fresh_forward(tiny, fast):
     assert torch.allclose(fresh[mask], r.logprobs[mask], atol=1e-4)
 
 
+@BOTH_DECODERS
+def test_rows_that_end_at_different_steps_leave_the_cache_without_disturbing_the_others(tiny, fast):
+    """A third of the vocabulary ends a completion, so rows leave the batch at many steps and the last live rows move
+    into their places in the cache: every kept token's log-prob is still the one a fresh forward gives."""
+    model, tokenizer = tiny
+    r = generate(
+        model,
+        prompts_of(tokenizer),
+        eos_ids=list(range(0, len(tokenizer), 3)),
+        pad_id=tokenizer.pad_token_id,
+        max_new_tokens=12,
+        group_size=6,
+        temperature=1.0,
+        generator=torch.Generator().manual_seed(0),
+        fast=fast,
+    )
+    lengths = r.completion_mask.sum(-1)
+    assert len(set(lengths.tolist())) >= 4 and (lengths < 12).sum() >= 9  # rows ended at several steps
+    with torch.no_grad():
+        fresh, _ = completion_logprobs(model, r.prompt_ids, r.prompt_mask, r.completion_ids, r.completion_mask)
+    mask = r.completion_mask.bool()
+    assert torch.allclose(fresh[mask], r.logprobs[mask], atol=1e-4)
+
+
 def test_completion_mask_stops_after_eos_and_ended_rows_leave_the_batch():
     class Scripted(torch.nn.Module):
         """Row 0 emits 5 then end-of-sequence (7); row 1 emits 5, 6, 6 and never ends."""

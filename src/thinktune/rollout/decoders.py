@@ -182,8 +182,9 @@ class LlamaDecoder:
             qk = qk * cos + qk.roll(self.head_dim // 2, -1) * sin  # rotary for queries and keys at once
             q, k = qk[:, :, :heads].transpose(1, 2), qk[:, :, heads:].transpose(1, 2)
             v = qkv[..., q_size + kv_size :].view(batch, width, self.kv_heads, self.head_dim).transpose(1, 2)
-            self.keys[i][..., start:end] = k.transpose(-1, -2)
-            self.values[i][:, :, start:end] = v
+            rows = slice(None) if batch == 1 else slice(batch)  # a batch of one (a shared prefix) writes every row
+            self.keys[i][rows, ..., start:end] = k.transpose(-1, -2)
+            self.values[i][rows, :, start:end] = v
             keys_t, values = self.keys[i][:batch, ..., :end], self.values[i][:batch, :, :end]
             attended = attend(q, keys_t, values, visible, self.head_dim**-0.5)
             attended = attended.transpose(1, 2).reshape(batch, width, q_size)
@@ -215,15 +216,17 @@ class LlamaDecoder:
         return self._forward(token[:, None], mask, position_ids)
 
     def keep(self, rows: torch.Tensor) -> None:
-        self.keys = [self._kept(k, rows, column_dim=3) for k in self.keys]
-        self.values = [self._kept(v, rows, column_dim=2) for v in self.values]
-
-    def _kept(self, cache: torch.Tensor, rows: torch.Tensor, column_dim: int) -> torch.Tensor:
-        """The cache's ``rows``, with room for every column; only the columns written so far are copied."""
-        kept = torch.empty((len(rows), *cache.shape[1:]), dtype=cache.dtype, device=cache.device)
-        written = kept.narrow(column_dim, 0, self.filled)
-        torch.index_select(cache.narrow(column_dim, 0, self.filled), 0, rows, out=written)
-        return kept
+        """The cache's ``rows`` become its first ``len(rows)`` rows. Only rows that change place are copied (the engine
+        moves the last live rows into the places of ended ones: a few rows a step instead of every live row), and only
+        their columns written so far; the rows past them stay allocated, unread."""
+        moved = (rows != torch.arange(len(rows), device=rows.device)).nonzero()[:, 0]
+        if len(moved) == 0:
+            return
+        sources = rows[moved]
+        for caches, column_dim in ((self.keys, 3), (self.values, 2)):
+            for cache in caches:
+                written = cache.narrow(column_dim, 0, self.filled)
+                written.index_copy_(0, moved, written.index_select(0, sources))  # the sources copied out first
 
 
 class Linear:

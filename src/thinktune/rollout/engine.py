@@ -196,7 +196,7 @@ def generate(
         if ended.all() or width == max_new_tokens:
             break
         if ended.any():
-            keep = (~ended).nonzero()[:, 0]
+            keep = tail_into_gaps(~ended)
             active, token, mask, next_position = active[keep], token[keep], mask[keep], next_position[keep]
             decoder.keep(keep)
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=-1)
@@ -206,6 +206,19 @@ def generate(
     model.train(was_training)
     prompts = (unique_ids.repeat_interleave(group_size, dim=0), unique_mask.repeat_interleave(group_size, dim=0))
     return _rollout(*prompts, completion_ids[:, :width], logprobs[:, :width], eos, 1.0 if greedy else temperature)
+
+
+def tail_into_gaps(live: torch.Tensor) -> torch.Tensor:
+    """The batch rows to keep, in their new order: a live row among the first ``n`` (the live count) stays where it is,
+    and the live rows past them take the places of the ended ones, so a cache moves a few rows, not every one.
+
+    >>> tail_into_gaps(torch.tensor([True, False, True, False, True, True])).tolist()
+    [0, 4, 2, 5]
+    """
+    count = int(live.sum())
+    rows = torch.arange(count, device=live.device)
+    rows[(~live[:count]).nonzero()[:, 0]] = live[count:].nonzero()[:, 0] + count
+    return rows
 
 
 def _prefill(decoder, prompts: list[list[int]], padded, pad_id: int, group_size: int):
