@@ -21,6 +21,9 @@ from workload import CASES, build_trainer  # noqa: E402
 
 
 def main(case_name: str = "smollm2-lora", *overrides: str, rows: int = 12) -> None:
+    from thinktune.allocator import keep_freed_memory
+
+    keep_freed_memory()  # as the CLI does: without it, page faults refilling freed blocks top the update's table
     with tempfile.TemporaryDirectory() as tmp:
         trainer = build_trainer(CASES[case_name], Path(tmp), Path(tmp) / "runs", overrides)
         r = trainer.recipe
