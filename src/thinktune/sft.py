@@ -105,7 +105,7 @@ def completion_loss(
     """
     head = plain_head(model)
     shared = shared_prefix(prompts) if head is not None else 0
-    prefix, prompts = prompts[0][:shared], [p[shared:] for p in prompts]
+    prefix_tokens, prompts = prompts[0][:shared], [p[shared:] for p in prompts]
     ids, mask = right_pad([p + t for p, t in zip(prompts, targets, strict=True)], pad_id)
     # Position j predicts token j + 1: an example's targets are predicted from its prompt's last position on.
     rows = torch.cat([torch.full((len(t),), row) for row, t in enumerate(targets)])
@@ -115,14 +115,15 @@ def completion_loss(
     labels = ids[rows, cols + 1]
     if head is None:
         logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits[rows, cols].float()
-        return -token_logprobs(logits, labels).sum() / (len(labels) if tokens is None else tokens)
-    if shared:
-        prefix_ids = torch.tensor([prefix], device=device)
-        prefix = SharedPrompts.encode(model, prefix_ids, torch.ones_like(prefix_ids), detach=False)
-        hidden = prefix.completion_hidden(model, torch.zeros_like(ids[:, 0]), ids, mask)
+        logprobs = token_logprobs(logits, labels)
     else:
-        hidden = decoder_stack(model)(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
-    logprobs, _ = head_token_logprobs(hidden[rows, cols], head.weight, labels)
+        if shared:
+            prefix_ids = torch.tensor([prefix_tokens], device=device)
+            prefix = SharedPrompts.encode(model, prefix_ids, torch.ones_like(prefix_ids), detach=False)
+            hidden = prefix.completion_hidden(model, torch.zeros_like(ids[:, 0]), ids, mask)
+        else:
+            hidden = decoder_stack(model)(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+        logprobs, _ = head_token_logprobs(hidden[rows, cols], head.weight, labels)
     return -logprobs.sum() / (len(labels) if tokens is None else tokens)
 
 
