@@ -140,9 +140,14 @@ def test_sampled_logprobs_equal_a_fresh_forward(tiny, fast):
         fast=fast,
     )
     assert r.completion_ids.shape[0] == 12
+    assert_logprobs_of_a_fresh_forward(model, r)
+
+
+def assert_logprobs_of_a_fresh_forward(model, r):
+    """Every sampled token's log-prob is what a forward over the whole sequence gives, at the sampling temperature."""
     with torch.no_grad():
         fresh, _ = completion_logprobs(
-            model, r.prompt_ids, r.prompt_mask, r.completion_ids, r.completion_mask, temperature=0.7
+            model, r.prompt_ids, r.prompt_mask, r.completion_ids, r.completion_mask, temperature=r.temperature
         )
     mask = r.completion_mask.bool()
     assert torch.allclose(fresh[mask], r.logprobs[mask], atol=1e-4)
@@ -166,10 +171,7 @@ def test_rows_that_end_at_different_steps_leave_the_cache_without_disturbing_the
     )
     lengths = r.completion_mask.sum(-1)
     assert len(set(lengths.tolist())) >= 4 and (lengths < 12).sum() >= 9  # rows ended at several steps
-    with torch.no_grad():
-        fresh, _ = completion_logprobs(model, r.prompt_ids, r.prompt_mask, r.completion_ids, r.completion_mask)
-    mask = r.completion_mask.bool()
-    assert torch.allclose(fresh[mask], r.logprobs[mask], atol=1e-4)
+    assert_logprobs_of_a_fresh_forward(model, r)
 
 
 def test_completion_mask_stops_after_eos_and_ended_rows_leave_the_batch():
