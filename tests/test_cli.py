@@ -1,5 +1,8 @@
 """The command line reports bad input in one clear line (exit 2), without a traceback."""
 
+import subprocess
+import sys
+
 import pytest
 from typer.testing import CliRunner
 
@@ -85,3 +88,10 @@ def test_every_prompt_over_budget_is_a_clear_error(tmp_path, tiny_model_dir):
     result = runner.invoke(app, ["train", str(recipe), "data.max_prompt_tokens=3", f"run.output_dir={tmp_path}"])
     assert result.exit_code == 2, result.output
     assert "only 0 training prompts fit data.max_prompt_tokens=3 (3 skipped)" in result.output
+
+
+def test_importing_thinktune_prints_no_warning_about_a_kernel_it_does_not_use():
+    """peft imports bitsandbytes, whose import warns on a CPU with avx512_bf16 that it could not fetch a 4-bit kernel
+    from the hub (where bitsandbytes is installed and the CPU has the flag; elsewhere there is nothing to warn)."""
+    done = subprocess.run([sys.executable, "-c", "import thinktune, peft"], capture_output=True, text=True, check=True)
+    assert "gemm_4bit_forward" not in done.stderr + done.stdout
