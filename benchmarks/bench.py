@@ -43,6 +43,12 @@ KEEP_FREED_MEMORY = {
     "GLIBC_TUNABLES": "glibc.malloc.mmap_threshold=1073741824:glibc.malloc.trim_threshold=1073741824"
     ":glibc.malloc.arena_max=1"
 }
+# TRL's configurations (label, dtype, environment), all run on smollm2-lora
+TRL_CONFIGS = [
+    ("trl-float32", "float32", None),
+    ("trl-bfloat16", "bfloat16", None),
+    ("trl-float32-keep-freed-memory", "float32", KEEP_FREED_MEMORY),
+]
 
 
 # --------------------------------------------------------------------------- machine
@@ -162,6 +168,12 @@ def main() -> None:
         default="model,auto",
         help="thinktune rows by rollout.dtype, e.g. model,auto (auto: bfloat16 where this CPU runs it faster)",
     )
+    parser.add_argument(
+        "--trl",
+        choices=[label for label, _, _ in TRL_CONFIGS],
+        help="TRL's configuration for the cases other than smollm2-lora (default: the fastest on smollm2-lora, "
+        "trl-float32 when that case does not run), e.g. to run smollm2-full alone against the best measured before",
+    )
     args = parser.parse_args()
 
     def log(line: str) -> None:
@@ -200,10 +212,11 @@ def main() -> None:
                 continue
             finetune = CASES[case].finetune
             if case == "smollm2-lora":  # TRL's configurations; the fastest here is used for the other cases
-                trl = [(f"trl-{d}", d, None) for d in ("float32", "bfloat16")]
-                trl.append(("trl-float32-keep-freed-memory", "float32", KEEP_FREED_MEMORY))
+                trl = TRL_CONFIGS
+            elif args.trl:
+                trl = [next(config for config in TRL_CONFIGS if config[0] == args.trl)]
             else:
-                trl = [report.get("trl_best", ("trl-float32", "float32", None))]
+                trl = [report.get("trl_best", TRL_CONFIGS[0])]
             pairs = [(thinktune_label(sampler), "thinktune", case, sampler_dtype(sampler), None)
                      for sampler in args.samplers.split(",")]  # fmt: skip
             pairs += [(label, "trl", case, dtype, env) for label, dtype, env in trl]
