@@ -6,6 +6,7 @@ import pytest
 import yaml
 
 from thinktune.config import ConfigError
+from thinktune.stats import paired_sign_test
 from thinktune.sweep import sweep
 
 
@@ -72,3 +73,19 @@ def test_held_out_runs_the_recipe_as_it_is_once_per_seed(tmp_path, tiny_model_di
         assert yaml.safe_load((run / "recipe.yaml").read_text())["eval"]["split"] == "held_out"
         assert json.loads((run / "eval_after.json").read_text())["split"] == "held_out"
     assert "| held-out |" in (tmp_path / "runs" / "final" / "sweep.md").read_text()
+
+
+def test_each_step_every_seed_evaluated_is_a_row_graded_against_the_same_before(tmp_path, tiny_model_dir):
+    path = tiny_recipe_file(tmp_path, tiny_model_dir, validation_size=4)
+    rows = sweep(str(path), [], [0, 1], "s", base_overrides=["train.steps=3", "eval.every=1"])
+    assert [r["variant"] for r in rows] == [*(f"train.steps=3 eval.every=1, step {s}" for s in (1, 2)),
+                                           "train.steps=3 eval.every=1"]  # fmt: skip
+    step = rows[1]
+    assert step["step"] == 2 and step["minutes"] is None and step["split"] == "validation"
+    for seed, gain, p in zip((0, 1), step["gains"], step["p_values"], strict=True):
+        run = tmp_path / "runs" / "s" / "train.steps=3_eval.every=1" / f"seed{seed}"
+        before, after = (json.loads((run / f"eval_{n}.json").read_text()) for n in ("before", "step2"))
+        assert gain == after["metrics"]["accuracy"] - before["metrics"]["accuracy"]
+        correct = [[s["correct"] for s in e["samples"]] for e in (before, after)]
+        assert p == paired_sign_test(*correct)["p_value"]
+    assert "| train.steps=3 eval.every=1, step 2 | validation |" in (tmp_path / "runs" / "s" / "sweep.md").read_text()

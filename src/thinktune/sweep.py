@@ -5,7 +5,7 @@ set stays untouched while settings are chosen. Each run is an ordinary run direc
 finished one is read back instead of trained again, so an interrupted sweep continues where it stopped. The
 result is a table (``sweep.md``, ``sweep.json``) of every variant finished under that sweep name, this invocation's
 and earlier ones': validation accuracy before and after, the gain per seed with its paired sign test, and the
-mean gain with a t-interval over seeds.
+mean gain with a t-interval over seeds; with ``eval.every``, the same for each step every seed evaluated.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import shutil
 import statistics
 from pathlib import Path
 
+from thinktune.before_after import significance_notes
 from thinktune.config import ConfigError
 from thinktune.console import console
 from thinktune.evaluation import evaluation_key
@@ -136,8 +137,32 @@ def collect(root: Path) -> list[dict]:
             seeds = [int(path.parent.name.removeprefix("seed")) for path in finished]
             runs = [json.loads(path.read_text()) for path in finished]
             about = json.loads(variant.read_text())
-            row = summarise(about["label"] or "(recipe as is)", seeds, runs)
-            rows.append({**row, "split": about.get("split", "validation")})
+            label, split = about["label"] or "(recipe as is)", about.get("split", "validation")
+            during = during_training(label, seeds, [path.parent for path in finished])
+            rows += [{**row, "split": split} for row in [*during, summarise(label, seeds, runs)]]
+    return rows
+
+
+def during_training(label: str, seeds: list[int], folders: list[Path]) -> list[dict]:
+    """A row for each ``eval.every`` step that every seed evaluated (``eval_stepN.json``), graded against the same
+    "before": with a constant learning rate, the gain a run of that many steps would have made, so one sweep of the
+    longest run chooses its length (with a schedule that decays over ``train.steps`` it is only the curve).
+
+    The demo, ``--set eval.every=20``: rows "eval.every=20, step 20" ... "step 120", then the 140-step run's own.
+    """
+    steps = set.intersection(
+        *({int(p.stem.removeprefix("eval_step")) for p in f.glob("eval_step*.json")} for f in folders)
+    )
+    rows = []
+    for step in sorted(steps):
+        runs = []
+        for folder in folders:
+            before, after = (
+                json.loads((folder / f"eval_{name}.json").read_text()) for name in ("before", f"step{step}")
+            )
+            runs.append({"before": before["metrics"], "after": after["metrics"], "seconds": None,
+                         "sign_tests": significance_notes(before, after)[1]})  # fmt: skip
+        rows.append({**summarise(f"{label}, step {step}", seeds, runs), "step": step})
     return rows
 
 
@@ -163,7 +188,7 @@ def summarise(label: str, seeds: list[int], runs: list[dict]) -> dict:
         "p_values": [r.get("sign_tests", {}).get(metric, {}).get("p_value") for r in runs],
         "format_after": mean_of("after", "format_accuracy"),
         **{f"{k}_after": mean_of("after", k) for k in sampled},
-        "minutes": statistics.fmean(r["seconds"] for r in runs) / 60,
+        "minutes": None if runs[0]["seconds"] is None else statistics.fmean(r["seconds"] for r in runs) / 60,
     }
 
 
@@ -197,7 +222,7 @@ def sweep_markdown(rows: list[dict]) -> str:
             per_seed,
             number(row["format_after"]),
             *[number(row.get(k)) for k in sampled],
-            f"{row['minutes']:.1f}",
+            number(row["minutes"], "{:.1f}"),
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
