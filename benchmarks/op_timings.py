@@ -4,11 +4,11 @@ Prints median milliseconds on this machine for: sampling 32 rows from a 49k voca
 vs inverting the cumulative sum in two levels, and what one level's cumulative sum alone takes), ``exp``/``logsumexp``
 over real-looking logits (denormals vs the clamped normaliser), and one decode step of SmolLM2-135M with LoRA at 32
 rows (Hugging Face forward with a ``DynamicCache`` vs thinktune's ``LlamaDecoder``, in float32, in bfloat16 and in
-bfloat16 with its weights not packed for oneDNN), plus the matmul time inside that step, the weight snapshot the decoder
-builds once a rollout, and one layer's decode attention (torch's fused kernel vs ``one_query_attention``); and for
-training, the LM head's chunked log-probs forward and backward (1400 tokens), and one layer's attention forward and
-backward (transformers' repeated key/value heads vs thinktune's grouped heads); and what rows that end cost the
-decode cache.
+bfloat16 with its weights not packed for oneDNN; the packed bfloat16 step at 24, 16 and 8 rows too), plus the matmul
+time inside that step, the weight snapshot the decoder builds once a rollout, and one layer's decode attention
+(torch's fused kernel vs ``one_query_attention``); and for training, the LM head's chunked log-probs forward and
+backward (1400 tokens), and one layer's attention forward and backward (transformers' repeated key/value heads vs
+thinktune's grouped heads); and what rows that end cost the decode cache.
 """
 
 from __future__ import annotations
@@ -88,22 +88,22 @@ def decode_step() -> None:
 
         print(f"decode step 32 rows, SmolLM2 + LoRA  HF forward + DynamicCache {median_ms(hf_step, 10):8.1f} ms")
 
-        def fast_step_ms(decoder) -> float:
-            decoder.prefill(prompt, mask, positions(mask), 1)
-            columns = [mask]
+        def fast_step_ms(decoder, rows: int = ROWS) -> float:
+            decoder.prefill(prompt[:rows], mask[:rows], positions(mask[:rows]), 1)
+            columns = [mask[:rows]]
 
             def fast_step():
-                columns[0] = torch.cat([columns[0], torch.ones_like(mask[:, :1])], -1)
+                columns[0] = torch.cat([columns[0], torch.ones_like(mask[:rows, :1])], -1)
                 width = columns[0].shape[1]
-                decoder.decode(token, columns[0], torch.full((ROWS, 1), width - 1))
+                decoder.decode(token[:rows], columns[0], torch.full((rows, 1), width - 1))
 
             return median_ms(fast_step, 10)
 
         unpacked = mock.patch.object(decoders, "_onednn_packed", lambda *_: None)  # every matmul through F.linear
-        for name, dtype, packing in (
-            ("thinktune LlamaDecoder", torch.float32, contextlib.nullcontext()),
-            ("  in bfloat16", torch.bfloat16, contextlib.nullcontext()),
-            ("  in bfloat16, not packed", torch.bfloat16, unpacked),
+        for name, dtype, packing, fewer_rows in (  # fewer rows: as completions end during a rollout
+            ("thinktune LlamaDecoder", torch.float32, contextlib.nullcontext(), ()),
+            ("  in bfloat16", torch.bfloat16, contextlib.nullcontext(), (24, 16, 8)),
+            ("  in bfloat16, not packed", torch.bfloat16, unpacked, ()),
         ):
             with packing:
                 decoder = LlamaDecoder(model, 100 + 40, None if dtype == torch.float32 else dtype, ROWS)
@@ -118,6 +118,9 @@ def decode_step() -> None:
             print(f"                                       of which layer matmuls  {median_ms(matmuls, 10):8.1f} ms")
             head = median_ms(lambda decoder=decoder, hidden=hidden: decoder.lm_head(hidden), 10)
             print(f"                                       of which LM head        {head:8.1f} ms")
+            for rows in fewer_rows:
+                step = fast_step_ms(decoder, rows)
+                print(f"                                       the step at {rows:2} rows     {step:8.1f} ms")
         for name, dtype in (("float32", None), ("bfloat16", torch.bfloat16)):  # merge, cast, fuse, pack: once a rollout
             built = median_ms(lambda dtype=dtype: LlamaDecoder(model, 100 + 40, dtype, ROWS), 5)
             print(f"the sampler's weight snapshot, {name:9}                {built:8.1f} ms")

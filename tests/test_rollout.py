@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from thinktune.logprobs import completion_logprobs
-from thinktune.modeling import MIN_SHARED_POSITIONS, left_pad
+from thinktune.modeling import MIN_SHARED_POSITIONS, left_pad, positions
 from thinktune.rollout import generate
 from thinktune.rollout.decoders import LlamaDecoder, supports_fast_decode
 from thinktune.rollout.engine import filter_logits, pick_tokens, sample_categorical
@@ -79,6 +79,22 @@ def test_a_bfloat16_base_with_float32_adapters_samples_from_peft_s_own_merge(tin
     assert torch.equal(qkv(identity).T, peft_qkv)  # each output one weight times 1: exact, packed or not
     out = generate(model, prompts_of(tokenizer), eos_ids=[0], pad_id=0, max_new_tokens=4, greedy=True)
     assert out.completion_ids.shape == (len(prompts_of(tokenizer)), 4)
+
+
+def test_a_snapshot_serves_a_second_batch_as_a_fresh_one_would(tiny):
+    model, tokenizer = tiny
+    first, second = prompts_of(tokenizer)[:2], prompts_of(tokenizer)[2:]
+
+    def prefill(decoder, prompts):
+        ids, mask = left_pad(prompts, tokenizer.pad_token_id)
+        return decoder.prefill(ids, mask, positions(mask), group_size=2), mask.repeat_interleave(2, dim=0)
+
+    with torch.no_grad():
+        used = LlamaDecoder(model, max_columns=32)
+        _, mask = prefill(used, first)
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=-1)
+        used.decode(torch.full((4,), 5), mask, positions(mask)[:, -1:])
+        assert torch.equal(prefill(used, second)[0], prefill(LlamaDecoder(model, max_columns=32), second)[0])
 
 
 def test_float32_adapters_merge_in_one_addmm_to_peft_s_merge_up_to_rounding(tiny_model_dir):

@@ -202,6 +202,7 @@ class LlamaDecoder:
         what follows it (the demo's evaluation batches: 88 of 101 tokens shared, 50 prompts)."""
         rows, columns = (ids.shape[0], self.kv_heads), (self.max_columns, self.head_dim)
         like = {"dtype": self.embed.dtype, "device": ids.device}
+        self.filled = 0  # a new cache: the snapshot can serve another batch
         self.keys = [torch.empty(*rows, *columns[::-1], **like) for _ in self.layers]  # transposed: see _forward
         self.values = [torch.empty(*rows, *columns, **like) for _ in self.layers]
         if shared:  # a batch of one: _forward's cache writes reach every row
