@@ -27,7 +27,7 @@ class Case:
 
 CASES = {
     "smollm2-lora": Case("smollm2-lora", "smollm2-135m-instruct", "lora", 2),
-    "smollm2-full": Case("smollm2-full", "smollm2-135m-instruct", "full", 2),
+    "smollm2-full": Case("smollm2-full", "smollm2-135m-instruct", "full", 4),  # 3 measured: lengths vary a lot
     "tiny-full": Case("tiny-full", "tiny", "full", 4, reward="workload:letter_share"),
 }
 
