@@ -144,19 +144,16 @@ def test_llama_decoder_runs_qwen2_with_qkv_bias(tiny):
 @BOTH_DECODERS
 def test_sampled_logprobs_equal_a_fresh_forward(tiny, fast):
     model, tokenizer = tiny
-    r = generate(
-        model,
-        prompts_of(tokenizer),
-        eos_ids=[tokenizer.eos_token_id],
-        pad_id=tokenizer.pad_token_id,
-        max_new_tokens=10,
-        group_size=4,
-        temperature=0.7,
-        generator=torch.Generator().manual_seed(0),
-        fast=fast,
-    )
+    r = sample(model, tokenizer, fast, [tokenizer.eos_token_id], max_new_tokens=10, group_size=4, temperature=0.7)
     assert r.completion_ids.shape[0] == 12
     assert_logprobs_of_a_fresh_forward(model, r)
+
+
+def sample(model, tokenizer, fast, eos_ids, **settings):
+    """The test prompts' completions, sampled with a seeded generator."""
+    generator = torch.Generator().manual_seed(0)
+    return generate(model, prompts_of(tokenizer), eos_ids=eos_ids, pad_id=tokenizer.pad_token_id, fast=fast,
+                    generator=generator, **settings)  # fmt: skip
 
 
 def assert_logprobs_of_a_fresh_forward(model, r):
@@ -174,17 +171,7 @@ def test_rows_that_end_at_different_steps_leave_the_cache_without_disturbing_the
     """A third of the vocabulary ends a completion, so rows leave the batch at many steps and the last live rows move
     into their places in the cache: every kept token's log-prob is still the one a fresh forward gives."""
     model, tokenizer = tiny
-    r = generate(
-        model,
-        prompts_of(tokenizer),
-        eos_ids=list(range(0, len(tokenizer), 3)),
-        pad_id=tokenizer.pad_token_id,
-        max_new_tokens=12,
-        group_size=6,
-        temperature=1.0,
-        generator=torch.Generator().manual_seed(0),
-        fast=fast,
-    )
+    r = sample(model, tokenizer, fast, list(range(0, len(tokenizer), 3)), max_new_tokens=12, group_size=6)
     lengths = r.completion_mask.sum(-1)
     assert len(set(lengths.tolist())) >= 4 and (lengths < 12).sum() >= 9  # rows ended at several steps
     assert_logprobs_of_a_fresh_forward(model, r)
