@@ -23,6 +23,20 @@ def test_packaged_model_resolves_to_a_plain_hf_folder():
     assert "quantization_config" not in json.loads((Path(folder) / "config.json").read_text())
 
 
+def test_converting_the_packaged_model_leaves_the_seeded_generator_alone(tmp_path, monkeypatch):
+    """A run seeds torch before it loads the model: the first run on a machine converts the GGUF then, and must draw
+    LoRA's initial weights from the same point of the stream as every later run (it did not: seed 0 of the demo
+    trained differently on a fresh machine)."""
+    import torch
+
+    monkeypatch.setenv("THINKTUNE_CACHE", str(tmp_path))
+    torch.manual_seed(0)
+    state = torch.get_rng_state()
+    folder = resolve_model("smollm2-135m-instruct")
+    assert Path(folder).is_relative_to(tmp_path)  # converted here, not read from the cache
+    assert torch.equal(torch.get_rng_state(), state)
+
+
 def test_two_grpo_steps_on_smollm2(tmp_path):
     recipe = load_recipe(
         RECIPES / "demo.yaml",
