@@ -7,8 +7,9 @@ rows (Hugging Face forward with a ``DynamicCache`` vs thinktune's ``LlamaDecoder
 bfloat16 with its weights not packed for oneDNN; the packed bfloat16 step at 24, 16 and 8 rows too), plus the matmul
 time inside that step, the weight snapshot the decoder builds once a rollout, and one layer's decode attention
 (torch's fused kernel vs ``one_query_attention``); and for training, the LM head's chunked log-probs forward and
-backward (1400 tokens), and one layer's attention forward and backward (transformers' repeated key/value heads vs
-thinktune's grouped heads); and what rows that end cost the decode cache.
+backward (1400 tokens, the forward's logits kept for the backward or recomputed there), and one layer's attention
+forward and backward (transformers' repeated key/value heads vs thinktune's grouped heads); and what rows that end cost
+the decode cache.
 """
 
 from __future__ import annotations
@@ -171,7 +172,9 @@ def cache_keep() -> None:
 
 def head_logprobs() -> None:
     """Forward and backward of the LM head's chunked log-probs (``head_token_logprobs``) for 1400 completion tokens
-    over SmolLM2's 49k vocabulary, under bfloat16 autocast and in float32."""
+    over SmolLM2's 49k vocabulary, under bfloat16 autocast and in float32; with the forward's logits kept for the
+    backward (the default within ``KEEP_LOGITS_BYTES``), and recomputed there."""
+    from thinktune import logits
     from thinktune.logits import head_token_logprobs
 
     generator = torch.Generator().manual_seed(0)
@@ -184,8 +187,12 @@ def head_logprobs() -> None:
             logp, _ = head_token_logprobs(hidden, head, tokens, 0.7)
         logp.sum().backward()
 
-    bf16, f32 = (median_ms(lambda a=autocast: step(a), 5) for autocast in (True, False))
-    print(f"LM-head log-probs fwd + bwd, 1400 tokens  bf16 autocast {bf16:7.1f} ms  float32 {f32:7.1f} ms")
+    budget = logits.KEEP_LOGITS_BYTES
+    for name, keep in (("logits kept", budget), ("recomputed", 0)):
+        with mock.patch.object(logits, "KEEP_LOGITS_BYTES", keep):
+            bf16, f32 = (median_ms(lambda a=autocast: step(a), 5) for autocast in (True, False))
+        line = f"bf16 autocast {bf16:7.1f} ms  float32 {f32:7.1f} ms"
+        print(f"LM-head log-probs fwd + bwd, 1400 tokens, {name:11}  {line}")
 
 
 def training_attention() -> None:

@@ -63,6 +63,32 @@ def test_chunked_head_under_autocast_uses_the_bf16_head_it_would_cast(monkeypatc
     assert torch.allclose(hidden.grad, (grad @ head.bfloat16()).float(), atol=1e-2)
 
 
+@pytest.mark.parametrize("autocast", [False, True])
+def test_logits_kept_for_the_backward_give_the_recomputed_gradients_to_the_bit(monkeypatch, autocast):
+    """Within the budget the forward's logits serve the backward instead of a second head matmul; the gradients are
+    the recomputing backward's exactly (3 chunks, float32 and under bfloat16 autocast)."""
+    monkeypatch.setattr(logits_module, "CHUNK_ELEMENTS", 3 * 50)
+    torch.manual_seed(0)
+    hidden = torch.randn(7, 16, requires_grad=True)
+    head = torch.randn(50, 16, requires_grad=True)
+    tokens, upstream = torch.randint(0, 50, (7,)), torch.randn(7)
+
+    def gradients(budget: int):
+        monkeypatch.setattr(logits_module, "KEEP_LOGITS_BYTES", budget)
+        hidden.grad = head.grad = None
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            logp, _ = head_token_logprobs(hidden, head, tokens, temperature=0.7, with_entropy=True)
+        with torch.profiler.profile() as backward:
+            (logp * upstream).sum().backward()
+        matmuls = sum(event.name == "aten::mm" for event in backward.events())
+        return (logp.detach(), hidden.grad.clone(), head.grad.clone()), matmuls
+
+    (kept, kept_matmuls), (recomputed, recomputing_matmuls) = gradients(7 * 50 * 4), gradients(7 * 50 * 2 - 1)
+    assert (kept_matmuls, recomputing_matmuls) == (6, 9)  # per chunk: both gradients' matmuls, and the logits'
+    for ours, reference in zip(kept, recomputed, strict=True):
+        assert torch.equal(ours, reference)
+
+
 def test_update_loss_and_lora_gradients_equal_the_straightforward_forward(tiny_model_dir):
     model = lora_policy_with_live_adapters(tiny_model_dir)
     prompt_ids = torch.tensor([[0, 8, 9, 10], [11, 12, 13, 14]])

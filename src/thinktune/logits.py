@@ -76,6 +76,9 @@ def sampling_weights(logits: torch.Tensor, temperature: float = 1.0) -> tuple[to
 
 
 CHUNK_ELEMENTS = 1 << 24  # logits per chunk: 16M floats = 64 MB
+# A forward whose logits take at most this many bytes keeps them for its backward, which then skips the head
+# matmul that would recompute them (a third of the head's matmul work, the same numbers).
+KEEP_LOGITS_BYTES = 512 << 20
 
 
 def autocast_operand(weight: torch.Tensor) -> torch.Tensor:
@@ -95,18 +98,22 @@ def autocast_operand(weight: torch.Tensor) -> torch.Tensor:
 
 
 class _HeadTokenLogprobs(torch.autograd.Function):
-    """log softmax(hidden @ weight.T / T)[token], a chunk of rows at a time, recomputed in backward."""
+    """log softmax(hidden @ weight.T / T)[token], a chunk of rows at a time; the backward recomputes each chunk's
+    logits unless ``keep`` (the forward's are kept: the same matmul gives the same numbers)."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, tokens, temperature, with_entropy):
+    def forward(ctx, hidden, weight, tokens, temperature, with_entropy, keep):
         rows = max(1, CHUNK_ELEMENTS // weight.shape[0])
         logp = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
         ent = torch.empty_like(logp) if with_entropy else None
         log_norms = torch.empty_like(logp)
         head = autocast_operand(weight)
+        ctx.kept = [] if keep else None
         for start in range(0, hidden.shape[0], rows):
             chunk = slice(start, start + rows)
             logits = hidden[chunk] @ head.T  # bfloat16 under autocast: widened as sampling_weights reads it
+            if keep:
+                ctx.kept.append(logits)
             weights, log_norm = sampling_weights(logits, temperature)
             log_norms[chunk] = log_norm[:, 0]
             logp[chunk] = logits.gather(-1, tokens[chunk, None])[:, 0].float() / temperature - log_norm[:, 0]
@@ -133,9 +140,10 @@ class _HeadTokenLogprobs(torch.autograd.Function):
         grad_hidden = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
         grad_weight = torch.zeros_like(weight, dtype=torch.float32) if ctx.needs_input_grad[1] else None
         head = autocast_operand(weight)
+        kept, ctx.kept = ctx.kept, None  # each chunk's logits are freed as soon as their gradient is taken
         for start in range(0, hidden.shape[0], ctx.rows):
             chunk = slice(start, start + ctx.rows)
-            logits = hidden[chunk] @ head.T
+            logits = kept.pop(0) if kept else hidden[chunk] @ head.T
             # d logp / d logits = (onehot(token) - softmax(logits / T)) / T, times the incoming gradient. The
             # softmax is one new float32 tensor, then in place: each pass over 49k logits a row costs.
             grad = torch.add(-log_norms[chunk, None], logits, alpha=1 / ctx.temperature).clamp_(min=FLOOR).exp_()
@@ -148,7 +156,7 @@ class _HeadTokenLogprobs(torch.autograd.Function):
                 grad_weight += grad.T.float() @ hidden[chunk].float()
         if grad_weight is not None:
             grad_weight = grad_weight.to(weight.dtype)
-        return grad_hidden, grad_weight, None, None, None
+        return grad_hidden, grad_weight, None, None, None, None
 
 
 def head_token_logprobs(
@@ -166,7 +174,10 @@ def head_token_logprobs(
     [-0.3133, -0.6931]
     """
     shape = tokens.shape
+    hidden = hidden.reshape(-1, hidden.shape[-1])
+    logits_bytes = hidden.shape[0] * weight.shape[0] * autocast_operand(weight[:1]).element_size()  # as the matmul
+    keep = torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)
     logp, ent = _HeadTokenLogprobs.apply(
-        hidden.reshape(-1, hidden.shape[-1]), weight, tokens.reshape(-1), temperature, with_entropy
+        hidden, weight, tokens.reshape(-1), temperature, with_entropy, keep and logits_bytes <= KEEP_LOGITS_BYTES
     )
     return logp.view(shape), None if ent is None else ent.view(shape)

@@ -11,7 +11,7 @@ An estimate, by arithmetic, of the tensors a GRPO step holds at its peak, not a 
   weights, the KV cache of every completion of the step at full length, and a row of logits each) and the update
   (one micro-batch's saved activations at full length, per layer and token: the norms' inputs and outputs, q, k,
   v and the attention output, gate, up, their product and the activation; the LM head's logits a 64 MB chunk at a
-  time, in forward and backward).
+  time, in forward and backward, and the forward's kept for the backward where they take at most 512 MB).
 
 The memory savers change three parts: ``model.quantize: nf4`` the linear weights (about 0.56 bytes each) and the
 sampling copy (none), ``train.optimizer: adamw_8bit`` the moments (2 bytes a trained parameter), and
@@ -25,7 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from thinktune.config import Recipe
-from thinktune.logits import CHUNK_ELEMENTS
+from thinktune.logits import CHUNK_ELEMENTS, KEEP_LOGITS_BYTES
 
 GB = 1e9
 
@@ -106,6 +106,7 @@ def estimate(recipe: Recipe, arch: Architecture, prompt_tokens: int | None = Non
     per_token = arch.layers * width * arch.hidden + per_layer if t.gradient_checkpointing else arch.layers * per_layer
     tokens = g.micro_batch_size * length
     head = 3 * 4 * min(CHUNK_ELEMENTS, tokens * arch.vocab)  # logits, their exp, their gradient
+    head += min(tokens * arch.vocab * width, KEEP_LOGITS_BYTES)  # at most: the forward's, kept for the backward
     update = (tokens * per_token + head) / GB
     parts["sampling pass" if sampling >= update else "update pass"] = max(sampling, update)
     parts["total"] = sum(parts.values())
