@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.helpers import RECIPES, assert_peft_adapter_loads
 from thinktune.models import resolve_model
@@ -27,8 +28,6 @@ def test_converting_the_packaged_model_leaves_the_seeded_generator_alone(tmp_pat
     """A run seeds torch before it loads the model: the first run on a machine converts the GGUF then, and must draw
     LoRA's initial weights from the same point of the stream as every later run (it did not: seed 0 of the demo
     trained differently on a fresh machine)."""
-    import torch
-
     monkeypatch.setenv("THINKTUNE_CACHE", str(tmp_path))
     torch.manual_seed(0)
     state = torch.get_rng_state()

@@ -99,15 +99,16 @@ def autocast_operand(weight: torch.Tensor) -> torch.Tensor:
 
 class _HeadTokenLogprobs(torch.autograd.Function):
     """log softmax(hidden @ weight.T / T)[token], a chunk of rows at a time; the backward recomputes each chunk's
-    logits unless ``keep`` (the forward's are kept: the same matmul gives the same numbers)."""
+    logits unless the forward kept them (within ``KEEP_LOGITS_BYTES``: the same matmul gives the same numbers)."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, tokens, temperature, with_entropy, keep):
+    def forward(ctx, hidden, weight, tokens, temperature, with_entropy, backward_follows):
         rows = max(1, CHUNK_ELEMENTS // weight.shape[0])
         logp = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
         ent = torch.empty_like(logp) if with_entropy else None
         log_norms = torch.empty_like(logp)
         head = autocast_operand(weight)
+        keep = backward_follows and hidden.shape[0] * head.shape[0] * head.element_size() <= KEEP_LOGITS_BYTES
         ctx.kept = [] if keep else None
         for start in range(0, hidden.shape[0], rows):
             chunk = slice(start, start + rows)
@@ -174,10 +175,8 @@ def head_token_logprobs(
     [-0.3133, -0.6931]
     """
     shape = tokens.shape
-    hidden = hidden.reshape(-1, hidden.shape[-1])
-    logits_bytes = hidden.shape[0] * weight.shape[0] * autocast_operand(weight[:1]).element_size()  # as the matmul
-    keep = torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)
+    backward_follows = torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)
     logp, ent = _HeadTokenLogprobs.apply(
-        hidden, weight, tokens.reshape(-1), temperature, with_entropy, keep and logits_bytes <= KEEP_LOGITS_BYTES
+        hidden.reshape(-1, hidden.shape[-1]), weight, tokens.reshape(-1), temperature, with_entropy, backward_follows
     )
     return logp.view(shape), None if ent is None else ent.view(shape)
