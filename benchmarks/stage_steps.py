@@ -1,9 +1,11 @@
-"""SFT and reward-model step time: `python benchmarks/stage_steps.py [--steps N] [--set KEY=VALUE] [--profile]`.
+"""SFT, reward-model and demo step time: `python benchmarks/stage_steps.py [--steps N] [--set KEY=VALUE] [--profile]`.
 
-Runs ``sft`` of recipes/math_sft_grpo.yaml and ``reward_model`` of recipes/cot_reward_model.yaml for ``--steps``
-optimizer steps after one warm-up step, with glibc keeping freed memory as the CLI has it, and prints the median
-seconds per step [min-max] with the tokens a step trains. A step is timed between two consecutive records the stage
-logs (forward, backward, optimizer), so evaluations and saving are outside it. The reward model trains on pairs the
+Runs ``sft`` of recipes/math_sft_grpo.yaml and ``reward_model`` of recipes/cot_reward_model.yaml (by default;
+``--stages demo`` runs the GRPO steps of recipes/demo.yaml, without its evaluations, and also prints the median
+rollout and update seconds of a step) for ``--steps`` optimizer steps after one warm-up step, with glibc keeping
+freed memory as the CLI has it, and prints the median seconds per step [min-max] with the tokens a step trains (the
+demo: generates). A step is timed between two consecutive records the stage logs (forward, backward, optimizer), so
+evaluations and saving are outside it. The reward model trains on pairs the
 recipe's ``pairs`` stage writes once (greedy, so the same every time) into ``--pairs``, reused on later runs.
 
 ``--against OTHER/src`` compares with another revision: runs of that checkout and of this one alternate, each in a
@@ -37,7 +39,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench import matmul_peak  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-RECIPES = {"sft": "recipes/math_sft_grpo.yaml", "reward_model": "recipes/cot_reward_model.yaml"}
+RECIPES = {
+    "sft": "recipes/math_sft_grpo.yaml",
+    "reward_model": "recipes/cot_reward_model.yaml",
+    "demo": "recipes/demo.yaml",
+}
+PHASES = ("seconds_rollout", "seconds_update")  # a GRPO step's parts, as its record names them
 
 
 class StepClock:
@@ -105,6 +112,24 @@ def sft_padding(data, recipe, steps: int) -> None:
         f"({split / real:.2f}x); whole sequences in passes of sft.micro_batch_tokens={recipe.sft.micro_batch_tokens}: "
         f"{grouped} ({grouped / real:.2f}x)"
     )
+
+
+def demo_steps(steps: int, overrides: list[str], folder: Path) -> tuple[list[float], float, dict[str, list[float]]]:
+    """The demo's GRPO steps (the same prompts and samples in every run of a revision: the recipe's seed), their
+    completion tokens a step, and each step's rollout and update seconds."""
+    from thinktune.grpo.trainer import GRPOTrainer
+    from thinktune.pipeline import seed_everything
+
+    settings = [f"train.steps={steps + 1}", f"run.output_dir={folder}", "run.save_every=100000", "run.report_to=[]"]
+    recipe = load_recipe(str(ROOT / RECIPES["demo"]), [*settings, *overrides])
+    train, _, task = load_examples(recipe.data)
+    clock = StepClock()
+    seed_everything(recipe.train.seed)
+    GRPOTrainer.from_recipe(recipe, train, task, RunDir(recipe), clock).train()
+    measured = clock.records[1:]
+    rows = recipe.grpo.group_size * recipe.grpo.prompts_per_step
+    tokens = statistics.mean(record["completion_length"] * rows for record in measured)
+    return clock.step_seconds(), tokens, {phase: [r[phase] for r in measured] for phase in PHASES}
 
 
 def reward_model_steps(steps: int, overrides: list[str], folder: Path, pairs: Path) -> tuple[list[float], float]:
@@ -203,12 +228,14 @@ def compare(args) -> None:
                 env = {**os.environ, "PYTHONPATH": str(source)}
                 subprocess.run(command, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                 for stage, figures in json.loads(Path(out.name).read_text()).items():
-                    pooled[label].setdefault(stage, []).extend(figures["seconds"])
+                    for part in ("seconds", *PHASES):
+                        pooled[label].setdefault(f"{stage} {part}", []).extend(figures.get(part, []))
     print(f"{args.rounds} alternating runs each of {args.against} and {own}, {args.steps} steps a run")
     print(f"overrides: {against_overrides or 'none'} against {args.overrides or 'none'}")
-    for stage in args.stages:
-        before, after = (statistics.median(pooled[label][stage]) for label in ("against", "this"))
-        print(f"{stage}: {before:.2f} s/step against {after:.2f} s/step: {before / after:.2f}x")
+    for part, before in pooled["against"].items():
+        if before and pooled["this"][part]:
+            before, after = statistics.median(before), statistics.median(pooled["this"][part])
+            print(f"{part}: {before:.3f} s/step against {after:.3f} s/step: {before / after:.2f}x")
 
 
 def main() -> None:
@@ -235,15 +262,19 @@ def main() -> None:
     results = {}
     for stage in args.stages:
         with tempfile.TemporaryDirectory() as tmp, profiled(args.profile, args.steps + 1):
+            phases = {}
             if stage == "sft":
                 seconds, tokens = sft_steps(args.steps, args.overrides, Path(tmp))
+            elif stage == "demo":
+                seconds, tokens, phases = demo_steps(args.steps, args.overrides, Path(tmp))
             else:
                 seconds, tokens = reward_model_steps(args.steps, args.overrides, Path(tmp), args.pairs)
         median = statistics.median(seconds)
-        results[stage] = {"seconds": seconds, "median": median, "tokens_per_step": tokens}
+        results[stage] = {"seconds": seconds, "median": median, "tokens_per_step": tokens, **phases}
         print(
             f"{stage} ({RECIPES[stage]}): {median:.2f} s/step [{min(seconds):.2f}-{max(seconds):.2f}] over "
             f"{len(seconds)} steps; {tokens:.0f} tokens/step, {tokens / median:.0f} tokens/s"
+            + "".join(f"; {phase} median {statistics.median(times):.3f}" for phase, times in phases.items())
         )
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
