@@ -9,7 +9,8 @@
   127 ms through Hugging Face, 92 ms here (``python benchmarks/op_timings.py``).
 
 Both take left-padded ids, the attention mask over every column so far and the position ids; both return
-the logits of the last column (float32). Rows leave the batch with ``keep(rows)``.
+the logits of the last column, in the dtype they compute in (``engine.pick_tokens`` widens bfloat16 ones exactly).
+Rows leave the batch with ``keep(rows)``.
 
 With a ``dtype`` (``rollout.dtype``) they compute in it: ``LlamaDecoder`` snapshots its weights, norms and cache
 in that dtype; ``HFDecoder`` runs under autocast. bfloat16 pays on a GPU and on CPUs whose bfloat16 matmuls run
@@ -23,6 +24,7 @@ import contextlib
 
 import torch
 import torch.nn.functional as F
+from torch.utils.weak import WeakIdKeyDictionary
 from transformers import DynamicCache
 
 from thinktune.modeling import FAST_MODEL_TYPES, base_model, cache_argument, effective_weight, is_quantized
@@ -130,11 +132,7 @@ class LlamaDecoder:
         def norm(module):
             return None if module is None else RMSNorm(module, dtype)
 
-        embed = inner.embed_tokens.weight.detach()
-        head, head_bias = effective_weight(base.lm_head)
-        self.embed = cast(embed)
-        tied = head.data_ptr() == embed.data_ptr() and head.shape == embed.shape  # SmolLM2: cast 28M weights once
-        self.lm_head = Linear(self.embed if tied else cast(head), cast(head_bias), rows=max_rows)
+        self.embed, self.lm_head = _embedding_and_head(base, cast, (dtype, max_rows))
         self.rotary = inner.rotary_emb
         self.final_norm = norm(inner.norm)
         self.layers = []
@@ -193,7 +191,7 @@ class LlamaDecoder:
             gate, up = layer["gate_up"](h).chunk(2, dim=-1)
             x = layer["down"](F.silu(gate) * up, residual=x)
         self.filled = end
-        return self.lm_head(self.final_norm(x[:, -1])).float()
+        return self.lm_head(self.final_norm(x[:, -1]))
 
     def prefill(self, ids, mask, position_ids, group_size: int, shared: int = 0) -> torch.Tensor:
         """The prompts' pass, their cache copied to each row of a group; the next tokens' logits. With ``shared``,
@@ -228,6 +226,33 @@ class LlamaDecoder:
             for cache in caches:
                 written = cache.narrow(column_dim, 0, self.filled)
                 written.index_copy_(0, moved, written.index_select(0, sources))  # the sources copied out first
+
+
+# a frozen embedding -> (what it was made from, the snapshot's embedding and LM head), while the model lives
+_FROZEN_ENDS = WeakIdKeyDictionary()
+
+
+def _embedding_and_head(base, cast, layout: tuple) -> tuple[torch.Tensor, Linear]:
+    """The snapshot's embedding (cast) and LM head (cast and packed). Where neither trains (LoRA), they are made once
+    and reused by every later snapshot with the same ``layout`` (dtype, rows) while their weights stay as they were
+    (their version counters move with any in-place change): SmolLM2's tied 28M weights, a fifth of its weights, are
+    then cast and packed once a run instead of once a rollout."""
+    embedding, head_module = base.model.embed_tokens.weight, base.lm_head
+
+    def make():
+        embed = cast(embedding.detach())
+        head, head_bias = effective_weight(head_module)
+        tied = head.data_ptr() == embedding.data_ptr() and head.shape == embedding.shape  # SmolLM2: cast once
+        return embed, Linear(embed if tied else cast(head), cast(head_bias), rows=layout[1])
+
+    frozen = not (embedding.requires_grad or any(p.requires_grad for p in head_module.parameters()))
+    if not frozen or hasattr(head_module, "base_layer"):  # trained, or an adapter merged anew each time
+        return make()
+    made_from = (layout, embedding._version, *((id(p), p._version) for p in head_module.parameters()))
+    kept = _FROZEN_ENDS.get(embedding)
+    if kept is None or kept[0] != made_from:
+        kept = _FROZEN_ENDS[embedding] = (made_from, *make())
+    return kept[1], kept[2]
 
 
 class Linear:

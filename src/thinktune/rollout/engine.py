@@ -134,15 +134,20 @@ def _invert_cdf(cdf: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 def pick_tokens(
     logits: torch.Tensor, greedy: bool, temperature: float, top_k: int, top_p: float, generator
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Next tokens and their log-probs under ``softmax(logits / temperature)`` (greedy: temperature 1)."""
+    """Next tokens and their log-probs under ``softmax(logits / temperature)`` (greedy: temperature 1).
+
+    bfloat16 ``logits`` (a bfloat16 decoder's) give the numbers their float32 copy would, without the copy: every
+    computation widens them to float32 first (32 rows x 49k logits: a 1.2 ms copy a decode step).
+    """
     if greedy:
         token = logits.argmax(-1)
         return token, token_logprobs(logits, token)
     weights, log_norm = sampling_weights(logits, temperature)
     if top_k > 0 or top_p < 1.0:
-        weights = weights.masked_fill(filter_logits(logits / temperature, top_k, top_p).isinf(), 0.0)
+        widened = logits.to(log_norm.dtype) / temperature
+        weights = weights.masked_fill(filter_logits(widened, top_k, top_p).isinf(), 0.0)
     token = sample_categorical(weights, generator)
-    return token, (logits.gather(-1, token[:, None]) / temperature - log_norm)[:, 0]
+    return token, (logits.gather(-1, token[:, None]).to(log_norm.dtype) / temperature - log_norm)[:, 0]
 
 
 @torch.no_grad()
