@@ -73,9 +73,12 @@ def cpu_jiffies() -> tuple[int, int]:
 
 
 # --------------------------------------------------------------------------- one run
-def run_worker(kind: str, case: str, scratch: Path, dtype: str = "float32", env: dict | None = None) -> dict:
+def run_worker(
+    kind: str, case: str, scratch: Path, dtype: str = "float32", env: dict | None = None, fixed: bool = False
+) -> dict:
     out = scratch / f"result-{time.time_ns()}.json"
     command = [sys.executable, str(HERE / "bench.py"), "--worker", kind, case, str(scratch), dtype, str(out)]
+    command += ["fixed-length"] if fixed else []
     tick = os.sysconf("SC_CLK_TCK")
     busy0, steal0 = cpu_jiffies()
     children0 = os.times()
@@ -93,14 +96,14 @@ def run_worker(kind: str, case: str, scratch: Path, dtype: str = "float32", env:
     return result
 
 
-def worker_main(kind: str, case: str, scratch: str, dtype: str, out: str) -> None:
+def worker_main(kind: str, case: str, scratch: str, dtype: str, out: str, length: str = "") -> None:
     import workers
 
-    scratch_ = Path(scratch)
+    scratch_, fixed = Path(scratch), length == "fixed-length"
     if kind == "thinktune":  # dtype: the rollout.dtype of its sampler
-        result = workers.run_thinktune(case, scratch_, "model" if dtype == "float32" else dtype)
+        result = workers.run_thinktune(case, scratch_, "model" if dtype == "float32" else dtype, fixed)
     elif kind == "trl":
-        result = workers.run_trl(case, scratch_, dtype)
+        result = workers.run_trl(case, scratch_, dtype, fixed)
     else:
         result = workers.run_generate(kind.removeprefix("generate-"), scratch_)
     Path(out).write_text(json.dumps(result))
@@ -141,12 +144,12 @@ def summarise(runs: list[dict], finetune: str | None, peaks: dict) -> dict:
     return summary
 
 
-def alternate(pairs: list[tuple], repeats: int, scratch: Path, log) -> dict[str, list[dict]]:
+def alternate(pairs: list[tuple], repeats: int, scratch: Path, log, fixed: bool = False) -> dict[str, list[dict]]:
     """Run (label, kind, case, dtype, env) entries in turn, ``repeats`` rounds: A B A B ..."""
     results: dict[str, list[dict]] = {label: [] for label, *_ in pairs}
     for round_ in range(repeats):
         for label, kind, case, dtype, env in pairs:
-            result = run_worker(kind, case, scratch, dtype, env)
+            result = run_worker(kind, case, scratch, dtype, env, fixed)
             results[label].append(result)
             secs = [f"{s['seconds']:.1f}" for s in result["steps"]]
             flag = "  CONTENDED" if result["contended"] else ""
@@ -174,6 +177,12 @@ def main() -> None:
         help="TRL's configuration for the cases other than smollm2-lora (default: the fastest on smollm2-lora, "
         "trl-float32 when that case does not run), e.g. to run smollm2-full alone against the best measured before",
     )
+    parser.add_argument(
+        "--fixed-length",
+        action="store_true",
+        help="every completion runs to the budget on both sides (thinktune grpo.ignore_eos, TRL min_new_tokens), so "
+        "generated tokens/s compare like for like; the generate case is left as it is",
+    )
     args = parser.parse_args()
 
     def log(line: str) -> None:
@@ -192,7 +201,12 @@ def main() -> None:
             "trl": package_version("trl"),
             "transformers": package_version("transformers"),
         },
-        "workload": {"group": GROUP, "prompts_per_step": PROMPTS_PER_STEP, "max_new_tokens": MAX_NEW_TOKENS},
+        "workload": {
+            "group": GROUP,
+            "prompts_per_step": PROMPTS_PER_STEP,
+            "max_new_tokens": MAX_NEW_TOKENS,
+            "fixed_length": args.fixed_length,
+        },
         "cases": {},
     }
     with tempfile.TemporaryDirectory(prefix="thinktune-bench-") as tmp:
@@ -220,7 +234,7 @@ def main() -> None:
             pairs = [(thinktune_label(sampler), "thinktune", case, sampler_dtype(sampler), None)
                      for sampler in args.samplers.split(",")]  # fmt: skip
             pairs += [(label, "trl", case, dtype, env) for label, dtype, env in trl]
-            results = alternate(pairs, args.repeats, scratch, log)
+            results = alternate(pairs, args.repeats, scratch, log, args.fixed_length)
             report["cases"][case] = {label: summarise(runs, finetune, peaks) for label, runs in results.items()}
             if case == "smollm2-lora":
                 report["trl_best"] = max(trl, key=lambda t: report["cases"][case][t[0]]["completions_per_s"])
@@ -241,6 +255,7 @@ def sampler_dtype(sampler: str) -> str:
 
 def results_markdown(report: dict) -> str:
     m = report["machine"]
+    length = "every one of" if report["workload"].get("fixed_length") else "up to"
     lines = [
         "# Benchmark results",
         "",
@@ -250,7 +265,7 @@ def results_markdown(report: dict) -> str:
         f"bf16 {m['peak_gflops']['bfloat16']:.0f} GFLOP/s.",
         "",
         f"Workload: the demo task, {report['workload']['prompts_per_step']} prompts x {report['workload']['group']} "
-        f"completions per step, up to {report['workload']['max_new_tokens']} completion tokens, temperature 1.0, "
+        f"completions per step, {length} {report['workload']['max_new_tokens']} completion tokens, temperature 1.0, "
         "same prompts and reward on both sides. Each run's first step is warm-up; medians pool the other steps "
         "of every uncontended run.",
         "",
@@ -287,6 +302,6 @@ def results_markdown(report: dict) -> str:
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--worker":
-        worker_main(*sys.argv[2:7])
+        worker_main(*sys.argv[2:8])
     else:
         main()

@@ -28,11 +28,12 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-def run_thinktune(case_name: str, scratch: Path, sampler: str = "model") -> dict:
-    """The real trainer on the case, its sampler computing as ``rollout.dtype: sampler`` says; also writes the prompts
-    it drew, so TRL gets the very same ones."""
+def run_thinktune(case_name: str, scratch: Path, sampler: str = "model", fixed: bool = False) -> dict:
+    """The real trainer on the case, its sampler computing as ``rollout.dtype: sampler`` says (with ``fixed``, every
+    completion running to the budget); also writes the prompts it drew, so TRL gets the very same ones."""
     case = CASES[case_name]
-    trainer = build_trainer(case, scratch, scratch / f"runs-{time.time_ns()}", (f"rollout.dtype={sampler}",))
+    overrides = (f"rollout.dtype={sampler}", f"grpo.ignore_eos={str(fixed).lower()}")
+    trainer = build_trainer(case, scratch, scratch / f"runs-{time.time_ns()}", overrides)
     model = trainer.model
     steps, prompts = [], []
     for step in range(case.steps):
@@ -66,8 +67,9 @@ def run_thinktune(case_name: str, scratch: Path, sampler: str = "model") -> dict
     return {"steps": steps, "peak_rss_mb": peak_rss_mb(), "params": parameter_count(model), "dtype": dtype}
 
 
-def run_trl(case_name: str, scratch: Path, dtype: str) -> dict:
-    """TRL's GRPOTrainer on the same model, prompts (as rendered chat text) and reward."""
+def run_trl(case_name: str, scratch: Path, dtype: str, fixed: bool = False) -> dict:
+    """TRL's GRPOTrainer on the same model, prompts (as rendered chat text) and reward; with ``fixed``, every
+    completion held to the budget by ``min_new_tokens``."""
     from datasets import Dataset
     from peft import LoraConfig
     from transformers import TrainerCallback
@@ -122,6 +124,7 @@ def run_trl(case_name: str, scratch: Path, dtype: str) -> dict:
         seed=0,
         disable_tqdm=True,
         model_init_kwargs={"dtype": torch.float32},
+        generation_kwargs={"min_new_tokens": MAX_NEW_TOKENS} if fixed else None,
     )
     tokenizer = load_tokenizer(path)
     peft_config = LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", task_type="CAUSAL_LM")

@@ -290,3 +290,11 @@ def test_autocast_auto_is_bf16_only_where_bfloat16_matmuls_pay(monkeypatch):
     assert autocast_mode("auto", cpu) == "bf16" and autocast_mode("auto", torch.device("cuda")) == "bf16"
     with autocast(layer, "auto"):
         assert layer(torch.ones(1, 2)).dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("ignore_eos, length", [(False, 1), (True, 8)])
+def test_ignore_eos_runs_every_training_completion_to_the_budget(tmp_path, tiny_model_dir, ignore_eos, length):
+    trainer = build(tmp_path, tiny_model_dir, f"grpo.ignore_eos={str(ignore_eos).lower()}")
+    trainer.backend.eos_ids = list(range(trainer.model.config.vocab_size))  # every token ends a completion
+    groups = trainer.rollout_round(2)
+    assert groups.rollout.completion_lengths.tolist() == [length] * 16  # grpo.max_new_tokens=8

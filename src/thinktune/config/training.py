@@ -26,6 +26,12 @@ class GRPOConfig(_Section):
     )
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass.", json_schema_extra=tagged(EVALUATED))
     top_k: int = Field(0, ge=0, description="Top-k sampling; 0 = off.", json_schema_extra=tagged(EVALUATED))
+    ignore_eos: bool = Field(
+        False,
+        description="Every training completion runs to max_new_tokens: end-of-sequence tokens are sampled and passed "
+        "over, and the rewards see the whole text. For fixed-length throughput measurements (TRL's min_new_tokens; "
+        "benchmarks/bench.py --fixed-length); evaluations still stop at the end token.",
+    )
     epsilon: float = Field(0.2, ge=0, description="Lower clip range of the ratio: 1 - epsilon.")
     epsilon_high: float | None = Field(None, ge=0, description="Upper clip range 1 + epsilon_high; None = epsilon.")
     beta: float = Field(0.0, ge=0, description="Weight of the k3 KL penalty to the reference policy.")

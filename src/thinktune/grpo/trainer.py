@@ -15,6 +15,7 @@ import copy
 import itertools
 import math
 import random
+from dataclasses import replace
 
 import torch
 
@@ -92,7 +93,7 @@ class GRPOTrainer:
         )
         self.policy_update = PolicyUpdate(recipe, model, self.params, self.optimizer, self.scheduler,
                                           exact_logprobs, self.engine)  # fmt: skip
-        self.sampling = SamplingParams.of_recipe(self.cfg)
+        self.sampling = replace(SamplingParams.of_recipe(self.cfg), ignore_eos=self.cfg.ignore_eos)
         # On the backend's device: sampling draws its random numbers where the logits are (a CPU generator
         # cannot feed a CUDA draw; vLLM's seed is drawn on the CPU).
         self.generator = torch.Generator(device=backend.device).manual_seed(t.seed + ranks.rank)
