@@ -318,6 +318,17 @@ def test_rollout_dtype_auto_takes_bfloat16_only_where_the_machine_runs_it_faster
     assert backend.sampling_dtype("model", cpu, torch.float32) is None
 
 
+def test_every_run_records_the_matmul_probe_whose_ratio_decides_bfloat16(monkeypatch):
+    import thinktune.environment as environment
+
+    measured = environment.matmul_probe.__wrapped__()  # this machine, timed now (not the process's cached figures)
+    monkeypatch.setattr(environment, "matmul_probe", lambda: {"float32": 3.0, "bfloat16": 1.2})
+    described = environment.describe("cpu")
+    assert described["cpu_matmul_probe_ms"] == {"float32": 3.0, "bfloat16": 1.2}
+    assert described["cpu_bf16_matmul_speedup"] == 2.5
+    assert set(measured) == {"float32", "bfloat16"} and all(ms > 0 for ms in measured.values())
+
+
 def test_a_prefix_common_to_every_prompt_is_prefilled_once_and_changes_no_token(tiny, monkeypatch):
     model, tokenizer = tiny
     preamble = "you are a careful assistant: think step by step, check every step twice, then answer. " * 3

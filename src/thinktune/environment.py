@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import os
 import platform
-import statistics
 import time
 from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
@@ -53,26 +52,35 @@ def bf16_pays(device: torch.device) -> bool:
 
 
 @functools.lru_cache(maxsize=1)
-def bf16_matmul_speedup() -> float:
-    """How many times faster a decode-shaped matmul (32 rows through a 1024 x 4096 weight) runs on this CPU in
-    bfloat16 than in float32, timed now (about 0.1 s, once a process). The CPU flags cannot say it: AMX units run
-    bfloat16 several times faster, an AMD EPYC's avx512_bf16 3.4-3.7 times (this probe, README), and some Intel
-    CPUs with avx512_bf16 alone slower than float32."""
+def matmul_probe() -> dict[str, float]:
+    """Milliseconds a decode-shaped matmul (32 rows through a 1024 x 4096 weight) takes on this CPU in float32 and in
+    bfloat16, timed now (about 0.1 s, once a process): the fastest of 15 calls, the one least disturbed by other
+    work (the median of 7 put one AMD EPYC's bfloat16 speed-up anywhere from 3.1 to 3.9 in three runs). Their ratio
+    is :func:`bf16_matmul_speedup`; recorded in every run's ``environment.json``, they set wall-clock figures of
+    different machines side by side (machines of one kind differ: README, "The demo")."""
     generator = torch.Generator().manual_seed(0)
     rows, weight = torch.randn(32, 1024, generator=generator), torch.randn(4096, 1024, generator=generator)
 
-    def seconds(dtype: torch.dtype) -> float:
+    def milliseconds(dtype: torch.dtype) -> float:
         x, w = rows.to(dtype), weight.to(dtype)
         for _ in range(3):
             torch.nn.functional.linear(x, w)
         times = []
-        for _ in range(7):
+        for _ in range(15):
             began = time.perf_counter()
             torch.nn.functional.linear(x, w)
             times.append(time.perf_counter() - began)
-        return statistics.median(times)
+        return 1000 * min(times)
 
-    return seconds(torch.float32) / seconds(torch.bfloat16)
+    return {"float32": milliseconds(torch.float32), "bfloat16": milliseconds(torch.bfloat16)}
+
+
+def bf16_matmul_speedup() -> float:
+    """How many times faster :func:`matmul_probe`'s matmul runs on this CPU in bfloat16 than in float32. The CPU
+    flags cannot say it: AMX units run bfloat16 several times faster, an AMD EPYC's avx512_bf16 3.4-3.9 times (this
+    probe, README), and some Intel CPUs with avx512_bf16 alone slower than float32."""
+    probe = matmul_probe()
+    return probe["float32"] / probe["bfloat16"]
 
 
 def describe(device: str, processes: int = 1) -> dict:
@@ -86,6 +94,7 @@ def describe(device: str, processes: int = 1) -> dict:
         "cpu": cpu_name(),
         "cpu_bf16_flags": cpu_flags(),
         "cpu_bf16_matmul_speedup": round(bf16_matmul_speedup(), 2),
+        "cpu_matmul_probe_ms": {dtype: round(ms, 3) for dtype, ms in matmul_probe().items()},
         "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "device": device,
