@@ -378,20 +378,3 @@ def test_bfloat16_logits_pick_what_their_float32_copy_picks_to_the_bit(greedy, t
     ]
     assert picks[0][1].dtype == torch.float32
     assert torch.equal(picks[0][0], picks[1][0]) and torch.equal(picks[0][1], picks[1][1])
-
-
-def test_a_frozen_embedding_and_head_are_cast_and_packed_once_while_unchanged(tiny_model_dir):
-    from thinktune.models import load_for_inference
-
-    model, _ = load_for_inference(tiny_model_dir, device="cpu")  # its own: the test changes its weights
-    embedding = model.model.embed_tokens.weight
-    embedding.requires_grad_(False)
-    first, second = (LlamaDecoder(model, 16, torch.bfloat16) for _ in range(2))
-    assert second.embed is first.embed and second.lm_head is first.lm_head
-    assert LlamaDecoder(model, 16).embed.dtype == torch.float32  # another dtype: made anew
-    with torch.no_grad():
-        embedding.add_(1.0)  # any in-place change, as an optimizer step makes
-    third = LlamaDecoder(model, 16, torch.bfloat16)
-    assert third.embed is not first.embed and torch.equal(third.embed, embedding.bfloat16())
-    embedding.requires_grad_(True)  # a trained embedding is cast anew every snapshot
-    assert LlamaDecoder(model, 16, torch.bfloat16).embed is not LlamaDecoder(model, 16, torch.bfloat16).embed

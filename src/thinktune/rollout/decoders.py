@@ -24,7 +24,6 @@ import contextlib
 
 import torch
 import torch.nn.functional as F
-from torch.utils.weak import WeakIdKeyDictionary
 from transformers import DynamicCache
 
 from thinktune.modeling import FAST_MODEL_TYPES, base_model, cache_argument, effective_weight, is_quantized
@@ -132,7 +131,11 @@ class LlamaDecoder:
         def norm(module):
             return None if module is None else RMSNorm(module, dtype)
 
-        self.embed, self.lm_head = _embedding_and_head(base, cast, (dtype, max_rows))
+        embed = inner.embed_tokens.weight.detach()
+        head, head_bias = effective_weight(base.lm_head)
+        self.embed = cast(embed)
+        tied = head.data_ptr() == embed.data_ptr() and head.shape == embed.shape  # SmolLM2: cast 28M weights once
+        self.lm_head = Linear(self.embed if tied else cast(head), cast(head_bias), rows=max_rows)
         self.rotary = inner.rotary_emb
         self.final_norm = norm(inner.norm)
         self.layers = []
@@ -226,33 +229,6 @@ class LlamaDecoder:
             for cache in caches:
                 written = cache.narrow(column_dim, 0, self.filled)
                 written.index_copy_(0, moved, written.index_select(0, sources))  # the sources copied out first
-
-
-# a frozen embedding -> (what it was made from, the snapshot's embedding and LM head), while the model lives
-_FROZEN_ENDS = WeakIdKeyDictionary()
-
-
-def _embedding_and_head(base, cast, layout: tuple) -> tuple[torch.Tensor, Linear]:
-    """The snapshot's embedding (cast) and LM head (cast and packed). Where neither trains (LoRA), they are made once
-    and reused by every later snapshot with the same ``layout`` (dtype, rows) while their weights stay as they were
-    (their version counters move with any in-place change): SmolLM2's tied 28M weights, a fifth of its weights, are
-    then cast and packed once a run instead of once a rollout."""
-    embedding, head_module = base.model.embed_tokens.weight, base.lm_head
-
-    def make():
-        embed = cast(embedding.detach())
-        head, head_bias = effective_weight(head_module)
-        tied = head.data_ptr() == embedding.data_ptr() and head.shape == embedding.shape  # SmolLM2: cast once
-        return embed, Linear(embed if tied else cast(head), cast(head_bias), rows=layout[1])
-
-    frozen = not (embedding.requires_grad or any(p.requires_grad for p in head_module.parameters()))
-    if not frozen or hasattr(head_module, "base_layer"):  # trained, or an adapter merged anew each time
-        return make()
-    made_from = (layout, embedding._version, *((id(p), p._version) for p in head_module.parameters()))
-    kept = _FROZEN_ENDS.get(embedding)
-    if kept is None or kept[0] != made_from:
-        kept = _FROZEN_ENDS[embedding] = (made_from, *make())
-    return kept[1], kept[2]
 
 
 class Linear:
