@@ -6,6 +6,8 @@ the worker nor idle accounts for (another process, or the hypervisor's steal) is
 more than a fifth of a core of it is marked contended and left out of the medians. thinktune gets a row per
 ``--samplers`` entry: ``model`` (its default, sampling in float32 as it trains) and ``auto`` (``rollout.dtype:
 auto``: bfloat16 sampling where this CPU runs it faster, the old log-probs still the float32 trainer's).
+``--configs savers`` adds the memory savers' rows: thinktune with gradient checkpointing and the 8-bit optimizer
+(``-savers``) against TRL with its gradient checkpointing (``-checkpointing``), each compared with its own kind.
 
 Model-FLOPs utilisation counts the work the step needs, the same formula for both sides:
 2 N FLOPs per token to generate (each prompt prefilled once, plus every generated token) and
@@ -43,6 +45,8 @@ KEEP_FREED_MEMORY = {
     "GLIBC_TUNABLES": "glibc.malloc.mmap_threshold=1073741824:glibc.malloc.trim_threshold=1073741824"
     ":glibc.malloc.arena_max=1"
 }
+# thinktune's memory savers, for the rows compared with TRL's gradient checkpointing
+SAVERS = ("train.gradient_checkpointing=true", "train.optimizer=adamw_8bit")
 # TRL's configurations (label, dtype, environment), all run on smollm2-lora
 TRL_CONFIGS = [
     ("trl-float32", "float32", None),
@@ -74,11 +78,13 @@ def cpu_jiffies() -> tuple[int, int]:
 
 # --------------------------------------------------------------------------- one run
 def run_worker(
-    kind: str, case: str, scratch: Path, dtype: str = "float32", env: dict | None = None, fixed: bool = False
+    kind: str, case: str, scratch: Path, dtype: str = "float32", env: dict | None = None, flags: tuple[str, ...] = ()
 ) -> dict:
+    """One worker process; ``flags``: ``fixed-length`` (every completion to the budget), ``savers`` (thinktune's
+    memory savers, TRL's gradient checkpointing)."""
     out = scratch / f"result-{time.time_ns()}.json"
     command = [sys.executable, str(HERE / "bench.py"), "--worker", kind, case, str(scratch), dtype, str(out)]
-    command += ["fixed-length"] if fixed else []
+    command += [",".join(flags)]
     tick = os.sysconf("SC_CLK_TCK")
     busy0, steal0 = cpu_jiffies()
     children0 = os.times()
@@ -96,14 +102,15 @@ def run_worker(
     return result
 
 
-def worker_main(kind: str, case: str, scratch: str, dtype: str, out: str, length: str = "") -> None:
+def worker_main(kind: str, case: str, scratch: str, dtype: str, out: str, flags: str = "") -> None:
     import workers
 
-    scratch_, fixed = Path(scratch), length == "fixed-length"
+    scratch_, fixed, savers = Path(scratch), "fixed-length" in flags.split(","), "savers" in flags.split(",")
     if kind == "thinktune":  # dtype: the rollout.dtype of its sampler
-        result = workers.run_thinktune(case, scratch_, "model" if dtype == "float32" else dtype, fixed)
+        sampler = "model" if dtype == "float32" else dtype
+        result = workers.run_thinktune(case, scratch_, sampler, fixed, SAVERS if savers else ())
     elif kind == "trl":
-        result = workers.run_trl(case, scratch_, dtype, fixed)
+        result = workers.run_trl(case, scratch_, dtype, fixed, checkpointing=savers)
     else:
         result = workers.run_generate(kind.removeprefix("generate-"), scratch_)
     Path(out).write_text(json.dumps(result))
@@ -145,11 +152,12 @@ def summarise(runs: list[dict], finetune: str | None, peaks: dict) -> dict:
 
 
 def alternate(pairs: list[tuple], repeats: int, scratch: Path, log, fixed: bool = False) -> dict[str, list[dict]]:
-    """Run (label, kind, case, dtype, env) entries in turn, ``repeats`` rounds: A B A B ..."""
+    """Run (label, kind, case, dtype, env, savers) entries in turn, ``repeats`` rounds: A B A B ..."""
     results: dict[str, list[dict]] = {label: [] for label, *_ in pairs}
     for round_ in range(repeats):
-        for label, kind, case, dtype, env in pairs:
-            result = run_worker(kind, case, scratch, dtype, env, fixed)
+        for label, kind, case, dtype, env, savers in pairs:
+            flags = ("fixed-length",) * fixed + ("savers",) * savers
+            result = run_worker(kind, case, scratch, dtype, env, flags)
             results[label].append(result)
             secs = [f"{s['seconds']:.1f}" for s in result["steps"]]
             flag = "  CONTENDED" if result["contended"] else ""
@@ -174,8 +182,15 @@ def main() -> None:
     parser.add_argument(
         "--trl",
         choices=[label for label, _, _ in TRL_CONFIGS],
-        help="TRL's configuration for the cases other than smollm2-lora (default: the fastest on smollm2-lora, "
-        "trl-float32 when that case does not run), e.g. to run smollm2-full alone against the best measured before",
+        help="TRL's one configuration for every case (default: all of them on smollm2-lora, then the fastest there "
+        "for the other cases, trl-float32 when that case does not run), e.g. to run smollm2-full alone against the "
+        "best measured before",
+    )
+    parser.add_argument(
+        "--configs",
+        default="plain",
+        help="plain, savers or plain,savers: savers adds thinktune with gradient checkpointing and the 8-bit optimizer "
+        "against TRL with its gradient checkpointing",
     )
     parser.add_argument(
         "--fixed-length",
@@ -217,35 +232,49 @@ def main() -> None:
                 if "smollm2-lora" not in report["cases"]:
                     run_worker("thinktune", "smollm2-lora", scratch)  # writes the prompts
                 pairs = [
-                    ("thinktune", "generate-thinktune", case, "float32", None),
-                    ("hf-generate", "generate-hf", case, "float32", None),
-                    ("hf-generate-keep-freed-memory", "generate-hf", case, "float32", KEEP_FREED_MEMORY),
+                    ("thinktune", "generate-thinktune", case, "float32", None, False),
+                    ("hf-generate", "generate-hf", case, "float32", None, False),
+                    ("hf-generate-keep-freed-memory", "generate-hf", case, "float32", KEEP_FREED_MEMORY, False),
                 ]
                 results = alternate(pairs, args.repeats, scratch, log)
                 report["cases"][case] = {label: summarise(runs, None, peaks) for label, runs in results.items()}
                 continue
             finetune = CASES[case].finetune
-            if case == "smollm2-lora":  # TRL's configurations; the fastest here is used for the other cases
-                trl = TRL_CONFIGS
-            elif args.trl:
+            if args.trl:
                 trl = [next(config for config in TRL_CONFIGS if config[0] == args.trl)]
+            elif case == "smollm2-lora":  # TRL's configurations; the fastest here is used for the other cases
+                trl = TRL_CONFIGS
             else:
                 trl = [report.get("trl_best", TRL_CONFIGS[0])]
-            pairs = [(thinktune_label(sampler), "thinktune", case, sampler_dtype(sampler), None)
-                     for sampler in args.samplers.split(",")]  # fmt: skip
-            pairs += [(label, "trl", case, dtype, env) for label, dtype, env in trl]
+            pairs = []
+            for savers in [config == "savers" for config in args.configs.split(",")]:
+                pairs += [(thinktune_label(sampler, savers), "thinktune", case, sampler_dtype(sampler), None, savers)
+                          for sampler in args.samplers.split(",")]  # fmt: skip
+                pairs += [(trl_label(label, savers), "trl", case, dtype, env, savers) for label, dtype, env in trl]
             results = alternate(pairs, args.repeats, scratch, log, args.fixed_length)
             report["cases"][case] = {label: summarise(runs, finetune, peaks) for label, runs in results.items()}
-            if case == "smollm2-lora":
+            if case == "smollm2-lora" and "plain" in args.configs.split(","):
                 report["trl_best"] = max(trl, key=lambda t: report["cases"][case][t[0]]["completions_per_s"])
     Path(args.out).write_text(json.dumps(report, indent=1))
     Path(args.markdown).write_text(results_markdown(report))
     log(results_markdown(report))
 
 
-def thinktune_label(sampler: str) -> str:
-    """A thinktune row's name: ``thinktune`` for the default sampler, else by its ``rollout.dtype``."""
-    return "thinktune" if sampler == "model" else f"thinktune-rollout-{sampler}"
+def thinktune_label(sampler: str, savers: bool = False) -> str:
+    """A thinktune row's name: ``thinktune`` for the default sampler, else by its ``rollout.dtype``; ``-savers``
+    with gradient checkpointing and the 8-bit optimizer."""
+    name = "thinktune-savers" if savers else "thinktune"
+    return name if sampler == "model" else f"{name}-rollout-{sampler}"
+
+
+def trl_label(label: str, checkpointing: bool) -> str:
+    """A TRL row's name: its configuration's, ``-checkpointing`` with its gradient checkpointing on."""
+    return f"{label}-checkpointing" if checkpointing else label
+
+
+def same_kind(thinktune: str, trl: str) -> bool:
+    """Whether a thinktune row is compared with a TRL row: savers with checkpointing, plain with plain."""
+    return thinktune.startswith("thinktune-savers") == trl.endswith("-checkpointing")
 
 
 def sampler_dtype(sampler: str) -> str:
@@ -282,11 +311,11 @@ def results_markdown(report: dict) -> str:
                 f"| {s['mean_completion_tokens']:.0f} | {100 * s['rows_with_signal']:.0f}% | {s['peak_rss_mb']:.0f} "
                 f"| {100 * s['mfu_bf16']:.1f}% / {100 * s['mfu_fp32']:.1f}% | {s['runs']} ({s['contended_runs']}) |"
             )
-        others = {k: v for k, v in systems.items() if not k.startswith("thinktune")}
-        best_name, best = max(others.items(), key=lambda kv: kv[1]["completions_per_s"]) if others else (None, None)
         for name, ours in systems.items():
-            if not name.startswith("thinktune") or best is None:
+            others = {k: v for k, v in systems.items() if not k.startswith("thinktune") and same_kind(name, k)}
+            if not name.startswith("thinktune") or not others:
                 continue
+            best_name, best = max(others.items(), key=lambda kv: kv[1]["completions_per_s"])
             speedup = ours["completions_per_s"] / best["completions_per_s"]
             lines += [
                 "",

@@ -28,11 +28,14 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-def run_thinktune(case_name: str, scratch: Path, sampler: str = "model", fixed: bool = False) -> dict:
+def run_thinktune(
+    case_name: str, scratch: Path, sampler: str = "model", fixed: bool = False, extra: tuple[str, ...] = ()
+) -> dict:
     """The real trainer on the case, its sampler computing as ``rollout.dtype: sampler`` says (with ``fixed``, every
-    completion running to the budget); also writes the prompts it drew, so TRL gets the very same ones."""
+    completion running to the budget; ``extra``: more recipe overrides); also writes the prompts it drew, so TRL
+    gets the very same ones."""
     case = CASES[case_name]
-    overrides = (f"rollout.dtype={sampler}", f"grpo.ignore_eos={str(fixed).lower()}")
+    overrides = (f"rollout.dtype={sampler}", f"grpo.ignore_eos={str(fixed).lower()}", *extra)
     trainer = build_trainer(case, scratch, scratch / f"runs-{time.time_ns()}", overrides)
     model = trainer.model
     steps, prompts = [], []
@@ -67,9 +70,9 @@ def run_thinktune(case_name: str, scratch: Path, sampler: str = "model", fixed: 
     return {"steps": steps, "peak_rss_mb": peak_rss_mb(), "params": parameter_count(model), "dtype": dtype}
 
 
-def run_trl(case_name: str, scratch: Path, dtype: str, fixed: bool = False) -> dict:
+def run_trl(case_name: str, scratch: Path, dtype: str, fixed: bool = False, checkpointing: bool = False) -> dict:
     """TRL's GRPOTrainer on the same model, prompts (as rendered chat text) and reward; with ``fixed``, every
-    completion held to the budget by ``min_new_tokens``."""
+    completion held to the budget by ``min_new_tokens``; ``checkpointing``: its gradient checkpointing on."""
     from datasets import Dataset
     from peft import LoraConfig
     from transformers import TrainerCallback
@@ -126,7 +129,7 @@ def run_trl(case_name: str, scratch: Path, dtype: str, fixed: bool = False) -> d
         model_init_kwargs={"dtype": torch.float32},
         # GRPOConfig turns it on unless told (TRL 1.16): every TRL row of make bench ran with it until 2026-12-06;
         # off, each layer's forward is not run twice, TRL's fastest
-        gradient_checkpointing=False,
+        gradient_checkpointing=checkpointing,
         generation_kwargs={"min_new_tokens": MAX_NEW_TOKENS} if fixed else None,
     )
     tokenizer = load_tokenizer(path)
