@@ -126,7 +126,7 @@ def trl_worker(
     from peft import LoraConfig
     from transformers import TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
-    from workload import LEARNING_RATE, letter_share
+    from workload import LEARNING_RATE, TEMPERATURE, letter_share
 
     from thinktune.data import PromptBuilder, load_examples
     from thinktune.models import load_tokenizer
@@ -147,7 +147,7 @@ def trl_worker(
 
     config = GRPOConfig(
         output_dir=str(scratch / "trl"), per_device_train_batch_size=group, num_generations=group,
-        gradient_accumulation_steps=prompts_per_step, max_completion_length=new_tokens, temperature=1.0,
+        gradient_accumulation_steps=prompts_per_step, max_completion_length=new_tokens, temperature=TEMPERATURE,
         learning_rate=LEARNING_RATE, beta=0.0, max_steps=steps, logging_steps=1, save_strategy="no", report_to=[],
         use_cpu=DEVICE["device"] == "cpu", shuffle_dataset=False, seed=0, disable_tqdm=True,
         gradient_checkpointing=checkpointing, model_init_kwargs={"dtype": DEVICE["dtype"]},

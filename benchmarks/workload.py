@@ -1,7 +1,8 @@
 """What both systems run: the same model, prompts, rewards, group size, batch, completion length and steps.
 
 The workload is the demo recipe's task (1-2 digit arithmetic, XML format with one worked example, format +
-task-score rewards) at the issue's shape: 4 prompts x 8 completions per step, up to 128 completion tokens.
+task-score rewards) at the issue's shape: 4 prompts x 8 completions per step, up to 128 completion tokens,
+temperature 1.0.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
-GROUP, PROMPTS_PER_STEP, MAX_NEW_TOKENS, LEARNING_RATE = 8, 4, 128, 2e-4
+GROUP, PROMPTS_PER_STEP, MAX_NEW_TOKENS, LEARNING_RATE, TEMPERATURE = 8, 4, 128, 2e-4, 1.0
 
 
 @dataclass(frozen=True)
@@ -91,6 +92,9 @@ def recipe(case: Case, path: str, run_dir: Path, micro_batch: int = 8, overrides
             f"grpo.group_size={GROUP}",
             f"grpo.prompts_per_step={PROMPTS_PER_STEP}",
             f"grpo.max_new_tokens={MAX_NEW_TOKENS}",
+            # TRL's default, what its side samples at; the demo recipe's own 0.7 reached thinktune's side
+            # until 2026-12-06
+            f"grpo.temperature={TEMPERATURE}",
             f"grpo.micro_batch_size={micro_batch}",
             f"train.steps={case.steps}",
             f"train.learning_rate={LEARNING_RATE}",
