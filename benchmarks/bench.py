@@ -78,13 +78,19 @@ def cpu_jiffies() -> tuple[int, int]:
 
 # --------------------------------------------------------------------------- one run
 def run_worker(
-    kind: str, case: str, scratch: Path, dtype: str = "float32", env: dict | None = None, flags: tuple[str, ...] = ()
+    kind: str,
+    case: str,
+    scratch: Path,
+    dtype: str = "float32",
+    env: dict | None = None,
+    flags: tuple[str, ...] = (),
+    steps: int = 0,
 ) -> dict:
     """One worker process; ``flags``: ``fixed-length`` (every completion to the budget), ``savers`` (thinktune's
-    memory savers, TRL's gradient checkpointing)."""
+    memory savers, TRL's gradient checkpointing); ``steps``: the case's own unless given."""
     out = scratch / f"result-{time.time_ns()}.json"
     command = [sys.executable, str(HERE / "bench.py"), "--worker", kind, case, str(scratch), dtype, str(out)]
-    command += [",".join(flags)]
+    command += [",".join(flags), str(steps)]
     tick = os.sysconf("SC_CLK_TCK")
     busy0, steal0 = cpu_jiffies()
     children0 = os.times()
@@ -102,15 +108,15 @@ def run_worker(
     return result
 
 
-def worker_main(kind: str, case: str, scratch: str, dtype: str, out: str, flags: str = "") -> None:
+def worker_main(kind: str, case: str, scratch: str, dtype: str, out: str, flags: str = "", steps: str = "0") -> None:
     import workers
 
     scratch_, fixed, savers = Path(scratch), "fixed-length" in flags.split(","), "savers" in flags.split(",")
     if kind == "thinktune":  # dtype: the rollout.dtype of its sampler
         sampler = "model" if dtype == "float32" else dtype
-        result = workers.run_thinktune(case, scratch_, sampler, fixed, SAVERS if savers else ())
+        result = workers.run_thinktune(case, scratch_, sampler, fixed, SAVERS if savers else (), int(steps))
     elif kind == "trl":
-        result = workers.run_trl(case, scratch_, dtype, fixed, checkpointing=savers)
+        result = workers.run_trl(case, scratch_, dtype, fixed, checkpointing=savers, steps=int(steps))
     else:
         result = workers.run_generate(kind.removeprefix("generate-"), scratch_)
     Path(out).write_text(json.dumps(result))
@@ -151,13 +157,15 @@ def summarise(runs: list[dict], finetune: str | None, peaks: dict) -> dict:
     return summary
 
 
-def alternate(pairs: list[tuple], repeats: int, scratch: Path, log, fixed: bool = False) -> dict[str, list[dict]]:
+def alternate(
+    pairs: list[tuple], repeats: int, scratch: Path, log, fixed: bool = False, steps: int = 0
+) -> dict[str, list[dict]]:
     """Run (label, kind, case, dtype, env, savers) entries in turn, ``repeats`` rounds: A B A B ..."""
     results: dict[str, list[dict]] = {label: [] for label, *_ in pairs}
     for round_ in range(repeats):
         for label, kind, case, dtype, env, savers in pairs:
             flags = ("fixed-length",) * fixed + ("savers",) * savers
-            result = run_worker(kind, case, scratch, dtype, env, flags)
+            result = run_worker(kind, case, scratch, dtype, env, flags, steps)
             results[label].append(result)
             secs = [f"{s['seconds']:.1f}" for s in result["steps"]]
             flag = "  CONTENDED" if result["contended"] else ""
@@ -172,6 +180,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--cases", default="smollm2-lora,smollm2-full,tiny-full,generate")
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument(
+        "--steps", type=int, default=0, help="steps a run, the first one warm-up (default: each case's own)"
+    )
     parser.add_argument("--out", default=str(HERE / "results.json"))
     parser.add_argument("--markdown", default=str(HERE / "RESULTS.md"))
     parser.add_argument(
@@ -251,7 +262,7 @@ def main() -> None:
                 pairs += [(thinktune_label(sampler, savers), "thinktune", case, sampler_dtype(sampler), None, savers)
                           for sampler in args.samplers.split(",")]  # fmt: skip
                 pairs += [(trl_label(label, savers), "trl", case, dtype, env, savers) for label, dtype, env in trl]
-            results = alternate(pairs, args.repeats, scratch, log, args.fixed_length)
+            results = alternate(pairs, args.repeats, scratch, log, args.fixed_length, args.steps)
             report["cases"][case] = {label: summarise(runs, finetune, peaks) for label, runs in results.items()}
             if case == "smollm2-lora" and "plain" in args.configs.split(","):
                 report["trl_best"] = max(trl, key=lambda t: report["cases"][case][t[0]]["completions_per_s"])
@@ -331,6 +342,6 @@ def results_markdown(report: dict) -> str:
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--worker":
-        worker_main(*sys.argv[2:8])
+        worker_main(*sys.argv[2:9])
     else:
         main()

@@ -12,13 +12,13 @@ from pathlib import Path
 
 import torch
 from workload import (
-    CASES,
     GROUP,
     LEARNING_RATE,
     MAX_NEW_TOKENS,
     PROMPTS_PER_STEP,
     TEMPERATURE,
     build_trainer,
+    case_of,
     model_path,
     parameter_count,
     recipe,
@@ -30,12 +30,17 @@ def peak_rss_mb() -> float:
 
 
 def run_thinktune(
-    case_name: str, scratch: Path, sampler: str = "model", fixed: bool = False, extra: tuple[str, ...] = ()
+    case_name: str,
+    scratch: Path,
+    sampler: str = "model",
+    fixed: bool = False,
+    extra: tuple[str, ...] = (),
+    steps: int = 0,
 ) -> dict:
     """The real trainer on the case, its sampler computing as ``rollout.dtype: sampler`` says (with ``fixed``, every
     completion running to the budget; ``extra``: more recipe overrides); also writes the prompts it drew, so TRL
-    gets the very same ones."""
-    case = CASES[case_name]
+    gets the very same ones; ``steps``: the case's own number of steps unless given."""
+    case = case_of(case_name, steps)
     overrides = (f"rollout.dtype={sampler}", f"grpo.ignore_eos={str(fixed).lower()}", *extra)
     trainer = build_trainer(case, scratch, scratch / f"runs-{time.time_ns()}", overrides)
     model = trainer.model
@@ -71,9 +76,12 @@ def run_thinktune(
     return {"steps": steps, "peak_rss_mb": peak_rss_mb(), "params": parameter_count(model), "dtype": dtype}
 
 
-def run_trl(case_name: str, scratch: Path, dtype: str, fixed: bool = False, checkpointing: bool = False) -> dict:
+def run_trl(
+    case_name: str, scratch: Path, dtype: str, fixed: bool = False, checkpointing: bool = False, steps: int = 0
+) -> dict:
     """TRL's GRPOTrainer on the same model, prompts (as rendered chat text) and reward; with ``fixed``, every
-    completion held to the budget by ``min_new_tokens``; ``checkpointing``: its gradient checkpointing on."""
+    completion held to the budget by ``min_new_tokens``; ``checkpointing``: its gradient checkpointing on; ``steps`` as
+    thinktune's run had them."""
     from datasets import Dataset
     from peft import LoraConfig
     from transformers import TrainerCallback
@@ -83,7 +91,7 @@ def run_trl(case_name: str, scratch: Path, dtype: str, fixed: bool = False, chec
     from thinktune.models import load_tokenizer
     from thinktune.rewards.scoring import recipe_scoring
 
-    case = CASES[case_name]
+    case = case_of(case_name, steps)
     path = model_path(case, scratch)
     r = recipe(case, path, scratch / "unused")
     _, _, task_dataset = load_examples(r.data)

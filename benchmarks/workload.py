@@ -8,7 +8,7 @@ temperature 1.0.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -31,6 +31,15 @@ CASES = {
     "smollm2-full": Case("smollm2-full", "smollm2-135m-instruct", "full", 4),  # 3 measured: lengths vary a lot
     "tiny-full": Case("tiny-full", "tiny", "full", 4, reward="workload:letter_share"),
 }
+
+
+def case_of(name: str, steps: int = 0) -> Case:
+    """The named case, with ``steps`` steps when given (``bench.py --steps``).
+
+    >>> case_of("smollm2-lora", 4).steps, case_of("smollm2-lora").steps
+    (4, 2)
+    """
+    return replace(CASES[name], steps=steps) if steps else CASES[name]
 
 
 def tiny_model(folder: Path) -> str:
