@@ -210,6 +210,9 @@ def main() -> None:
         "generated tokens/s compare like for like; the generate case is left as it is",
     )
     args = parser.parse_args()
+    unknown = sorted(set(args.configs.split(",")) - {"plain", "savers"})
+    if unknown:
+        parser.error(f"--configs: unknown {', '.join(unknown)} (plain, savers or plain,savers)")
 
     def log(line: str) -> None:
         print(line, flush=True)
