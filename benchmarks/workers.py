@@ -44,7 +44,7 @@ def run_thinktune(
     overrides = (f"rollout.dtype={sampler}", f"grpo.ignore_eos={str(fixed).lower()}", *extra)
     trainer = build_trainer(case, scratch, scratch / f"runs-{time.time_ns()}", overrides)
     model = trainer.model
-    steps, prompts = [], []
+    records, prompts = [], []  # a record per step
     for step in range(case.steps):
         start = time.perf_counter()
         record = trainer.step(step)
@@ -54,7 +54,7 @@ def run_thinktune(
             [{"text": t, "columns": json.dumps(e.columns())} for t, e in zip(batch.texts, batch.examples, strict=True)]
         )
         prompt_tokens = sum(len(trainer.pool[i][1]) for i in batch.indices)
-        steps.append(
+        records.append(
             {
                 "seconds": seconds,
                 "seconds_rollout": record["seconds_rollout"],
@@ -73,7 +73,7 @@ def run_thinktune(
         if trainer.backend.dtype is None
         else f"float32, {str(trainer.backend.dtype).removeprefix('torch.')} sampler"
     )
-    return {"steps": steps, "peak_rss_mb": peak_rss_mb(), "params": parameter_count(model), "dtype": dtype}
+    return {"steps": records, "peak_rss_mb": peak_rss_mb(), "params": parameter_count(model), "dtype": dtype}
 
 
 def run_trl(
@@ -153,11 +153,11 @@ def run_trl(
         callbacks=[Timer()],
     )
     trainer.train()
-    steps = []
+    records = []  # a record per step
     for seconds, log, prompts in zip(timings, history, steps_prompts, strict=False):
         generated = log["completions/mean_length"] * len(prompts) * GROUP
         prompt_tokens = sum(len(tokenizer(p["text"], add_special_tokens=False)["input_ids"]) for p in prompts)
-        steps.append(
+        records.append(
             {
                 "seconds": seconds,
                 "completions": len(prompts) * GROUP,
@@ -168,7 +168,7 @@ def run_trl(
                 "reward": log.get("reward"),
             }
         )
-    return {"steps": steps, "peak_rss_mb": peak_rss_mb(), "params": parameter_count(trainer.model), "dtype": dtype}
+    return {"steps": records, "peak_rss_mb": peak_rss_mb(), "params": parameter_count(trainer.model), "dtype": dtype}
 
 
 def run_generate(system: str, scratch: Path) -> dict:
@@ -196,6 +196,7 @@ def run_generate(system: str, scratch: Path) -> dict:
                 pad_id=tokenizer.pad_token_id,
                 max_new_tokens=MAX_NEW_TOKENS,
                 group_size=GROUP,
+                temperature=TEMPERATURE,
                 generator=generator,
             )
             generated = out.completion_mask.sum().item()
