@@ -24,7 +24,7 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/thinktune demo
 
-# thinktune vs TRL's GRPOTrainer, alternating runs, -> benchmarks/RESULTS.md (about 40 minutes here); then the
+# thinktune vs TRL's GRPOTrainer, alternating runs, -> benchmarks/RESULTS.md (40 minutes or more here); then the
 # rollout engines (native, vLLM merged, vLLM LoRA) side by side -> benchmarks/ROLLOUT_ENGINES.md (3 minutes).
 bench: $(STAMP) $(VLLM_VENV)/.installed
 	$(BIN)/pip install -q -e '.[bench]'

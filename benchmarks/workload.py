@@ -27,8 +27,10 @@ class Case:
 
 
 CASES = {
-    "smollm2-lora": Case("smollm2-lora", "smollm2-135m-instruct", "lora", 2),
-    "smollm2-full": Case("smollm2-full", "smollm2-135m-instruct", "full", 4),  # 3 measured: lengths vary a lot
+    # 3 measured steps a case: lengths vary a lot, and TRL's steps after its second run about half as long (LoRA:
+    # one measured step read 6.61x against TRL's fastest, three 5.16x; README "Speed against TRL")
+    "smollm2-lora": Case("smollm2-lora", "smollm2-135m-instruct", "lora", 4),
+    "smollm2-full": Case("smollm2-full", "smollm2-135m-instruct", "full", 4),
     "tiny-full": Case("tiny-full", "tiny", "full", 4, reward="workload:letter_share"),
 }
 
@@ -36,8 +38,8 @@ CASES = {
 def case_of(name: str, steps: int = 0) -> Case:
     """The named case, with ``steps`` steps when given (``bench.py --steps``).
 
-    >>> case_of("smollm2-lora", 4).steps, case_of("smollm2-lora").steps
-    (4, 2)
+    >>> case_of("smollm2-lora", 2).steps, case_of("smollm2-lora").steps
+    (2, 4)
     """
     return replace(CASES[name], steps=steps) if steps else CASES[name]
 
