@@ -24,8 +24,8 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/thinktune demo
 
-# thinktune vs TRL's GRPOTrainer, alternating runs, -> benchmarks/RESULTS.md (40 minutes or more here); then the
-# rollout engines (native, vLLM merged, vLLM LoRA) side by side -> benchmarks/ROLLOUT_ENGINES.md (3 minutes).
+# thinktune vs TRL's GRPOTrainer, alternating runs, -> benchmarks/RESULTS.md (about an hour here); then the
+# rollout engines (native, vLLM merged, vLLM LoRA) side by side -> benchmarks/ROLLOUT_ENGINES.md (12 minutes).
 bench: $(STAMP) $(VLLM_VENV)/.installed
 	$(BIN)/pip install -q -e '.[bench]'
 	$(BIN)/python benchmarks/bench.py
