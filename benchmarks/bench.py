@@ -296,6 +296,24 @@ def sampler_dtype(sampler: str) -> str:
     return "float32" if sampler == "model" else sampler
 
 
+def unequal_lengths(ours: dict, theirs: dict, tolerance: float = 1.25) -> str | None:
+    """A caveat when the two rows' mean completion lengths differ by more than ``tolerance`` times: completions/s then
+    compares unequal work, and generated tokens/s is the like-for-like figure.
+
+    >>> unequal_lengths({"mean_completion_tokens": 60.2}, {"mean_completion_tokens": 128.0})[:46]
+    'Mean completion lengths differ (60 against 128'
+    >>> unequal_lengths({"mean_completion_tokens": 33.0}, {"mean_completion_tokens": 34.0}) is None
+    True
+    """
+    a, b = ours["mean_completion_tokens"], theirs["mean_completion_tokens"]
+    if max(a, b) <= tolerance * min(a, b):
+        return None
+    return (
+        f"Mean completion lengths differ ({a:.0f} against {b:.0f} tokens): completions/s compares unequal work; "
+        "generated tokens/s is the like-for-like figure (or run --fixed-length)."
+    )
+
+
 def results_markdown(report: dict) -> str:
     m = report["machine"]
     length = "every one of" if report["workload"].get("fixed_length") else "up to"
@@ -337,6 +355,8 @@ def results_markdown(report: dict) -> str:
                 f"{ours['generated_tokens_per_s'] / best['generated_tokens_per_s']:.2f}x generated tokens/s, "
                 f"peak RSS {ours['peak_rss_mb'] / best['peak_rss_mb']:.2f}x.",
             ]
+            if caveat := unequal_lengths(ours, best):
+                lines.append(caveat)
             if "rollout_share" in ours:
                 lines.append(f"{name}'s rollout took {100 * ours['rollout_share']:.0f}% of its step time.")
         lines.append("")
