@@ -94,9 +94,12 @@ def sft_padding(data, recipe, steps: int) -> None:
     """Print the positions the run's batches compute, padding included: prompts left-padded before right-padded
     targets in one pass, and sorted into passes of whole sequences (where this thinktune has them)."""
     try:
-        from thinktune.sft import length_groups
+        from thinktune.tokens import length_groups
     except ImportError:
-        return
+        try:  # where it lived before GRPO used it too
+            from thinktune.sft import length_groups
+        except ImportError:
+            return
     from thinktune.training import EpochBatches
 
     batches, real, split, grouped = EpochBatches(len(data.targets), recipe.train.seed), 0, 0, 0

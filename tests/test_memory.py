@@ -54,6 +54,18 @@ def test_each_setting_moves_its_part():
     assert lora["total"] == pytest.approx(sum(v for k, v in lora.items() if k != "total"))
 
 
+def test_a_token_budget_counts_as_the_rows_of_full_length_that_fit_it():
+    arch = Architecture(layers=2, hidden=64, intermediate=128, heads=4, kv_heads=2, head_dim=16, vocab=1000, tied=True)
+
+    def at(*overrides):
+        return estimate(load_recipe(None, ["grpo.max_new_tokens=256", *overrides]), arch)
+
+    assert at("grpo.micro_batch_tokens=600") == at("grpo.micro_batch_size=2")  # 600 // 256 = 2 rows
+    assert at("grpo.micro_batch_tokens=100") == at("grpo.micro_batch_size=1")  # a longer row runs alone
+    assert at("grpo.micro_batch_tokens=100000") == at()  # micro_batch_size (8) binds first
+    assert at("grpo.micro_batch_tokens=600")["total"] < at()["total"]
+
+
 def test_the_command_reads_a_config_file_and_names_a_bad_one(tmp_path):
     runner = CliRunner()
     result = runner.invoke(app, ["memory", "recipes/demo.yaml", "--config", "recipes/models/llama-3.2-1b.json"])

@@ -29,17 +29,21 @@ def test_mask_truncated_drops_every_token_of_a_truncated_completion_only():
 def test_plan_trains_rows_with_a_gradient_and_encodes_each_of_their_prompts_once():
     class Settings:
         group_size, micro_batch_size, mask_truncated, beta, max_new_tokens = 2, 2, False, 0.0, 16
+        micro_batch_tokens = None
 
     # prompt 0: rows 0-1 (rewards differ), prompt 1: rows 2-3 (a flat group), prompt 2: rows 4-5
     r = rollout([[1, 1, 1], [1, 0, 0], [1, 1, 0], [1, 1, 0], [1, 1, 0], [1, 0, 0]], [False] * 6,
                 prompts=[[5, 5], [5, 5], [6, 6], [6, 6], [7, 7], [7, 7]])  # fmt: skip
-    plan = MicroBatchPlan.build(r, torch.tensor([1.0, -1.0, 0.0, 0.0, -0.5, 0.5]), Settings)
+    advantages = torch.tensor([1.0, -1.0, 0.0, 0.0, -0.5, 0.5])
+    plan = MicroBatchPlan.build(r, advantages, Settings)
     assert [b.tolist() for b in plan.batches] == [[1, 5], [4, 0]]  # by length: 1, 1, 2, 3 tokens
     assert plan.prompt_ids.tolist() == [[5, 5], [7, 7]] and plan.slot[[0, 1, 4, 5]].tolist() == [0, 0, 1, 1]
     assert plan.totals == {"total_tokens": 11.0, "total_rows": 6, "max_tokens": 16}  # the budget, not the widest
     assert plan.trained_tokens == 7.0 and plan.trained_rows == 4
+    Settings.micro_batch_size, Settings.micro_batch_tokens = 4, 3  # rows x longest completion at most 3 tokens
+    assert [b.tolist() for b in MicroBatchPlan.build(r, advantages, Settings).batches] == [[1, 5], [4], [0]]
     Settings.beta = 0.04  # with a KL term every row has a gradient
-    assert MicroBatchPlan.build(r, torch.tensor([1.0, -1.0, 0.0, 0.0, -0.5, 0.5]), Settings).trained_rows == 6
+    assert MicroBatchPlan.build(r, advantages, Settings).trained_rows == 6
 
 
 @pytest.mark.parametrize(
@@ -119,6 +123,28 @@ def test_bf16_autocast_takes_old_logprobs_from_its_forward_logs_their_gap_and_ke
     assert 0 < stats.logprob_mismatch < 0.05
     cosine = torch.nn.functional.cosine_similarity(grads["none"], grads["bf16"], dim=0)
     assert cosine > 0.99 and not torch.equal(grads["none"], grads["bf16"])
+
+
+def test_a_token_budget_runs_the_update_in_more_passes_with_the_same_gradient(tmp_path, tiny_model_dir):
+    grads, passes = {}, {}
+    for name, budget in (("rows", "null"), ("tokens", "16")):
+        (tmp_path / name).mkdir()
+        trainer = build(tmp_path / name, tiny_model_dir, f"grpo.micro_batch_tokens={budget}")
+        groups = trainer.rollout_round(2)  # same seed: the same rollout both times
+        advantages = torch.tensor([1.0, -1.0] * 8)
+        plan = MicroBatchPlan.build(groups.rollout, advantages, trainer.cfg)
+        widths = [int(groups.rollout.completion_mask[rows].sum(-1).max()) for rows in plan.batches]
+        passes[name] = [(len(rows), width) for rows, width in zip(plan.batches, widths, strict=True)]
+        params = trainer.params
+        trainer.optimizer.step = lambda name=name, params=params: grads.__setitem__(
+            name, torch.cat([p.grad.flatten() for p in params])
+        )
+        trainer.learn(groups.rollout, advantages)
+    assert [rows for rows, _ in passes["rows"]] == [8, 8]
+    assert len(passes["tokens"]) > 2 and max(rows for rows, _ in passes["tokens"]) == 2
+    assert all(rows * width <= 16 for rows, width in passes["tokens"])
+    assert sum(rows for rows, _ in passes["tokens"]) == 16
+    torch.testing.assert_close(grads["tokens"], grads["rows"], atol=1e-6, rtol=1e-4)
 
 
 def test_bf16_copies_of_the_frozen_base_give_plain_autocasts_gradient_to_the_bit_and_hand_the_weights_back(

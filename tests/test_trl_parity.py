@@ -198,6 +198,8 @@ def test_dr_grpos_normaliser_is_the_generation_budget_whatever_the_lengths():
     mask = (torch.arange(10)[None, :] < lengths[:, None]).long()
     prompt, ids = torch.zeros(4, 1, dtype=torch.long), torch.zeros(4, 10, dtype=torch.long)
     rollout = Rollout(prompt, prompt + 1, ids, mask, torch.zeros(4, 10), torch.zeros(4, dtype=torch.bool))
-    settings = SimpleNamespace(group_size=2, micro_batch_size=8, mask_truncated=False, beta=0.0, max_new_tokens=16)
+    settings = SimpleNamespace(
+        group_size=2, micro_batch_size=8, micro_batch_tokens=None, mask_truncated=False, beta=0.0, max_new_tokens=16
+    )
     plan = MicroBatchPlan.build(rollout, torch.tensor([1.0, -1.0, 1.0, -1.0]), settings)
     assert plan.totals["max_tokens"] == 16  # not 10, the step's longest completion

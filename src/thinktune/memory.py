@@ -9,9 +9,10 @@ An estimate, by arithmetic, of the tensors a GRPO step holds at its peak, not a 
   each, made once instead of every pass);
 - then the larger of two passes, which never overlap: sampling (the decoder's merged, fused copy of the linear
   weights, the KV cache of every completion of the step at full length, and a row of logits each) and the update
-  (one micro-batch's saved activations at full length, per layer and token: the norms' inputs and outputs, q, k,
-  v and the attention output, gate, up, their product and the activation; the LM head's logits a 64 MB chunk at a
-  time, in forward and backward, and the forward's kept for the backward where they take at most 512 MB).
+  (one micro-batch's saved activations at full length, as many rows as ``grpo.micro_batch_tokens`` lets in, per
+  layer and token: the norms' inputs and outputs, q, k, v and the attention output, gate, up, their product and
+  the activation; the LM head's logits a 64 MB chunk at a time, in forward and backward, and the forward's kept
+  for the backward where they take at most 512 MB).
 
 The memory savers change three parts: ``model.quantize: nf4`` the linear weights (about 0.56 bytes each) and the
 sampling copy (none), ``train.optimizer: adamw_8bit`` the moments (2 bytes a trained parameter), and
@@ -104,7 +105,7 @@ def estimate(recipe: Recipe, arch: Architecture, prompt_tokens: int | None = Non
     per_layer = width * (4 * arch.hidden + 2 * q + 2 * kvd + 4 * arch.intermediate) + 8 * arch.hidden
     # with activation checkpointing every layer keeps its input, and one layer at a time its activations
     per_token = arch.layers * width * arch.hidden + per_layer if t.gradient_checkpointing else arch.layers * per_layer
-    tokens = g.micro_batch_size * length
+    tokens = g.full_length_rows_a_pass() * length
     head = 3 * 4 * min(CHUNK_ELEMENTS, tokens * arch.vocab)  # logits, their exp, their gradient
     head += min(tokens * arch.vocab * width, KEEP_LOGITS_BYTES)  # at most: the forward's, kept for the backward
     update = (tokens * per_token + head) / GB

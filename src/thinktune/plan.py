@@ -151,6 +151,8 @@ class Plan:
         """What ``thinktune plan`` prints."""
         g = recipe.grpo
         shape = f"the {g.prompts_per_step} longest prompts x {g.group_size} completions x {g.max_new_tokens} new tokens"
+        if g.micro_batch_tokens:
+            shape += f", at most {g.micro_batch_tokens} tokens a pass ({g.full_length_rows_a_pass()} rows)"
         out = [f"worst case: {shape}, every completion trained on; {self.device}, budget {self.budget_gb:.2f} GB"]
         if self.loaded_gb:
             out.append(f"{'model + optimizer state':<28} {self.loaded_gb:7.2f} GB")

@@ -25,6 +25,7 @@ from thinktune.models import save_model
 from thinktune.parallel import parallel_engine
 from thinktune.run_dir import RunDir
 from thinktune.savers import checkpointed_layers
+from thinktune.tokens import length_groups
 from thinktune.tracking import Tracker
 from thinktune.training import (
     EpochBatches,
@@ -125,22 +126,6 @@ def completion_loss(
             hidden = decoder_stack(model)(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
         logprobs, _ = head_token_logprobs(hidden[rows, cols], head.weight, labels)
     return -logprobs.sum() / (len(labels) if tokens is None else tokens)
-
-
-def length_groups(rows: list[int], lengths: list[int], budget: int) -> list[list[int]]:
-    """``rows`` in passes of similar length: sorted by ``lengths``, each pass as many as fit ``budget`` padded
-    tokens (its row count times its longest; a row longer than the budget runs alone).
-
-    >>> length_groups([0, 1, 2, 3], [5, 40, 6, 30], budget=64)
-    [[0, 2], [3], [1]]
-    """
-    groups: list[list[int]] = []
-    for row in sorted(rows, key=lambda r: lengths[r]):
-        if groups and (len(groups[-1]) + 1) * lengths[row] <= budget:
-            groups[-1].append(row)
-        else:
-            groups.append([row])
-    return groups
 
 
 def run_sft(

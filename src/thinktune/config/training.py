@@ -59,7 +59,15 @@ class GRPOConfig(_Section):
         "(0.2: the 20% most uncertain, 'forking' tokens); 1.0 = every token.",
     )
     iterations: int = Field(1, ge=1, description="Policy updates per generation (μ).")
-    micro_batch_size: int = Field(8, gt=0, description="Sequences per forward/backward pass.")
+    micro_batch_size: int = Field(8, gt=0, description="Sequences per forward/backward pass, at most.")
+    micro_batch_tokens: int | None = Field(
+        None,
+        gt=0,
+        description="Completion tokens (rows x the longest completion) per forward/backward pass, at most: rows "
+        "sorted by length fill passes up to it and micro_batch_size, so long completions run fewer to a pass and "
+        "short ones many. The gradient is the step's either way (top_entropy_quantile picks within a pass); lower "
+        "it if the update runs out of memory. None = micro_batch_size rows whatever their length.",
+    )
     mask_truncated: bool = Field(
         False, description="Exclude truncated completions from the loss (they still count in metrics)."
     )
@@ -84,6 +92,17 @@ class GRPOConfig(_Section):
     curriculum_floor: float = Field(
         0.1, gt=0, le=1, description="Least draw weight of a prompt last seen all right or all wrong."
     )
+
+    def full_length_rows_a_pass(self) -> int:
+        """Completions of ``max_new_tokens`` tokens one update pass takes: ``micro_batch_size``, fewer under
+        ``micro_batch_tokens`` (at least one).
+
+        >>> GRPOConfig(max_new_tokens=256, micro_batch_size=8, micro_batch_tokens=600).full_length_rows_a_pass()
+        2
+        """
+        if self.micro_batch_tokens is None:
+            return self.micro_batch_size
+        return min(self.micro_batch_size, max(1, self.micro_batch_tokens // self.max_new_tokens))
 
     @field_validator("scale_rewards", mode="before")
     @classmethod

@@ -8,12 +8,15 @@ import torch
 
 from thinktune.distributed import Ranks
 from thinktune.rollout import Rollout
+from thinktune.tokens import length_groups
 
 
 def micro_batches(
-    lengths: torch.Tensor, advantages: torch.Tensor, size: int, skip_zero_advantage: bool
+    lengths: torch.Tensor, advantages: torch.Tensor, size: int, skip_zero_advantage: bool, tokens: int | None = None
 ) -> list[torch.Tensor]:
-    """Row indices per micro-batch: rows that can move the policy, sorted by completion length.
+    """Row indices per micro-batch: rows that can move the policy, sorted by completion length, at most ``size``
+    rows a pass and, with ``tokens``, at most that many completion tokens (rows x the longest; a longer row runs
+    alone).
 
     With no KL term a row of advantage 0 has loss and gradient exactly 0 (``min(r·0, clip(r)·0)``), so
     leaving it out changes nothing but the time; every row of a group whose rewards are all equal is such a
@@ -21,12 +24,14 @@ def micro_batches(
 
     >>> micro_batches(torch.tensor([9, 2, 5, 7]), torch.tensor([1.0, 0.0, -1.0, 0.5]), 2, skip_zero_advantage=True)
     [tensor([2, 3]), tensor([0])]
+    >>> micro_batches(torch.tensor([9, 2, 5, 7]), torch.ones(4), 4, skip_zero_advantage=True, tokens=14)
+    [tensor([1, 2]), tensor([3]), tensor([0])]
     """
     rows = torch.arange(advantages.numel())
     if skip_zero_advantage:
         rows = rows[advantages != 0]
-    rows = rows[torch.argsort(lengths[rows], stable=True)]
-    return list(rows.split(size)) if rows.numel() else []
+    groups = length_groups(rows.tolist(), lengths.tolist(), tokens, max_rows=size)
+    return [torch.tensor(group) for group in groups]
 
 
 def loss_mask(rollout: Rollout, mask_truncated: bool) -> torch.Tensor:
@@ -66,7 +71,8 @@ class MicroBatchPlan:
         mask = loss_mask(rollout, cfg.mask_truncated)
         n = mask.shape[0]
         lengths = rollout.completion_mask.sum(-1).cpu()  # the plan's row indices live on the CPU, whatever the device
-        batches = micro_batches(lengths, advantages.cpu(), cfg.micro_batch_size, skip_zero_advantage=cfg.beta == 0)
+        skip = cfg.beta == 0
+        batches = micro_batches(lengths, advantages.cpu(), cfg.micro_batch_size, skip, tokens=cfg.micro_batch_tokens)
         trained = torch.cat(batches) if batches else torch.zeros(0, dtype=torch.long)
         prompt_of_row = torch.arange(n) // cfg.group_size
         needed = prompt_of_row[trained].unique()
