@@ -6,8 +6,9 @@ the worker nor idle accounts for (another process, or the hypervisor's steal) is
 more than a fifth of a core of it is marked contended and left out of the medians. thinktune gets a row per
 ``--samplers`` entry: ``model`` (its default, sampling in float32 as it trains) and ``auto`` (``rollout.dtype:
 auto``: bfloat16 sampling where this CPU runs it faster, the old log-probs still the float32 trainer's).
-``--configs savers`` adds the memory savers' rows: thinktune with gradient checkpointing and the 8-bit optimizer
-(``-savers``) against TRL with its gradient checkpointing (``-checkpointing``), each compared with its own kind.
+``--configs savers`` adds the memory savers' rows: thinktune with gradient checkpointing, the 8-bit optimizer and
+update passes of at most 512 completion tokens (``-savers``) against TRL with its gradient checkpointing
+(``-checkpointing``), each compared with its own kind.
 
 Model-FLOPs utilisation counts the work the step needs, the same formula for both sides:
 2 N FLOPs per token to generate (each prompt prefilled once, plus every generated token) and
@@ -45,8 +46,9 @@ KEEP_FREED_MEMORY = {
     "GLIBC_TUNABLES": "glibc.malloc.mmap_threshold=1073741824:glibc.malloc.trim_threshold=1073741824"
     ":glibc.malloc.arena_max=1"
 }
-# thinktune's memory savers, for the rows compared with TRL's gradient checkpointing
-SAVERS = ("train.gradient_checkpointing=true", "train.optimizer=adamw_8bit")
+# thinktune's memory savers, for the rows compared with TRL's gradient checkpointing: passes of at most 512 completion
+# tokens (since 2026-12-06) lowered the LoRA case's peak further and its update time too (benchmarks/MEMORY_SAVERS.md)
+SAVERS = ("train.gradient_checkpointing=true", "train.optimizer=adamw_8bit", "grpo.micro_batch_tokens=512")
 # TRL's configurations (label, dtype, environment), all run on smollm2-lora
 TRL_CONFIGS = [
     ("trl-float32", "float32", None),
@@ -200,8 +202,8 @@ def main() -> None:
     parser.add_argument(
         "--configs",
         default="plain",
-        help="plain, savers or plain,savers: savers adds thinktune with gradient checkpointing and the 8-bit optimizer "
-        "against TRL with its gradient checkpointing",
+        help="plain, savers or plain,savers: savers adds thinktune with gradient checkpointing, the 8-bit optimizer "
+        "and passes of at most 512 tokens against TRL with its gradient checkpointing",
     )
     parser.add_argument(
         "--fixed-length",
@@ -276,7 +278,7 @@ def main() -> None:
 
 def thinktune_label(sampler: str, savers: bool = False) -> str:
     """A thinktune row's name: ``thinktune`` for the default sampler, else by its ``rollout.dtype``; ``-savers``
-    with gradient checkpointing and the 8-bit optimizer."""
+    with its memory savers (``SAVERS``)."""
     name = "thinktune-savers" if savers else "thinktune"
     return name if sampler == "model" else f"{name}-rollout-{sampler}"
 

@@ -82,14 +82,18 @@ def test_a_step_over_the_budget_is_refused_naming_what_to_change(tmp_path, tiny_
     assert "model.quantize=nf4" in result.output
 
 
-def test_a_refusal_in_the_update_names_checkpointing_and_a_smaller_micro_batch(measured):
+def test_a_refusal_in_the_update_names_checkpointing_a_smaller_micro_batch_and_a_token_budget(measured):
     recipe, plan = measured
     over = dataclasses.replace(plan, budget_gb=plan.peak_gb(1) - 0.001)  # not even one row at a time
     with pytest.raises(ConfigError, match=r"in its update phase, .* try train.gradient_checkpointing=true$"):
         over.choose(recipe)
     without = dataclasses.replace(plan, updates={16: plan.updates[16]}, budget_gb=plan.peak_gb(16) - 0.001)
-    with pytest.raises(ConfigError, match="try train.gradient_checkpointing=true, grpo.micro_batch_size=8$"):
+    fixes = "try train.gradient_checkpointing=true, grpo.micro_batch_size=8, grpo.micro_batch_tokens=2048$"  # 8 x 256
+    with pytest.raises(ConfigError, match=fixes):
         without.choose(recipe)
+    budgeted = recipe.model_copy(update={"grpo": recipe.grpo.model_copy(update={"micro_batch_tokens": 4096})})
+    with pytest.raises(ConfigError, match="try train.gradient_checkpointing=true, grpo.micro_batch_size=8$"):
+        without.choose(budgeted)  # a budget set already: the smaller row count only
 
 
 def test_a_resumed_run_keeps_the_micro_batch_its_plan_chose(tmp_path):

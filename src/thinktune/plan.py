@@ -110,6 +110,8 @@ class Plan:
         lowest = min(tried or [recipe.grpo.micro_batch_size])
         if phase == "update" and lowest > 1:
             fixes.append(f"grpo.micro_batch_size={lowest // 2}")
+            if recipe.grpo.micro_batch_tokens is None:  # the same worst case, and short completions still many a pass
+                fixes.append(f"grpo.micro_batch_tokens={lowest // 2 * recipe.grpo.max_new_tokens}")
         if phase != "evaluation" and m.finetune == "lora" and m.quantize == "none":
             fixes.append("model.quantize=nf4")
         if phase == "loading" and m.finetune == "full":
