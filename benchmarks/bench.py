@@ -47,7 +47,8 @@ KEEP_FREED_MEMORY = {
     ":glibc.malloc.arena_max=1"
 }
 # thinktune's memory savers, for the rows compared with TRL's gradient checkpointing: passes of at most 512 completion
-# tokens (since 2026-12-06) lowered the LoRA case's peak further and its update time too (benchmarks/MEMORY_SAVERS.md)
+# tokens (since 2026-12-06) lower the LoRA case's peak further (benchmarks/MEMORY_SAVERS.md), for some update time
+# where completions run long (benchmarks/pass_size.py)
 SAVERS = ("train.gradient_checkpointing=true", "train.optimizer=adamw_8bit", "grpo.micro_batch_tokens=512")
 # TRL's configurations (label, dtype, environment), all run on smollm2-lora
 TRL_CONFIGS = [
