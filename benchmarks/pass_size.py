@@ -7,7 +7,7 @@ rollout; then the same update (every row given an advantage of +1 or -1, so ever
 passes it ran. With ``--full-length`` every completion runs to 128 tokens (the plan's worst case). The same rollout for
 every budget takes out what separate runs cannot: runs whose passes split differently drift apart (their gradients
 sum in another order), sample other completions, and so do other work. The peak memory of each budget is
-`thinktune plan`'s to measure, one process each.
+`thinktune plan`'s to measure, one process each. Its output of 2026-12-06 is kept in benchmarks/PASS_SIZE.md.
 """
 
 from __future__ import annotations

@@ -91,9 +91,12 @@ def test_a_refusal_in_the_update_names_checkpointing_a_smaller_micro_batch_and_a
     fixes = "try train.gradient_checkpointing=true, grpo.micro_batch_size=8, grpo.micro_batch_tokens=2048$"  # 8 x 256
     with pytest.raises(ConfigError, match=fixes):
         without.choose(recipe)
-    budgeted = recipe.model_copy(update={"grpo": recipe.grpo.model_copy(update={"micro_batch_tokens": 4096})})
-    with pytest.raises(ConfigError, match="try train.gradient_checkpointing=true, grpo.micro_batch_size=8$"):
-        without.choose(budgeted)  # a budget set already: the smaller row count only
+    for budget, rows in ((4096, 16), (1024, 4)):  # passes of 16 rows of 256 tokens, then of 4: the budget halves
+        budgeted = recipe.model_copy(update={"grpo": recipe.grpo.model_copy(update={"micro_batch_tokens": budget})})
+        with pytest.raises(
+            ConfigError, match=f"try train.gradient_checkpointing=true, grpo.micro_batch_tokens={rows // 2 * 256}$"
+        ):
+            without.choose(budgeted)
 
 
 def test_a_resumed_run_keeps_the_micro_batch_its_plan_chose(tmp_path):

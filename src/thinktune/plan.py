@@ -106,12 +106,14 @@ class Plan:
         m, t, fixes = recipe.model, recipe.train, []
         if phase == "update" and not t.gradient_checkpointing:
             fixes.append("train.gradient_checkpointing=true")
+        g = recipe.grpo
         tried = [*self.updates, *([where["micro_batch"]] if where.get("micro_batch") else [])]
-        lowest = min(tried or [recipe.grpo.micro_batch_size])
-        if phase == "update" and lowest > 1:
-            fixes.append(f"grpo.micro_batch_size={lowest // 2}")
-            if recipe.grpo.micro_batch_tokens is None:  # the same worst case, and short completions still many a pass
-                fixes.append(f"grpo.micro_batch_tokens={lowest // 2 * recipe.grpo.max_new_tokens}")
+        # the full-length rows the smallest pass tried held: a token budget may have let in fewer than its micro-batch
+        rows = g.model_copy(update={"micro_batch_size": min(tried or [g.micro_batch_size])}).full_length_rows_a_pass()
+        if phase == "update" and rows > 1:
+            if g.micro_batch_tokens is None:  # a budget: the same worst case, and short completions still many a pass
+                fixes.append(f"grpo.micro_batch_size={rows // 2}")
+            fixes.append(f"grpo.micro_batch_tokens={rows // 2 * g.max_new_tokens}")
         if phase != "evaluation" and m.finetune == "lora" and m.quantize == "none":
             fixes.append("model.quantize=nf4")
         if phase == "loading" and m.finetune == "full":

@@ -1,4 +1,5 @@
-"""Tokenizer helpers shared by generation, training and evaluation."""
+"""Token helpers shared by generation, training and evaluation: end-of-sequence ids, decoding, and passes of rows
+filled up to a token budget."""
 
 from __future__ import annotations
 
