@@ -64,6 +64,7 @@ def test_a_token_budget_counts_as_the_rows_of_full_length_that_fit_it():
     assert at("grpo.micro_batch_tokens=100") == at("grpo.micro_batch_size=1")  # a longer row runs alone
     assert at("grpo.micro_batch_tokens=100000") == at()  # micro_batch_size (8) binds first
     assert at("grpo.micro_batch_tokens=600")["total"] < at()["total"]
+    assert at("grpo.micro_batch_size=64") == at("grpo.micro_batch_size=32")  # a step has 4 x 8 rows: one pass
 
 
 def test_the_command_reads_a_config_file_and_names_a_bad_one(tmp_path):

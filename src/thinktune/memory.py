@@ -105,7 +105,7 @@ def estimate(recipe: Recipe, arch: Architecture, prompt_tokens: int | None = Non
     per_layer = width * (4 * arch.hidden + 2 * q + 2 * kvd + 4 * arch.intermediate) + 8 * arch.hidden
     # with activation checkpointing every layer keeps its input, and one layer at a time its activations
     per_token = arch.layers * width * arch.hidden + per_layer if t.gradient_checkpointing else arch.layers * per_layer
-    tokens = g.full_length_rows_a_pass() * length
+    tokens = min(g.full_length_rows_a_pass(), rows) * length  # a pass holds at most the step's rows
     head = 3 * 4 * min(CHUNK_ELEMENTS, tokens * arch.vocab)  # logits, their exp, their gradient
     head += min(tokens * arch.vocab * width, KEEP_LOGITS_BYTES)  # at most: the forward's, kept for the backward
     update = (tokens * per_token + head) / GB
