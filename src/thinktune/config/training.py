@@ -66,8 +66,8 @@ class GRPOConfig(_Section):
         description="Completion tokens (rows x the longest completion) per forward/backward pass, at most: rows "
         "sorted by length fill passes up to it and micro_batch_size, so long completions run fewer to a pass and "
         "short ones many. The gradient is the step's either way (top_entropy_quantile picks within a pass); lower "
-        "it if the update runs out of memory. Prompts are encoded once per update and not counted; where a pass "
-        "carries each row's prompt (an LM head that is not plain) they are not counted either. None = "
+        "it if the update runs out of memory. Only completion tokens count: prompts are encoded once per update, or, "
+        "where they cannot be (an LM head that is not plain), ride along uncounted with their rows. None = "
         "micro_batch_size rows whatever their length.",
     )
     mask_truncated: bool = Field(
