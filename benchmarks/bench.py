@@ -21,6 +21,7 @@ them, TRL computes them), each side from its own logged share of flat groups.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import platform
@@ -90,7 +91,8 @@ def run_worker(
     steps: int = 0,
 ) -> dict:
     """One worker process; ``flags``: ``fixed-length`` (every completion to the budget), ``savers`` (thinktune's
-    memory savers, TRL's gradient checkpointing); ``steps``: the case's own unless given."""
+    memory savers, TRL's gradient checkpointing), ``autocast=MODE`` (thinktune's ``train.autocast``; without it the
+    demo recipe's ``auto``); ``steps``: the case's own unless given."""
     out = scratch / f"result-{time.time_ns()}.json"
     command = [sys.executable, str(HERE / "bench.py"), "--worker", kind, case, str(scratch), dtype, str(out)]
     command += [",".join(flags), str(steps)]
@@ -114,10 +116,12 @@ def run_worker(
 def worker_main(kind: str, case: str, scratch: str, dtype: str, out: str, flags: str = "", steps: str = "0") -> None:
     import workers
 
-    scratch_, fixed, savers = Path(scratch), "fixed-length" in flags.split(","), "savers" in flags.split(",")
+    flags_ = flags.split(",")
+    scratch_, fixed, savers = Path(scratch), "fixed-length" in flags_, "savers" in flags_
     if kind == "thinktune":  # dtype: the rollout.dtype of its sampler
         sampler = "model" if dtype == "float32" else dtype
-        result = workers.run_thinktune(case, scratch_, sampler, fixed, SAVERS if savers else (), int(steps))
+        extra = (SAVERS if savers else ()) + tuple(f"train.{flag}" for flag in flags_ if flag.startswith("autocast="))
+        result = workers.run_thinktune(case, scratch_, sampler, fixed, extra, int(steps))
     elif kind == "trl":
         result = workers.run_trl(case, scratch_, dtype, fixed, checkpointing=savers, steps=int(steps))
     else:
@@ -163,11 +167,12 @@ def summarise(runs: list[dict], finetune: str | None, peaks: dict) -> dict:
 def alternate(
     pairs: list[tuple], repeats: int, scratch: Path, log, fixed: bool = False, steps: int = 0
 ) -> dict[str, list[dict]]:
-    """Run (label, kind, case, dtype, env, savers) entries in turn, ``repeats`` rounds: A B A B ..."""
+    """Run (label, kind, case, dtype, env, savers, autocast) entries in turn, ``repeats`` rounds: A B A B ...
+    (``autocast``: thinktune's ``train.autocast``, or None for the recipe's own)."""
     results: dict[str, list[dict]] = {label: [] for label, *_ in pairs}
     for round_ in range(repeats):
-        for label, kind, case, dtype, env, savers in pairs:
-            flags = ("fixed-length",) * fixed + ("savers",) * savers
+        for label, kind, case, dtype, env, savers, autocast in pairs:
+            flags = ("fixed-length",) * fixed + ("savers",) * savers + ((f"autocast={autocast}",) if autocast else ())
             result = run_worker(kind, case, scratch, dtype, env, flags, steps)
             results[label].append(result)
             secs = [f"{s['seconds']:.1f}" for s in result["steps"]]
@@ -207,6 +212,13 @@ def main() -> None:
         "and passes of at most 512 tokens against TRL with its gradient checkpointing",
     )
     parser.add_argument(
+        "--autocast",
+        default="auto",
+        help="thinktune rows by train.autocast, e.g. auto,none (auto, the demo recipe's: the update's matmuls in "
+        "bfloat16 where this CPU runs them faster, weights and AdamW float32, the mixed precision TRL's bf16 runs; "
+        "none: float32)",
+    )
+    parser.add_argument(
         "--fixed-length",
         action="store_true",
         help="every completion runs to the budget on both sides (thinktune grpo.ignore_eos, TRL min_new_tokens), so "
@@ -216,6 +228,8 @@ def main() -> None:
     unknown = sorted(set(args.configs.split(",")) - {"plain", "savers"})
     if unknown:
         parser.error(f"--configs: unknown {', '.join(unknown)} (plain, savers or plain,savers)")
+    if unknown := sorted(set(args.autocast.split(",")) - {"none", "bf16", "auto"}):
+        parser.error(f"--autocast: unknown {', '.join(unknown)} (none, bf16 or auto)")
 
     def log(line: str) -> None:
         print(line, flush=True)
@@ -249,9 +263,9 @@ def main() -> None:
                 if "smollm2-lora" not in report["cases"]:
                     run_worker("thinktune", "smollm2-lora", scratch)  # writes the prompts
                 pairs = [
-                    ("thinktune", "generate-thinktune", case, "float32", None, False),
-                    ("hf-generate", "generate-hf", case, "float32", None, False),
-                    ("hf-generate-keep-freed-memory", "generate-hf", case, "float32", KEEP_FREED_MEMORY, False),
+                    ("thinktune", "generate-thinktune", case, "float32", None, False, None),
+                    ("hf-generate", "generate-hf", case, "float32", None, False, None),
+                    ("hf-generate-keep-freed-memory", "generate-hf", case, "float32", KEEP_FREED_MEMORY, False, None),
                 ]
                 results = alternate(pairs, args.repeats, scratch, log)
                 report["cases"][case] = {label: summarise(runs, None, peaks) for label, runs in results.items()}
@@ -265,9 +279,10 @@ def main() -> None:
                 trl = [report.get("trl_best", TRL_CONFIGS[0])]
             pairs = []
             for savers in [config == "savers" for config in args.configs.split(",")]:
-                pairs += [(thinktune_label(sampler, savers), "thinktune", case, sampler_dtype(sampler), None, savers)
-                          for sampler in args.samplers.split(",")]  # fmt: skip
-                pairs += [(trl_label(label, savers), "trl", case, dtype, env, savers) for label, dtype, env in trl]
+                for sampler, autocast in itertools.product(args.samplers.split(","), args.autocast.split(",")):
+                    label = thinktune_label(sampler, savers, autocast)
+                    pairs.append((label, "thinktune", case, sampler_dtype(sampler), None, savers, autocast))
+                pairs += [(trl_label(name, savers), "trl", case, dtype, env, savers, None) for name, dtype, env in trl]
             results = alternate(pairs, args.repeats, scratch, log, args.fixed_length, args.steps)
             report["cases"][case] = {label: summarise(runs, finetune, peaks) for label, runs in results.items()}
             if case == "smollm2-lora" and "plain" in args.configs.split(","):
@@ -277,11 +292,16 @@ def main() -> None:
     log(results_markdown(report))
 
 
-def thinktune_label(sampler: str, savers: bool = False) -> str:
+def thinktune_label(sampler: str, savers: bool = False, autocast: str = "auto") -> str:
     """A thinktune row's name: ``thinktune`` for the default sampler, else by its ``rollout.dtype``; ``-savers``
-    with its memory savers (``SAVERS``)."""
+    with its memory savers (``SAVERS``); ``-autocast-MODE`` where ``train.autocast`` is not the demo recipe's auto.
+
+    >>> thinktune_label("model"), thinktune_label("auto", autocast="none")
+    ('thinktune', 'thinktune-rollout-auto-autocast-none')
+    """
     name = "thinktune-savers" if savers else "thinktune"
-    return name if sampler == "model" else f"{name}-rollout-{sampler}"
+    name = name if sampler == "model" else f"{name}-rollout-{sampler}"
+    return name if autocast == "auto" else f"{name}-autocast-{autocast}"
 
 
 def trl_label(label: str, checkpointing: bool) -> str:

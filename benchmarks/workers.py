@@ -24,6 +24,8 @@ from workload import (
     recipe,
 )
 
+from thinktune.training import autocast_mode
+
 
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
@@ -73,6 +75,8 @@ def run_thinktune(
         if trainer.backend.dtype is None
         else f"float32, {str(trainer.backend.dtype).removeprefix('torch.')} sampler"
     )
+    if autocast_mode(trainer.recipe.train.autocast, next(model.parameters()).device) == "bf16":
+        dtype += ", bfloat16 update matmuls"
     return {"steps": records, "peak_rss_mb": peak_rss_mb(), "params": parameter_count(model), "dtype": dtype}
 
 

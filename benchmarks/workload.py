@@ -122,13 +122,17 @@ def recipe(case: Case, path: str, run_dir: Path, micro_batch: int = 8, overrides
 
 
 def build_trainer(case: Case, scratch: Path, run_dir: Path, overrides: tuple[str, ...] = ()):
-    """thinktune's real trainer on the case, as `thinktune train` would build it."""
+    """thinktune's real trainer on the case, as `thinktune train` would build it: seeded first, as it is (LoRA's
+    initial weights come from torch's global generator; unseeded, two runs of one configuration trained apart from
+    their first update, until 2026-12-06)."""
     from thinktune.data import load_examples
     from thinktune.grpo.trainer import GRPOTrainer
+    from thinktune.pipeline import seed_everything
     from thinktune.run_dir import RunDir
     from thinktune.tracking import make_tracker
 
     r = recipe(case, model_path(case, scratch), run_dir, overrides=overrides)
+    seed_everything(r.train.seed)
     train_set, _, task_dataset = load_examples(r.data)
     run = RunDir(r)
     return GRPOTrainer.from_recipe(r, train_set, task_dataset, run, make_tracker(r.run.report_to, run))
