@@ -1,19 +1,28 @@
-"""Does bf16 autocast pay here? `python benchmarks/autocast.py [--steps N] [--rounds R]`.
+"""Does bf16 autocast pay here? `python benchmarks/autocast.py [--cases smollm2-lora,smollm2-full] [--rounds 3]
+[--full-length]`.
 
-Runs the benchmark workload (the demo task on SmolLM2, 4 prompts x 8 completions, up to 128 tokens) with
-``train.autocast`` none and bf16, alternating, LoRA and full fine-tuning, and prints the median update time per
-step (forward + backward + optimizer; sampling is the same float32 decoder either way) and the log-prob gap bf16
-opens between sampler and trainer. The CPU's bf16 flags decide the answer: with AMX bf16 matmuls are several
-times faster than float32, with only avx512_bf16 they are slower.
+For each case of the benchmark workload (the demo task on SmolLM2, 4 prompts x 8 completions, up to 128 tokens,
+temperature 1.0, the demo's sampler) it samples one rollout, gives every row an advantage of +1 or -1 so every row
+trains, and runs the same update (at learning rate 0, so the weights stay the sampler's) with ``train.autocast``
+none and bf16 in turn, ``--rounds`` times, alternating. It prints the median update time of each (forward, backward
+and optimizer step) and the mean log-prob gap between the sampler and the trainer. With ``--full-length`` every
+completion runs to 128 tokens. One rollout for both modes takes out what separate runs cannot: runs whose updates
+compute differently sample other completions from their second step on, and so do other work (the way this script
+measured until 2026-12-06). The CPU decides the answer: machines of one kind differ, and one with only
+``avx512_bf16`` ran bf16 matmuls slower than float32 where another ran them 2.2 times faster.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import sys
 import tempfile
+import time
 from pathlib import Path
+
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -21,37 +30,54 @@ from workload import CASES, build_trainer  # noqa: E402
 
 from thinktune.environment import cpu_flags, cpu_name  # noqa: E402
 
+MODES = ("none", "bf16")
 
-def run(case_name: str, mode: str, steps: int) -> tuple[list[float], list[float]]:
-    """Update seconds and log-prob gaps of ``steps`` steps after one warm-up step."""
-    case = CASES[case_name]
+
+def run(case_name: str, rounds: int, full_length: bool) -> tuple[dict[str, list[float]], dict[str, list[float]], int]:
+    """Update seconds and log-prob gaps per ``train.autocast`` mode on one rollout of ``case_name``, and its tokens."""
+    from thinktune.allocator import keep_freed_memory
+    from thinktune.training import autocast
+
+    keep_freed_memory()  # as thinktune train does
+    overrides = ("grpo.ignore_eos=true",) if full_length else ()
+    seconds: dict[str, list[float]] = {mode: [] for mode in MODES}
+    gaps: dict[str, list[float]] = {mode: [] for mode in MODES}
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = build_trainer(case, Path(tmp), Path(tmp) / "runs", (f"train.autocast={mode}",))
-        records = [trainer.step(step) for step in range(steps + 1)][1:]
-    return [r["seconds_update"] for r in records], [r.get("logprob_mismatch", 0.0) for r in records]
+        trainer = build_trainer(CASES[case_name], Path(tmp), Path(tmp) / "runs", overrides)
+        rollout = trainer.rollout_round(trainer.recipe.grpo.prompts_per_step).rollout
+        advantages = torch.tensor([1.0 - 2 * (row % 2) for row in range(rollout.completion_ids.shape[0])])
+        # learning rate 0: the optimizer steps but the weights stay the sampler's, so every round runs the same
+        # update on the same numbers and the log-prob gaps of the two modes compare
+        trainer.scheduler.base_lrs = [0.0] * len(trainer.scheduler.base_lrs)
+        for group in trainer.optimizer.param_groups:
+            group["lr"] = 0.0
+        for _ in range(rounds):
+            for mode in MODES:
+                trainer.policy_update.autocast = functools.partial(autocast, trainer.model, mode)
+                began = time.perf_counter()
+                stats = trainer.learn(rollout, advantages)
+                seconds[mode].append(time.perf_counter() - began)
+                gaps[mode].append(stats.logprob_mismatch or 0.0)
+    return seconds, gaps, int(rollout.completion_mask.sum())
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=3, help="measured steps per run (after one warm-up step)")
-    parser.add_argument("--rounds", type=int, default=2, help="runs per case and mode, alternating")
-    parser.add_argument("--cases", nargs="+", default=["smollm2-lora", "smollm2-full"])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--cases", default="smollm2-lora,smollm2-full")
+    parser.add_argument("--rounds", type=int, default=3, help="updates per mode, alternating")
+    parser.add_argument("--full-length", action="store_true", help="every completion runs to 128 tokens")
     args = parser.parse_args()
     print(f"CPU: {cpu_name()}; bf16 flags: {', '.join(cpu_flags()) or 'none'}")
-    print("| case | autocast | update s/step (median) | log-prob gap (mean) |\n|---|---|---|---|")
-    for case in args.cases:
-        seconds = {"none": [], "bf16": []}
-        gaps = {"none": [], "bf16": []}
-        for _ in range(args.rounds):
-            for mode in seconds:
-                s, g = run(case, mode, args.steps)
-                seconds[mode] += s
-                gaps[mode] += g
-        for mode in seconds:
-            print(f"| {case} | {mode} | {statistics.median(seconds[mode]):.2f} | {statistics.fmean(gaps[mode]):.4f} |")
-        print(
-            f"| {case} | speed-up | {statistics.median(seconds['none']) / statistics.median(seconds['bf16']):.2f}x | |"
-        )
+    print("| case | completion tokens | autocast | update s (median [min–max]) | log-prob gap (mean) |")
+    print("|---|---:|---|---:|---:|")
+    for case in args.cases.split(","):
+        seconds, gaps, tokens = run(case, args.rounds, args.full_length)
+        for mode in MODES:
+            times = seconds[mode]
+            print(f"| {case} | {tokens} | {mode} | {statistics.median(times):.2f} [{min(times):.2f}–{max(times):.2f}] "
+                  f"| {statistics.fmean(gaps[mode]):.4f} |")  # fmt: skip
+        speedup = statistics.median(seconds["none"]) / statistics.median(seconds["bf16"])
+        print(f"| {case} | {tokens} | speed-up | {speedup:.2f}x | |")
 
 
 if __name__ == "__main__":
