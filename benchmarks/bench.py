@@ -279,7 +279,8 @@ def main() -> None:
                 trl = [report.get("trl_best", TRL_CONFIGS[0])]
             pairs = []
             for savers in [config == "savers" for config in args.configs.split(",")]:
-                for sampler, autocast in itertools.product(args.samplers.split(","), args.autocast.split(",")):
+                samplers, autocasts = dict.fromkeys(args.samplers.split(",")), dict.fromkeys(args.autocast.split(","))
+                for sampler, autocast in itertools.product(samplers, autocasts):  # each row once
                     label = thinktune_label(sampler, savers, autocast)
                     pairs.append((label, "thinktune", case, sampler_dtype(sampler), None, savers, autocast))
                 pairs += [(trl_label(name, savers), "trl", case, dtype, env, savers, None) for name, dtype, env in trl]
