@@ -4,12 +4,12 @@
 For each case of the benchmark workload (the demo task on SmolLM2, 4 prompts x 8 completions, up to 128 tokens,
 temperature 1.0, the demo's sampler) it samples one rollout, gives every row an advantage of +1 or -1 so every row
 trains, and runs the same update (at learning rate 0, so the weights stay the sampler's) with ``train.autocast``
-none and bf16 in turn, ``--rounds`` times, alternating. It prints the median update time of each (forward, backward
-and optimizer step) and the mean log-prob gap between the sampler and the trainer. With ``--full-length`` every
-completion runs to 128 tokens. One rollout for both modes takes out what separate runs cannot: runs whose updates
-compute differently sample other completions from their second step on, and so do other work (the way this script
-measured until 2026-12-06). The CPU decides the answer: machines of one kind differ, and one with only
-``avx512_bf16`` ran bf16 matmuls slower than float32 where another ran them 2.2 times faster.
+none and bf16 in turn, ``--rounds`` times after a warm-up round, alternating. It prints the median update time of
+each (forward, backward and optimizer step) and the mean log-prob gap between the sampler and the trainer. With
+``--full-length`` every completion runs to 128 tokens. One rollout for both modes takes out what separate runs
+cannot: runs whose updates compute differently sample other completions from their second step on, and so do other
+work (the way this script measured until 2026-12-06). The CPU decides the answer: machines of one kind differ, and
+one with only ``avx512_bf16`` ran bf16 matmuls slower than float32 where another ran them 2.2 times faster.
 """
 
 from __future__ import annotations
@@ -39,7 +39,9 @@ def run(case_name: str, rounds: int, full_length: bool) -> tuple[dict[str, list[
     from thinktune.training import autocast
 
     keep_freed_memory()  # as thinktune train does
-    overrides = ("grpo.ignore_eos=true",) if full_length else ()
+    # bf16 at build time: the old log-probs are then the update's own in both modes (where auto means none and the
+    # sampler is float32, they would be the sampler's, and the bf16 mode's gap would read 0)
+    overrides = ("train.autocast=bf16",) + (("grpo.ignore_eos=true",) if full_length else ())
     seconds: dict[str, list[float]] = {mode: [] for mode in MODES}
     gaps: dict[str, list[float]] = {mode: [] for mode in MODES}
     with tempfile.TemporaryDirectory() as tmp:
@@ -51,13 +53,14 @@ def run(case_name: str, rounds: int, full_length: bool) -> tuple[dict[str, list[
         trainer.scheduler.base_lrs = [0.0] * len(trainer.scheduler.base_lrs)
         for group in trainer.optimizer.param_groups:
             group["lr"] = 0.0
-        for _ in range(rounds):
+        for round_ in range(rounds + 1):  # round 0 warms up: AdamW's state, the frozen weights' bf16 copies
             for mode in MODES:
                 trainer.policy_update.autocast = functools.partial(autocast, trainer.model, mode)
                 began = time.perf_counter()
                 stats = trainer.learn(rollout, advantages)
-                seconds[mode].append(time.perf_counter() - began)
-                gaps[mode].append(stats.logprob_mismatch or 0.0)
+                if round_:
+                    seconds[mode].append(time.perf_counter() - began)
+                    gaps[mode].append(stats.logprob_mismatch or 0.0)
     return seconds, gaps, int(rollout.completion_mask.sum())
 
 

@@ -156,6 +156,7 @@ def summarise(runs: list[dict], finetune: str | None, peaks: dict) -> dict:
         "peak_rss_mb": max(r["peak_rss_mb"] for r in runs),
         "gflops_per_s": flops / seconds / 1e9,
         "dtype": clean[0]["dtype"],
+        "run_step_seconds": [[round(s["seconds"], 2) for s in r["steps"]] for r in runs],  # warm-up step first
     }
     summary["mfu_bf16"] = summary["gflops_per_s"] / peaks["bfloat16"]
     summary["mfu_fp32"] = summary["gflops_per_s"] / peaks["float32"]
