@@ -22,11 +22,9 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from workload import CASES, build_trainer  # noqa: E402
+from workload import CASES, build_trainer, every_row_trained  # noqa: E402
 
 from thinktune.environment import cpu_flags, cpu_name  # noqa: E402
 
@@ -46,8 +44,7 @@ def run(case_name: str, rounds: int, full_length: bool) -> tuple[dict[str, list[
     gaps: dict[str, list[float]] = {mode: [] for mode in MODES}
     with tempfile.TemporaryDirectory() as tmp:
         trainer = build_trainer(CASES[case_name], Path(tmp), Path(tmp) / "runs", overrides)
-        rollout = trainer.rollout_round(trainer.recipe.grpo.prompts_per_step).rollout
-        advantages = torch.tensor([1.0 - 2 * (row % 2) for row in range(rollout.completion_ids.shape[0])])
+        rollout, advantages = every_row_trained(trainer)
         # learning rate 0: the optimizer steps but the weights stay the sampler's, so every round runs the same
         # update on the same numbers and the log-prob gaps of the two modes compare
         trainer.scheduler.base_lrs = [0.0] * len(trainer.scheduler.base_lrs)

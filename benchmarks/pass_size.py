@@ -19,11 +19,9 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from workload import CASES, build_trainer  # noqa: E402
+from workload import CASES, build_trainer, every_row_trained  # noqa: E402
 
 
 def budget_of(text: str) -> int | None:
@@ -48,8 +46,7 @@ def main() -> None:
     overrides = ("grpo.ignore_eos=true",) if args.full_length else ()
     with tempfile.TemporaryDirectory() as tmp:
         trainer = build_trainer(CASES["smollm2-lora"], Path(tmp), Path(tmp) / "runs", overrides)
-        rollout = trainer.rollout_round(trainer.recipe.grpo.prompts_per_step).rollout
-        advantages = torch.tensor([1.0 - 2 * (row % 2) for row in range(rollout.completion_ids.shape[0])])
+        rollout, advantages = every_row_trained(trainer)
         lengths = rollout.completion_mask.sum(-1)
         print(f"rollout: {len(lengths)} completions, {int(lengths.sum())} tokens, {lengths.float().mean():.0f} mean, "
               f"{int(lengths.max())} longest")  # fmt: skip

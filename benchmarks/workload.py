@@ -138,6 +138,14 @@ def build_trainer(case: Case, scratch: Path, run_dir: Path, overrides: tuple[str
     return GRPOTrainer.from_recipe(r, train_set, task_dataset, run, make_tracker(r.run.report_to, run))
 
 
+def every_row_trained(trainer):
+    """One rollout of ``trainer``'s step and an advantage of +1 or -1 for each row, alternating, so every row trains:
+    a fixed update to time one way and another (``pass_size.py``, ``autocast.py``) without the runs drifting apart."""
+    rollout = trainer.rollout_round(trainer.recipe.grpo.prompts_per_step).rollout
+    advantages = torch.tensor([1.0 - 2 * (row % 2) for row in range(rollout.completion_ids.shape[0])])
+    return rollout, advantages
+
+
 def parameter_count(model) -> dict[str, int]:
     """Matmul parameters (every linear layer incl. a tied LM head, not LoRA's; embeddings are lookups)."""
     linear = sum(
